@@ -28,6 +28,8 @@ pub fn stack() -> StackInfo {
     let dir = std::env::var_os("EDGESYNC_STACK_DIR").map(PathBuf::from).unwrap_or_else(|| {
         panic!("EDGESYNC_STACK_DIR is not set: run these tests with `cargo xtask test`")
     });
+    // Relative to the workspace root, not to this crate's directory.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
     let info = stack::load(&dir).unwrap_or_else(|e| panic!("{e}"));
     assert!(info.all_alive(), "the stack in {} is not running:\n{}", dir.display(), stack::status(&dir).unwrap_or_default());
     info

@@ -96,8 +96,6 @@ fn header_safe(value: &str) -> Result<&str, UpstreamError> {
 fn describe_reqwest_error(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
-    } else if e.is_connect() {
-        "connection failed".into()
     } else {
         // reqwest's Display names the URL and the cause, which is what an operator needs.
         e.to_string()

@@ -36,7 +36,6 @@ alter role authenticated set statement_timeout = '8s';
 create schema if not exists extensions;
 grant usage on schema extensions to postgres, anon, authenticated, service_role;
 create extension if not exists vector with schema extensions;
-create extension if not exists pgcrypto with schema extensions;
 alter database postgres set search_path = "$user", public, extensions;
 
 grant usage on schema public to postgres, anon, authenticated, service_role;

@@ -424,9 +424,11 @@ fn apply_sql(paths: &Paths, info: &StackInfo, fresh: bool) -> Result<()> {
 }
 
 pub fn schema_version(info: &StackInfo) -> Result<i64> {
-    let q = "select case when to_regclass('edgesync.schema_migrations') is null then 0 \
-             else (select coalesce(max(version), 0) from edgesync.schema_migrations) end";
-    let out = output(psql(info).args(["-tAc", q]))?;
+    let exists = output(psql(info).args(["-tAc", "select to_regclass('edgesync.schema_migrations') is not null"]))?;
+    if exists.trim() != "t" {
+        return Ok(0);
+    }
+    let out = output(psql(info).args(["-tAc", "select coalesce(max(version), 0) from edgesync.schema_migrations"]))?;
     out.trim().parse().context(format!("unexpected schema version {out:?}"))
 }
 
@@ -562,7 +564,14 @@ pub fn status(dir: &Path) -> Result<String> {
     };
     Ok([
         format!("stack      {}", stack_file(dir).display()),
-        line("postgres", info.pids.postgres, &format!("127.0.0.1:{}", info.ports.postgres)),
+        format!(
+            "{:<10} pid {:<8} {:<8} 127.0.0.1:{} {}",
+            "postgres",
+            info.pids.postgres,
+            if procs::alive(info.pids.postgres) { "running" } else { "stopped" },
+            info.ports.postgres,
+            if procs::port_open(info.ports.postgres) { "accepting connections" } else { "-" }
+        ),
         line("postgrest", info.pids.postgrest, &format!("http://127.0.0.1:{}/ready", info.ports.postgrest_admin)),
         line("auth", info.pids.auth, &info.jwks_url),
         line("wrangler", info.pids.wrangler, &format!("{}/health", info.functions_url)),
