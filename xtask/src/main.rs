@@ -250,12 +250,16 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String]) -> Result<ExitCode> {
     let started = Instant::now();
     let t = tools::ensure(paths)?;
     step("unit tests (native)");
-    let unit = Command::new("cargo")
-        .args(["test", "--workspace", "--exclude", "edgesync-integration"])
-        .args(build::all_workers(paths).iter().flat_map(|w| ["--exclude".to_owned(), crate_name(&w.name)]))
-        .current_dir(&paths.root)
-        .status()?;
-    if !unit.success() {
+    let mut counts = Counts::default();
+    let unit = cargo_test(
+        Command::new("cargo")
+            .args(["test", "--workspace", "--exclude", "edgesync-integration"])
+            .args(build::all_workers(paths).iter().flat_map(|w| ["--exclude".to_owned(), crate_name(&w.name)]))
+            .current_dir(&paths.root),
+        &mut counts,
+    )?;
+    if !unit {
+        println!("tests: {} passed, {} failed", counts.passed, counts.failed.max(1));
         eprintln!("xtask: unit tests failed");
         return Ok(ExitCode::FAILURE);
     }
@@ -269,21 +273,53 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String]) -> Result<ExitCode> {
     stack::down(&dir)?;
     let info = stack::up(paths, &t, &UpOptions { dir: dir.clone(), ports: Ports::free()?, fresh: true })?;
     step(format!("test stack up in {:.1}s at {}", info.started_in_secs, info.functions_url));
-    let integration = Command::new("cargo")
-        .args(["test", "-p", "edgesync-integration", "--"])
-        .args(passthrough)
-        .env("EDGESYNC_STACK_DIR", &dir)
-        .current_dir(&paths.root)
-        .status();
+    let integration = cargo_test(
+        Command::new("cargo")
+            .args(["test", "-p", "edgesync-integration", "--"])
+            .args(passthrough)
+            .env("EDGESYNC_STACK_DIR", &dir)
+            .current_dir(&paths.root),
+        &mut counts,
+    );
     let stopped = if keep { Ok(()) } else { stack::down(&dir) };
     let integration = integration?;
     stopped?;
     step(format!("all tests finished in {:.0}s", started.elapsed().as_secs_f64()));
-    if !integration.success() || INTERRUPTED.load(Ordering::SeqCst) {
+    // One closing line for humans and CI: the sum over every test binary.
+    println!("tests: {} passed, {} failed", counts.passed, counts.failed + usize::from(!integration && counts.failed == 0));
+    if !integration || INTERRUPTED.load(Ordering::SeqCst) {
         eprintln!("xtask: integration tests failed (logs in {})", info.logs_dir.display());
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Default)]
+struct Counts {
+    passed: usize,
+    failed: usize,
+}
+
+/// Run `cargo test`, passing its output through while adding up its
+/// `test result: ok. N passed; M failed` lines. Returns whether it succeeded.
+fn cargo_test(cmd: &mut Command, counts: &mut Counts) -> Result<bool> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("could not start cargo test")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let number = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word).and_then(|n| n.trim().rsplit(' ').next()?.parse::<usize>().ok()))
+                    .unwrap_or(0)
+            };
+            counts.passed += number("passed");
+            counts.failed += number("failed");
+        }
+    }
+    Ok(child.wait()?.success())
 }
 
 fn crate_name(worker: &str) -> String {
