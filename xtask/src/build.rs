@@ -95,3 +95,21 @@ pub fn build(paths: &Paths, tools: &Tools, only: &[String]) -> Result<usize> {
     }
     Ok(rebuilt)
 }
+
+/// Size after `gzip -9` (what Cloudflare's compressed-size limit counts), using the
+/// system's gzip; None when it is not installed.
+pub fn gzipped_len(bytes: &[u8]) -> Option<usize> {
+    use std::io::Write;
+    let mut child = Command::new("gzip")
+        .arg("-9c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take()?;
+    let data = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().ok()?;
+    writer.join().ok()?.ok()?;
+    out.status.success().then_some(out.stdout.len())
+}

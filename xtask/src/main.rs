@@ -128,9 +128,10 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             let only = std::mem::take(&mut flags.rest);
             let t = tools::ensure(&paths)?;
             build::build(&paths, &t, &only)?;
+            println!("{:<12} {:>10} {:>10}", "worker", "wasm bytes", "gzip -9");
             for w in build::all_workers(&paths) {
-                if let Ok(m) = std::fs::metadata(w.wasm()) {
-                    println!("{:<12} {:>9} bytes  {}", w.name, m.len(), w.wasm().display());
+                if let Ok(bytes) = std::fs::read(w.wasm()) {
+                    println!("{:<12} {:>10} {:>10}", w.name, bytes.len(), build::gzipped_len(&bytes).map(|n| n.to_string()).unwrap_or("-".into()));
                 }
             }
         }
