@@ -64,7 +64,7 @@ fn health_is_503_when_the_schema_is_behind_the_code() {
     run_sql(&format!("create table edgesync.held_back as select * from edgesync.schema_migrations where version = {expected}; \
                       delete from edgesync.schema_migrations where version = {expected}"));
     let behind = call("GET", &url, None, None);
-    run_sql(&format!("insert into edgesync.schema_migrations select * from edgesync.held_back; drop table edgesync.held_back"));
+    run_sql("insert into edgesync.schema_migrations select * from edgesync.held_back; drop table edgesync.held_back");
 
     behind.assert_error(503, "dependency_unavailable");
     assert_eq!(behind.body["failing"], json!(["schema"]));
