@@ -172,6 +172,17 @@ impl KeySet {
                 AlgorithmParameters::RSA(_) => KeyKind::Rsa,
                 _ => continue,
             };
+            // A key published for encryption, or declared for another algorithm, must
+            // not verify signatures.
+            let declared_use = entry.get("use").and_then(Value::as_str);
+            let declared_alg = entry.get("alg").and_then(Value::as_str);
+            let alg_fits = match (kind, declared_alg) {
+                (_, None) | (KeyKind::Ec, Some("ES256")) | (KeyKind::Rsa, Some("RS256")) => true,
+                _ => false,
+            };
+            if declared_use.is_some_and(|u| u != "sig") || !alg_fits {
+                continue;
+            }
             if let Ok(key) = DecodingKey::from_jwk(&jwk) {
                 keys.insert(kid, (kind, key));
             }
@@ -305,6 +316,8 @@ pub fn parse_uuid(s: &str) -> Option<String> {
 pub const JWKS_MAX_AGE_SECS: u64 = 600;
 /// An unknown `kid` refetches at most this often.
 pub const JWKS_UNKNOWN_KID_INTERVAL_SECS: u64 = 60;
+/// A real JWKS is a few kilobytes; refuse absurd ones.
+pub const MAX_JWKS_BYTES: usize = 64 * 1024;
 /// While no keys have ever been fetched, retry no more often than this.
 pub const JWKS_COLD_RETRY_SECS: u64 = 5;
 
@@ -362,6 +375,9 @@ async fn fetch_jwks(url: &str) -> Result<KeySet, String> {
         return Err(format!("JWKS endpoint answered HTTP {status}"));
     }
     let body = response.text().await.map_err(|e| format!("JWKS body: {e}"))?;
+    if body.len() > MAX_JWKS_BYTES {
+        return Err(format!("JWKS body is larger than {MAX_JWKS_BYTES} bytes"));
+    }
     KeySet::from_jwks_json(&body)
 }
 

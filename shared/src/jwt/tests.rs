@@ -168,6 +168,11 @@ fn jwks_keeps_ec_and_rsa_keys_and_drops_oct() {
     // Broken entries are skipped, not fatal.
     let k = KeySet::from_jwks_json(r#"{"keys":[{"kty":"EC","kid":"x"},{"kty":"weird"}]}"#).unwrap();
     assert!(k.is_empty());
+    // Keys meant for encryption, or declared for another algorithm, are dropped.
+    let mut doc: Value = serde_json::from_str(JWKS).unwrap();
+    doc["keys"][0]["use"] = json!("enc");
+    doc["keys"][1]["alg"] = json!("ES256");
+    assert!(KeySet::from_jwks_json(&doc.to_string()).unwrap().is_empty());
 }
 
 #[test]
