@@ -4,12 +4,9 @@ use edgesync_integration::{call, eventually, exclusive, stack};
 use serde_json::json;
 use std::time::Duration;
 
-/// The schema version the code expects, read from the shared crate's source so this
-/// test cannot drift from it.
+/// The schema version the code expects.
 fn expected_schema_version() -> i64 {
-    let src = include_str!("../shared/src/lib.rs");
-    let line = src.lines().find(|l| l.contains("pub const EXPECTED_SCHEMA_VERSION")).unwrap();
-    line.split('=').nth(1).unwrap().trim().trim_end_matches(';').parse().unwrap()
+    xtask::stack::expected_schema_version(&xtask::tools::Paths::discover().unwrap()).unwrap()
 }
 
 #[test]

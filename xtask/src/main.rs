@@ -260,7 +260,7 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String]) -> Result<ExitCode> {
         &mut counts,
     )?;
     if !unit {
-        println!("tests: {} passed, {} failed", counts.passed, counts.failed.max(1));
+        counts.summary(false);
         eprintln!("xtask: unit tests failed");
         return Ok(ExitCode::FAILURE);
     }
@@ -286,8 +286,7 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String]) -> Result<ExitCode> {
     let integration = integration?;
     stopped?;
     step(format!("all tests finished in {:.0}s", started.elapsed().as_secs_f64()));
-    // One closing line for humans and CI: the sum over every test binary.
-    println!("tests: {} passed, {} failed", counts.passed, counts.failed + usize::from(!integration && counts.failed == 0));
+    counts.summary(integration);
     if !integration || INTERRUPTED.load(Ordering::SeqCst) {
         eprintln!("xtask: integration tests failed (logs in {})", info.logs_dir.display());
         return Ok(ExitCode::FAILURE);
@@ -299,6 +298,15 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String]) -> Result<ExitCode> {
 struct Counts {
     passed: usize,
     failed: usize,
+}
+
+impl Counts {
+    /// One closing line for humans and CI: the sum over every test binary. A run that
+    /// failed without a failing test (a crash, a build error) still counts one failure.
+    fn summary(&self, ok: bool) {
+        let failed = if ok { self.failed } else { self.failed.max(1) };
+        println!("tests: {} passed, {failed} failed", self.passed);
+    }
 }
 
 /// Run `cargo test`, passing its output through while adding up its

@@ -367,6 +367,16 @@ pub fn psql(info: &StackInfo) -> Command {
     cmd
 }
 
+/// `EXPECTED_SCHEMA_VERSION` as written in the shared crate's source; xtask does not
+/// depend on that crate, and the tests must not drift from it.
+pub fn expected_schema_version(paths: &Paths) -> Result<i64> {
+    let src = std::fs::read_to_string(paths.root.join("shared/src/lib.rs"))?;
+    src.lines()
+        .find_map(|l| l.strip_prefix("pub const EXPECTED_SCHEMA_VERSION: i64 = "))
+        .and_then(|v| v.trim().trim_end_matches(';').parse().ok())
+        .context("shared/src/lib.rs has no EXPECTED_SCHEMA_VERSION")
+}
+
 /// A migration file: `sql/migrations/NNNN_name.sql`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Migration {
@@ -627,7 +637,7 @@ mod tests {
         assert!(!ms.is_empty());
         assert!(ms.windows(2).all(|w| w[0].version < w[1].version));
         // The code's expectation and the migrations must move together.
-        assert_eq!(ms.last().unwrap().version, edgesync_expected_schema());
+        assert_eq!(ms.last().unwrap().version, expected_schema_version(&paths).unwrap());
         for m in &ms {
             let sql = std::fs::read_to_string(&m.path).unwrap();
             assert!(
@@ -635,13 +645,6 @@ mod tests {
                 "{} must record itself", m.path.display()
             );
         }
-    }
-
-    fn edgesync_expected_schema() -> i64 {
-        // Read from the shared crate's source rather than depending on the crate.
-        let src = std::fs::read_to_string(Paths::discover().unwrap().root.join("shared/src/lib.rs")).unwrap();
-        let line = src.lines().find(|l| l.contains("pub const EXPECTED_SCHEMA_VERSION")).unwrap();
-        line.split('=').nth(1).unwrap().trim().trim_end_matches(';').parse().unwrap()
     }
 
     #[test]
