@@ -31,9 +31,9 @@ pub struct DataApi {
 pub enum UpstreamError {
     /// No HTTP answer at all (connection refused, DNS, TLS, timeout).
     Unreachable(String),
-    /// PostgREST answered with an error status. `code` and `message` come from its
-    /// JSON error body when there is one.
-    Status { status: u16, code: Option<String>, message: Option<String> },
+    /// PostgREST answered with an error status. `code`, `message`, `hint` and
+    /// `details` come from its JSON error body when there is one.
+    Status { status: u16, code: Option<String>, message: Option<String>, hint: Option<String>, details: Option<String> },
     /// A 2xx answer whose body was not what the caller expected.
     BadBody(String),
     /// We refused to send the request (for example a header value that is not valid).
@@ -85,6 +85,25 @@ impl DataApi {
     }
 }
 
+/// The error codes our SQL functions raise (as the `hint` of a `PTxyz` error); any
+/// other hint is not passed on as a code.
+pub const SQL_ERROR_CODES: &[&str] = &[
+    "client_id_taken",
+    "forbidden_row",
+    "invalid_mutations",
+    "invalid_request",
+    "invalid_value",
+    "resync_required",
+    "unique_violation",
+    "unknown_table",
+    "user_id_mismatch",
+    "user_required",
+];
+
+fn sql_error_code(hint: &str) -> Option<&'static str> {
+    SQL_ERROR_CODES.iter().copied().find(|c| *c == hint)
+}
+
 fn header_safe(value: &str) -> Result<&str, UpstreamError> {
     if value.bytes().all(|b| (0x21..=0x7e).contains(&b)) && !value.is_empty() {
         Ok(value)
@@ -112,7 +131,13 @@ pub fn parse_answer(status: u16, body: &str) -> Result<Value, UpstreamError> {
     }
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     let field = |name: &str| parsed.as_ref().and_then(|v| v.get(name)).and_then(Value::as_str).map(str::to_owned);
-    Err(UpstreamError::Status { status, code: field("code"), message: field("message") })
+    Err(UpstreamError::Status {
+        status,
+        code: field("code"),
+        message: field("message"),
+        hint: field("hint"),
+        details: field("details"),
+    })
 }
 
 impl UpstreamError {
@@ -120,7 +145,7 @@ impl UpstreamError {
     pub fn describe(&self) -> String {
         match self {
             UpstreamError::Unreachable(why) => format!("unreachable: {why}"),
-            UpstreamError::Status { status, code, message } => format!(
+            UpstreamError::Status { status, code, message, .. } => format!(
                 "HTTP {status}{}{}",
                 code.as_deref().map(|c| format!(" {c}")).unwrap_or_default(),
                 message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
@@ -142,15 +167,22 @@ impl From<UpstreamError> for ApiError {
                 ApiError::bad_gateway("upstream_bad_response", "the database API gave an unexpected answer")
             }
             UpstreamError::BadRequest(why) => ApiError::bad_request("bad_credentials", why),
-            UpstreamError::Status { status, code, message } => {
+            UpstreamError::Status { status, code, message, hint, details } => {
                 let code_str = code.as_deref().unwrap_or_default();
                 match (status, code_str) {
-                    // Our own SQL raises PTxyz with a message written for clients.
-                    (400..=499, c) if c.starts_with("PT") && status != 401 => ApiError::new(
-                        status,
-                        "rejected",
-                        message.unwrap_or_else(|| "the request was rejected".into()),
-                    ),
+                    // Our own SQL raises PTxyz with a message written for clients, a
+                    // machine-readable code as the hint, and JSON details.
+                    (400..=499, c) if c.starts_with("PT") && status != 401 => {
+                        let err = ApiError::new(
+                            status,
+                            hint.as_deref().and_then(sql_error_code).unwrap_or("rejected"),
+                            message.unwrap_or_else(|| "the request was rejected".into()),
+                        );
+                        match details.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()) {
+                            Some(d) if d.is_object() => err.with_details(d),
+                            _ => err,
+                        }
+                    }
                     (403, _) | (_, "42501") => {
                         ApiError::forbidden("forbidden", "the database refused this operation for this user")
                     }
@@ -196,17 +228,43 @@ mod tests {
             Err(UpstreamError::Status {
                 status: 403,
                 code: Some("PT403".into()),
-                message: Some("client_id belongs to another user".into())
+                message: Some("client_id belongs to another user".into()),
+                hint: None,
+                details: None,
             })
         );
         assert_eq!(
             parse_answer(502, "Bad Gateway"),
-            Err(UpstreamError::Status { status: 502, code: None, message: None })
+            Err(UpstreamError::Status { status: 502, code: None, message: None, hint: None, details: None })
         );
     }
 
     fn status(status: u16, code: Option<&str>, message: Option<&str>) -> ApiError {
-        UpstreamError::Status { status, code: code.map(Into::into), message: message.map(Into::into) }.into()
+        UpstreamError::Status { status, code: code.map(Into::into), message: message.map(Into::into), hint: None, details: None }
+            .into()
+    }
+
+    #[test]
+    fn our_sql_errors_keep_their_code_and_details() {
+        let e: ApiError = parse_answer(
+            410,
+            r#"{"code":"PT410","message":"pull again","hint":"resync_required","details":null}"#,
+        )
+        .unwrap_err()
+        .into();
+        assert_eq!((e.status, e.code, e.message.as_str(), e.details), (410, "resync_required", "pull again", None));
+        let e: ApiError = parse_answer(
+            400,
+            r#"{"code":"PT400","message":"1 invalid","hint":"invalid_mutations","details":"{\"errors\": [{\"op_id\": 3}]}"}"#,
+        )
+        .unwrap_err()
+        .into();
+        assert_eq!((e.status, e.code), (400, "invalid_mutations"));
+        assert_eq!(e.details.unwrap()["errors"][0]["op_id"], 3);
+        // A hint that is not one of ours is not turned into a code.
+        let e: ApiError =
+            parse_answer(400, r#"{"code":"PT400","message":"m","hint":"Drop table x","details":"not json"}"#).unwrap_err().into();
+        assert_eq!((e.code, e.details), ("rejected", None));
     }
 
     #[test]

@@ -134,7 +134,7 @@ mod tests {
     }
 
     fn status(status: u16, code: &str) -> UpstreamError {
-        UpstreamError::Status { status, code: Some(code.into()), message: Some("internal detail".into()) }
+        UpstreamError::Status { status, code: Some(code.into()), message: Some("internal detail".into()), hint: None, details: None }
     }
 
     #[test]

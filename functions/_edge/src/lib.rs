@@ -8,7 +8,8 @@
 //! `x-request-id`, and logs the request line. No handler path can reach the runtime
 //! as an `Err` or a panic.
 
-use edgesync_shared::auth::{self, Verified};
+use edgesync_shared::auth::{self, Principal, Verified};
+use edgesync_shared::data_api::DataApi;
 use edgesync_shared::config::{Config, ConfigError};
 use edgesync_shared::{request_id, ApiError};
 use serde_json::Value;
@@ -129,4 +130,50 @@ pub fn require_path(req: &Request, path: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::not_found(format!("no such endpoint: {actual}")))
     }
+}
+
+/// The signed-in user's id; the service role has no user and is refused (403) by the
+/// per-user endpoints.
+pub fn require_user(verified: &Verified) -> Result<&str, ApiError> {
+    match &verified.principal {
+        Principal::User { user_id } => Ok(user_id),
+        Principal::ServiceRole => {
+            Err(ApiError::forbidden("user_required", "this endpoint acts for a user; call it with a user's token"))
+        }
+    }
+}
+
+/// The body of a JSON request, refusing (415) other content types and (413) bodies
+/// over `max` bytes, judged first by `Content-Length` so an oversized upload is not
+/// read at all.
+pub async fn json_body(req: &mut Request, max: usize, too_large: impl Fn(usize) -> ApiError) -> Result<Vec<u8>, ApiError> {
+    let content_type = req.headers().get("content-type").ok().flatten().unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if essence != "application/json" {
+        return Err(ApiError::new(415, "unsupported_media_type", "send the body as application/json"));
+    }
+    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
+    if let Some(len) = declared.filter(|len| *len > max) {
+        return Err(too_large(len));
+    }
+    let body = req
+        .bytes()
+        .await
+        .map_err(|e| ApiError::bad_request("unreadable_body", format!("the request body could not be read: {e}")))?;
+    if body.len() > max {
+        return Err(too_large(body.len()));
+    }
+    Ok(body)
+}
+
+/// The PostgREST client for this deployment.
+pub fn data_api(config: &Config) -> DataApi {
+    DataApi::new(config.postgrest_url.clone(), config.anon_key.clone())
+}
+
+/// A JSON response that no cache may keep (per-user data).
+pub fn private_json(body: &Value) -> Result<Response, ApiError> {
+    let mut response = json(200, body)?;
+    let _ = response.headers_mut().set("cache-control", "no-store");
+    Ok(response)
 }

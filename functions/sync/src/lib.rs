@@ -1,7 +1,12 @@
-//! `GET /sync`: delta pull of the user's rows. Not implemented yet (issue #3): it
-//! verifies the token and answers 501, so clients get an honest error.
+//! `GET /sync`: delta pull of the signed-in user's rows (SPEC §5, §6a).
+//!
+//! Thin: verify the token, parse the query (`shared::sync`), one RPC to
+//! `edgesync_pull` with the user's own token (RLS applies), shape the answer.
 
-use edgesync_edge::{self as edge, edgesync_shared::ApiError};
+use edgesync_edge::{self as edge, edgesync_shared as shared};
+use shared::data_api::Caller;
+use shared::sync::{PullRequest, PULL_RPC};
+use shared::ApiError;
 use worker::{event, Context, Env, Method, Request, Response};
 
 #[event(fetch)]
@@ -15,6 +20,10 @@ async fn handle(req: &Request, env: &Env) -> Result<Response, ApiError> {
     edge::require_path(req, "/sync")?;
     edge::require_method(req, &[Method::Get])?;
     let config = edge::config(env)?;
-    edge::authenticate(req, &config).await?;
-    Err(ApiError::not_implemented("/sync"))
+    let verified = edge::authenticate(req, &config).await?;
+    edge::require_user(&verified)?;
+    let url = req.url().map_err(|e| ApiError::bad_request("invalid_url", e.to_string()))?;
+    let pull = PullRequest::from_query(url.query().unwrap_or_default())?;
+    let answer = edge::data_api(&config).rpc(Caller::User(&verified.token), PULL_RPC, &pull.rpc_args()).await?;
+    edge::private_json(&pull.response(answer)?)
 }
