@@ -5,11 +5,13 @@
 //! `EDGESYNC_STACK_DIR`); against `cargo xtask stack up` run
 //! `EDGESYNC_STACK_DIR=target/stack cargo test -p edgesync-integration`.
 
+pub use postgres;
 use serde_json::Value;
-pub use xtask;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
+pub use xtask;
 pub use xtask::keys;
 pub use xtask::stack::{self, StackInfo};
 
@@ -25,13 +27,18 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 /// The running stack. Panics with instructions when there is none: an integration
 /// test that silently passed without a stack would prove nothing.
 pub fn stack() -> StackInfo {
-    let dir = std::env::var_os("EDGESYNC_STACK_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        panic!("EDGESYNC_STACK_DIR is not set: run these tests with `cargo xtask test`")
-    });
+    let dir = std::env::var_os("EDGESYNC_STACK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("EDGESYNC_STACK_DIR is not set: run these tests with `cargo xtask test`"));
     // Relative to the workspace root, not to this crate's directory.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
     let info = stack::load(&dir).unwrap_or_else(|e| panic!("{e}"));
-    assert!(info.all_alive(), "the stack in {} is not running:\n{}", dir.display(), stack::status(&dir).unwrap_or_default());
+    assert!(
+        info.all_alive(),
+        "the stack in {} is not running:\n{}",
+        dir.display(),
+        stack::status(&dir).unwrap_or_default()
+    );
     info
 }
 
@@ -67,7 +74,11 @@ impl Answer {
         assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {}", self.text);
         let rid = err["request_id"].as_str().expect("error without request_id");
         assert_eq!(Some(rid), self.request_id.as_deref(), "request id in body and header differ");
-        assert!(self.content_type.as_deref().is_some_and(|c| c.starts_with("application/json")), "{:?}", self.content_type);
+        assert!(
+            self.content_type.as_deref().is_some_and(|c| c.starts_with("application/json")),
+            "{:?}",
+            self.content_type
+        );
         err
     }
 }
@@ -109,4 +120,135 @@ pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
         assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A superuser connection to the stack's Postgres, for what HTTP cannot do (hold a
+/// transaction open, look at the server's tables directly).
+pub fn db(info: &StackInfo) -> postgres::Client {
+    postgres::Client::connect(&info.database_url, postgres::NoTls)
+        .unwrap_or_else(|e| panic!("connect to Postgres: {e}"))
+}
+
+/// A fresh random UUID (a new user, client or row).
+pub fn uuid() -> String {
+    keys::random_uuid()
+}
+
+/// Columns `/sync` never sends.
+pub const HIDDEN_COLUMNS: &str = "{_txid,_writer,embedding,embedding_model,embedding_hash}";
+
+/// What the server holds for `user_id` in `table`: live rows as `/sync` would send
+/// them, and the ids of tombstones.
+pub fn server_state(
+    db: &mut postgres::Client,
+    table: &str,
+    user_id: &str,
+) -> (BTreeMap<String, Value>, BTreeSet<String>) {
+    let sql = format!(
+        "select id::text, (to_jsonb(t) - '{HIDDEN_COLUMNS}'::text[])::text, deleted_at is not null
+           from public.{table} t where user_id = $1::text::uuid"
+    );
+    let mut live = BTreeMap::new();
+    let mut dead = BTreeSet::new();
+    for row in db.query(sql.as_str(), &[&user_id]).unwrap() {
+        let id: String = row.get(0);
+        if row.get::<_, bool>(2) {
+            dead.insert(id);
+        } else {
+            live.insert(id, serde_json::from_str(row.get::<_, &str>(1)).unwrap());
+        }
+    }
+    (live, dead)
+}
+
+/// A client's replica built only from `/sync` pages, the way a device builds it.
+pub struct Replica {
+    pub functions_url: String,
+    pub token: String,
+    /// `tables=` value, or None for every table.
+    pub tables: Option<String>,
+    pub cursor: Option<String>,
+    /// The last page's `checkpoint`.
+    pub checkpoint: u64,
+    /// (table, id) -> row.
+    pub rows: BTreeMap<(String, String), Value>,
+    /// Every (table, id) a page ever delivered as upserted or deleted, with how often.
+    pub deliveries: u64,
+}
+
+impl Replica {
+    pub fn new(info: &StackInfo, token: &str, tables: Option<&str>) -> Replica {
+        Replica {
+            functions_url: info.functions_url.clone(),
+            token: token.to_owned(),
+            tables: tables.map(str::to_owned),
+            cursor: None,
+            checkpoint: 0,
+            rows: BTreeMap::new(),
+            deliveries: 0,
+        }
+    }
+
+    /// Pull one page and apply it; returns the raw answer.
+    #[track_caller]
+    pub fn pull(&mut self, limit: u32) -> Answer {
+        let mut url = format!("{}/sync?limit={limit}", self.functions_url);
+        if let Some(t) = &self.tables {
+            url.push_str(&format!("&tables={t}"));
+        }
+        if let Some(c) = &self.cursor {
+            url.push_str(&format!("&since={c}"));
+        }
+        let answer = call("GET", &url, Some(&self.token), None);
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        for (table, change) in answer.body["changes"].as_object().expect("changes") {
+            for row in change["upserted"].as_array().expect("upserted") {
+                let id = row["id"].as_str().expect("id").to_owned();
+                self.rows.insert((table.clone(), id), row.clone());
+                self.deliveries += 1;
+            }
+            for id in change["deleted"].as_array().expect("deleted") {
+                self.rows.remove(&(table.clone(), id.as_str().expect("deleted id").to_owned()));
+                self.deliveries += 1;
+            }
+        }
+        self.cursor = Some(answer.body["cursor"].as_str().expect("cursor").to_owned());
+        self.checkpoint = answer.body["checkpoint"].as_str().and_then(|c| c.parse().ok()).expect("checkpoint");
+        answer
+    }
+
+    /// Pull until a page says there is no more; returns the number of pages.
+    pub fn drain(&mut self, limit: u32) -> usize {
+        let mut pages = 0;
+        loop {
+            pages += 1;
+            if !self.pull(limit).body["has_more"].as_bool().expect("has_more") {
+                return pages;
+            }
+        }
+    }
+
+    /// Pull until the replica has caught up with `checkpoint` (a write checkpoint from
+    /// `/upload`, or one past a transaction id).
+    pub fn catch_up(&mut self, checkpoint: u64, limit: u32) {
+        eventually("the pull to reach the checkpoint", Duration::from_secs(30), || {
+            self.drain(limit);
+            self.checkpoint >= checkpoint
+        });
+    }
+
+    /// The replica's live rows of `table`.
+    pub fn table(&self, table: &str) -> BTreeMap<String, Value> {
+        self.rows.iter().filter(|((t, _), _)| t == table).map(|((_, id), row)| (id.clone(), row.clone())).collect()
+    }
+}
+
+/// `POST /upload` of `mutations` for `client_id`.
+pub fn upload(info: &StackInfo, token: &str, client_id: &str, mutations: Value) -> Answer {
+    call(
+        "POST",
+        &format!("{}/upload", info.functions_url),
+        Some(token),
+        Some(&serde_json::json!({ "client_id": client_id, "mutations": mutations })),
+    )
 }
