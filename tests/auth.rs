@@ -7,7 +7,8 @@ use edgesync_integration::{call, call_with_headers, keys, stack, user_token, use
 use serde_json::{json, Value};
 
 /// (method, path) of each endpoint that takes a user token.
-const PROTECTED: &[(&str, &str)] = &[("GET", "/sync"), ("POST", "/upload"), ("POST", "/populate"), ("POST", "/embed_entry")];
+const PROTECTED: &[(&str, &str)] =
+    &[("GET", "/sync"), ("POST", "/upload"), ("POST", "/populate"), ("POST", "/embed_entry")];
 
 fn body_for(method: &str) -> Option<Value> {
     (method == "POST").then(|| json!({}))
@@ -38,8 +39,11 @@ fn bad_tokens_are_401_invalid_token() {
     let info = stack();
     let sub = keys::random_uuid();
     let expired = keys::sign_hs256(&info.jwt_secret, &keys::user_claims(&sub, &info.jwt_issuer, -3600)).unwrap();
-    let wrong_secret =
-        keys::sign_hs256("another-secret-that-is-long-enough-0123456789", &keys::user_claims(&sub, &info.jwt_issuer, 3600)).unwrap();
+    let wrong_secret = keys::sign_hs256(
+        "another-secret-that-is-long-enough-0123456789",
+        &keys::user_claims(&sub, &info.jwt_issuer, 3600),
+    )
+    .unwrap();
     let claims = keys::user_claims(&sub, &info.jwt_issuer, 3600);
     let alg_none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims));
     // A valid token whose payload was edited afterwards (another user's id).
@@ -49,7 +53,13 @@ fn bad_tokens_are_401_invalid_token() {
     forged_claims["sub"] = json!(keys::random_uuid());
     let tampered = format!("{}.{}.{}", parts[0], b64(&forged_claims), parts[2]);
 
-    let cases = [("expired", expired), ("wrong secret", wrong_secret), ("alg none", alg_none), ("tampered", tampered), ("garbage", "not.a.jwt".to_owned())];
+    let cases = [
+        ("expired", expired),
+        ("wrong secret", wrong_secret),
+        ("alg none", alg_none),
+        ("tampered", tampered),
+        ("garbage", "not.a.jwt".to_owned()),
+    ];
     each_endpoint(&info, |method, path, url| {
         for (what, token) in &cases {
             let a = call(method, &url, Some(token), body_for(method).as_ref());
@@ -102,6 +112,7 @@ fn es256_token_with_an_unknown_kid_is_401() {
 #[test]
 fn wrong_method_is_405_before_auth() {
     let info = stack();
-    call("POST", &format!("{}/sync", info.functions_url), None, Some(&json!({}))).assert_error(405, "method_not_allowed");
+    call("POST", &format!("{}/sync", info.functions_url), None, Some(&json!({})))
+        .assert_error(405, "method_not_allowed");
     call("GET", &format!("{}/upload", info.functions_url), None, None).assert_error(405, "method_not_allowed");
 }

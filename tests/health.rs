@@ -19,11 +19,20 @@ fn health_is_200_when_postgrest_and_schema_are_well() {
     assert_eq!(a.body["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(a.body["checks"]["postgrest"]["ok"], true);
     assert!(a.body["checks"]["postgrest"]["latency_ms"].is_u64(), "{}", a.text);
-    assert_eq!(a.body["checks"]["schema"], json!({"ok": true, "expected": expected_schema_version(), "actual": expected_schema_version()}));
+    assert_eq!(
+        a.body["checks"]["schema"],
+        json!({"ok": true, "expected": expected_schema_version(), "actual": expected_schema_version()})
+    );
     assert_eq!(a.body["failing"], json!([]));
     assert!(a.request_id.is_some());
     // No secrets in the report.
-    for secret in [&info.jwt_secret, &info.service_role_key, &info.anon_key, &info.postgres_password, &info.authenticator_password] {
+    for secret in [
+        &info.jwt_secret,
+        &info.service_role_key,
+        &info.anon_key,
+        &info.postgres_password,
+        &info.authenticator_password,
+    ] {
         assert!(!a.text.contains(secret.as_str()), "health leaks a secret");
     }
 }
@@ -58,8 +67,10 @@ fn health_is_503_when_the_schema_is_behind_the_code() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
     // Pretend the newest migration was never applied.
-    run_sql(&format!("create table edgesync.held_back as select * from edgesync.schema_migrations where version = {expected}; \
-                      delete from edgesync.schema_migrations where version = {expected}"));
+    run_sql(&format!(
+        "create table edgesync.held_back as select * from edgesync.schema_migrations where version = {expected}; \
+                      delete from edgesync.schema_migrations where version = {expected}"
+    ));
     let behind = call("GET", &url, None, None);
     run_sql("insert into edgesync.schema_migrations select * from edgesync.held_back; drop table edgesync.held_back");
 

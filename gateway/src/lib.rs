@@ -35,9 +35,8 @@ fn binding_for(path: &str) -> Option<&'static str> {
 async fn forward(req: Request, env: &Env, request_id: &str) -> Result<Response, ApiError> {
     let path = req.path();
     let binding = binding_for(&path).ok_or_else(|| ApiError::not_found(format!("no such endpoint: {path}")))?;
-    let service = env
-        .service(binding)
-        .map_err(|e| ApiError::internal(format!("service binding {binding} is missing: {e}")))?;
+    let service =
+        env.service(binding).map_err(|e| ApiError::internal(format!("service binding {binding} is missing: {e}")))?;
 
     // The incoming request's headers are immutable; build a copy that carries the id.
     let headers = Headers::new();
@@ -53,8 +52,7 @@ async fn forward(req: Request, env: &Env, request_id: &str) -> Result<Response, 
     let url = req.url().map_err(|e| ApiError::bad_request("bad_url", format!("request URL: {e}")))?;
     let forwarded = Request::new_with_init(url.as_str(), &init)
         .map_err(|e| ApiError::internal(format!("could not forward the request: {e}")))?;
-    service
-        .fetch_request(forwarded)
-        .await
-        .map_err(|e| ApiError::bad_gateway("function_unreachable", format!("the {binding} function did not answer: {e}")))
+    service.fetch_request(forwarded).await.map_err(|e| {
+        ApiError::bad_gateway("function_unreachable", format!("the {binding} function did not answer: {e}"))
+    })
 }

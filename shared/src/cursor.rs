@@ -39,7 +39,10 @@ impl Cursor {
 
     pub fn decode(s: &str) -> Result<Cursor, ApiError> {
         let bad = |why: &str| {
-            ApiError::bad_request("invalid_cursor", format!("the cursor is not valid ({why}); pull again without `since`"))
+            ApiError::bad_request(
+                "invalid_cursor",
+                format!("the cursor is not valid ({why}); pull again without `since`"),
+            )
         };
         if s.len() > MAX_CURSOR_LEN {
             return Err(bad("too long"));
@@ -128,8 +131,12 @@ mod tests {
 
     #[test]
     fn a_checksummed_cursor_with_a_bad_field_is_still_refused() {
-        for payload in ["2.1.00000000000000000000000000000000.00000000", "1.x.00000000000000000000000000000000.00000000",
-                        "1.1.zz000000000000000000000000000000.00000000", "1.99999999999999999999.00000000000000000000000000000000.0"] {
+        for payload in [
+            "2.1.00000000000000000000000000000000.00000000",
+            "1.x.00000000000000000000000000000000.00000000",
+            "1.1.zz000000000000000000000000000000.00000000",
+            "1.99999999999999999999.00000000000000000000000000000000.0",
+        ] {
             let forged = URL_SAFE_NO_PAD.encode(format!("{payload}.{:08x}", checksum(payload)));
             assert_eq!(Cursor::decode(&forged).unwrap_err().code, "invalid_cursor", "{payload}");
         }

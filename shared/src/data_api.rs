@@ -77,10 +77,7 @@ impl DataApi {
             .await
             .map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
         let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
+        let body = response.text().await.map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
         parse_answer(status, &body)
     }
 }
@@ -240,18 +237,22 @@ mod tests {
     }
 
     fn status(status: u16, code: Option<&str>, message: Option<&str>) -> ApiError {
-        UpstreamError::Status { status, code: code.map(Into::into), message: message.map(Into::into), hint: None, details: None }
-            .into()
+        UpstreamError::Status {
+            status,
+            code: code.map(Into::into),
+            message: message.map(Into::into),
+            hint: None,
+            details: None,
+        }
+        .into()
     }
 
     #[test]
     fn our_sql_errors_keep_their_code_and_details() {
-        let e: ApiError = parse_answer(
-            410,
-            r#"{"code":"PT410","message":"pull again","hint":"resync_required","details":null}"#,
-        )
-        .unwrap_err()
-        .into();
+        let e: ApiError =
+            parse_answer(410, r#"{"code":"PT410","message":"pull again","hint":"resync_required","details":null}"#)
+                .unwrap_err()
+                .into();
         assert_eq!((e.status, e.code, e.message.as_str(), e.details), (410, "resync_required", "pull again", None));
         let e: ApiError = parse_answer(
             400,
@@ -263,14 +264,20 @@ mod tests {
         assert_eq!(e.details.unwrap()["errors"][0]["op_id"], 3);
         // A hint that is not one of ours is not turned into a code.
         let e: ApiError =
-            parse_answer(400, r#"{"code":"PT400","message":"m","hint":"Drop table x","details":"not json"}"#).unwrap_err().into();
+            parse_answer(400, r#"{"code":"PT400","message":"m","hint":"Drop table x","details":"not json"}"#)
+                .unwrap_err()
+                .into();
         assert_eq!((e.code, e.details), ("rejected", None));
     }
 
     #[test]
     fn upstream_errors_map_to_client_errors_without_internals() {
         let cases: &[(ApiError, u16, &str)] = &[
-            (UpstreamError::Unreachable("connection refused 127.0.0.1:3000".into()).into(), 502, "upstream_unreachable"),
+            (
+                UpstreamError::Unreachable("connection refused 127.0.0.1:3000".into()).into(),
+                502,
+                "upstream_unreachable",
+            ),
             (UpstreamError::BadBody("x".into()).into(), 502, "upstream_bad_response"),
             (status(403, Some("PT403"), Some("client_id belongs to another user")), 403, "rejected"),
             (status(400, Some("PT400"), Some("bad batch")), 400, "rejected"),
@@ -288,8 +295,10 @@ mod tests {
             }
         }
         // Messages our own SQL raised for clients are passed on.
-        assert_eq!(status(403, Some("PT403"), Some("client_id belongs to another user")).message,
-                   "client_id belongs to another user");
+        assert_eq!(
+            status(403, Some("PT403"), Some("client_id belongs to another user")).message,
+            "client_id belongs to another user"
+        );
     }
 
     #[test]

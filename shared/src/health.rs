@@ -72,16 +72,22 @@ pub fn report(config: Result<(), &ConfigError>, probe: Option<&Probe>, expected_
                 );
                 match dependency {
                     "postgrest" => {
-                        checks.insert("schema".into(), json!({ "ok": false, "expected": expected_schema, "actual": null,
-                                                               "error": "not checked: PostgREST is not answering" }));
+                        checks.insert(
+                            "schema".into(),
+                            json!({ "ok": false, "expected": expected_schema, "actual": null,
+                                                               "error": "not checked: PostgREST is not answering" }),
+                        );
                         failing.push("postgrest");
                     }
                     other => {
                         checks.insert(other.into(), json!({ "ok": false, "error": summary }));
                         failing.push(other);
                         if other != "schema" {
-                            checks.insert("schema".into(), json!({ "ok": false, "expected": expected_schema, "actual": null,
-                                                                   "error": "not checked" }));
+                            checks.insert(
+                                "schema".into(),
+                                json!({ "ok": false, "expected": expected_schema, "actual": null,
+                                                                   "error": "not checked" }),
+                            );
                         }
                     }
                 }
@@ -111,14 +117,17 @@ fn summarise(e: &UpstreamError) -> (&'static str, String) {
             let code = code.as_deref().unwrap_or("");
             match (*status, code) {
                 // PostgREST is up but cannot reach Postgres.
-                (503, _) | (_, "PGRST000") | (_, "PGRST001") | (_, "PGRST002") => {
-                    ("database", format!("PostgREST answers but the database does not (HTTP {status} {code})").trim_end().to_owned())
-                }
+                (503, _) | (_, "PGRST000") | (_, "PGRST001") | (_, "PGRST002") => (
+                    "database",
+                    format!("PostgREST answers but the database does not (HTTP {status} {code})").trim_end().to_owned(),
+                ),
                 // The health RPC is not in the schema: migrations not applied.
                 (404, c) if c.starts_with("PGRST2") || c == "42883" => {
                     ("schema", "the edgesync migrations are not applied (edgesync_health is missing)".into())
                 }
-                (401 | 403, _) => ("config", format!("PostgREST refused the health check (HTTP {status}); check SUPABASE_ANON_KEY")),
+                (401 | 403, _) => {
+                    ("config", format!("PostgREST refused the health check (HTTP {status}); check SUPABASE_ANON_KEY"))
+                }
                 _ => ("postgrest", format!("answered HTTP {status}")),
             }
         }
@@ -134,7 +143,13 @@ mod tests {
     }
 
     fn status(status: u16, code: &str) -> UpstreamError {
-        UpstreamError::Status { status, code: Some(code.into()), message: Some("internal detail".into()), hint: None, details: None }
+        UpstreamError::Status {
+            status,
+            code: Some(code.into()),
+            message: Some("internal detail".into()),
+            hint: None,
+            details: None,
+        }
     }
 
     #[test]

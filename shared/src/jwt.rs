@@ -87,7 +87,9 @@ impl AuthError {
             AuthError::TooLarge => format!("the token is longer than {MAX_TOKEN_LEN} bytes"),
             AuthError::Malformed(why) => format!("the token is malformed: {why}"),
             AuthError::AlgNone => "unsigned tokens (alg none) are not accepted".into(),
-            AuthError::UnsupportedAlg(alg) => format!("token algorithm {alg:?} is not accepted (HS256, ES256 or RS256)"),
+            AuthError::UnsupportedAlg(alg) => {
+                format!("token algorithm {alg:?} is not accepted (HS256, ES256 or RS256)")
+            }
             AuthError::NoSecretConfigured => "HS256 tokens are not accepted by this deployment".into(),
             AuthError::NoJwksConfigured => "asymmetric tokens are not accepted by this deployment".into(),
             AuthError::MissingKid => "the token header has no kid".into(),
@@ -167,8 +169,9 @@ impl KeySet {
             let Ok(jwk) = serde_json::from_value::<Jwk>(entry.clone()) else { continue };
             let Some(kid) = jwk.common.key_id.clone() else { continue };
             let kind = match &jwk.algorithm {
-                AlgorithmParameters::EllipticCurve(p)
-                    if matches!(p.curve, jsonwebtoken::jwk::EllipticCurve::P256) => KeyKind::Ec,
+                AlgorithmParameters::EllipticCurve(p) if matches!(p.curve, jsonwebtoken::jwk::EllipticCurve::P256) => {
+                    KeyKind::Ec
+                }
                 AlgorithmParameters::RSA(_) => KeyKind::Rsa,
                 _ => continue,
             };
@@ -200,7 +203,8 @@ impl KeySet {
 }
 
 fn decode_segment(segment: &str) -> Result<Value, AuthError> {
-    let bytes = URL_SAFE_NO_PAD.decode(segment.trim_end_matches('=')).map_err(|_| AuthError::Malformed("not base64url"))?;
+    let bytes =
+        URL_SAFE_NO_PAD.decode(segment.trim_end_matches('=')).map_err(|_| AuthError::Malformed("not base64url"))?;
     serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed("not JSON"))
 }
 
@@ -228,7 +232,8 @@ pub fn verify_token(token: &str, cfg: &AuthConfig, keys: Option<&KeySet>, now: u
             let keys = keys.ok_or(AuthError::NoJwksConfigured)?;
             let kid = header.get("kid").and_then(Value::as_str).ok_or(AuthError::MissingKid)?;
             let (kind, key) = keys.keys.get(kid).ok_or_else(|| AuthError::UnknownKid(kid.to_owned()))?;
-            let (alg, expected) = if alg_name == "ES256" { (Algorithm::ES256, KeyKind::Ec) } else { (Algorithm::RS256, KeyKind::Rsa) };
+            let (alg, expected) =
+                if alg_name == "ES256" { (Algorithm::ES256, KeyKind::Ec) } else { (Algorithm::RS256, KeyKind::Rsa) };
             if *kind != expected {
                 return Err(AuthError::KeyTypeMismatch);
             }
@@ -292,7 +297,13 @@ pub fn verify_token(token: &str, cfg: &AuthConfig, keys: Option<&KeySet>, now: u
         }
         // Supabase's service-role API key: iss "supabase", no sub, no aud.
         "service_role" => Principal::ServiceRole,
-        other => return Err(AuthError::ForbiddenRole(if other.is_empty() { "(none)".into() } else { other.chars().take(40).collect() })),
+        other => {
+            return Err(AuthError::ForbiddenRole(if other.is_empty() {
+                "(none)".into()
+            } else {
+                other.chars().take(40).collect()
+            }))
+        }
     };
     Ok(Verified { principal, claims, token: token.to_owned() })
 }

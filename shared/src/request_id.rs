@@ -14,9 +14,7 @@ pub fn accept_or_generate(incoming: Option<&str>) -> String {
 }
 
 fn is_plain(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// 16 random bytes, hex encoded.

@@ -82,7 +82,10 @@ impl PullRequest {
                     return Err(ApiError::bad_request("invalid_parameter", "`tables` names no table"));
                 }
                 if names.len() > MAX_TABLES {
-                    return Err(ApiError::bad_request("invalid_parameter", format!("at most {MAX_TABLES} tables per pull")));
+                    return Err(ApiError::bad_request(
+                        "invalid_parameter",
+                        format!("at most {MAX_TABLES} tables per pull"),
+                    ));
                 }
                 Some(names)
             }
@@ -139,7 +142,8 @@ impl PullRequest {
     /// `/upload`'s `write_checkpoint` is reached when `checkpoint >= write_checkpoint`
     /// (compared as integers).
     pub fn response(&self, answer: Value) -> Result<Value, ApiError> {
-        let bad = |what: &str| ApiError::bad_gateway("upstream_bad_response", format!("the pull answer has no valid {what}"));
+        let bad =
+            |what: &str| ApiError::bad_gateway("upstream_bad_response", format!("the pull answer has no valid {what}"));
         let mut answer = match answer {
             Value::Object(map) => map,
             _ => return Err(bad("object")),
@@ -278,15 +282,20 @@ mod tests {
         let c = Cursor::decode(body["cursor"].as_str().unwrap()).unwrap();
         assert_eq!((c.txid, c.id.as_str()), (42, "0a1b2c3d-0000-4000-8000-00000000abcd"));
         // And that cursor is accepted by the next request for the same tables.
-        let next = PullRequest::from_query(&format!("tables=entries&since={}", body["cursor"].as_str().unwrap())).unwrap();
+        let next =
+            PullRequest::from_query(&format!("tables=entries&since={}", body["cursor"].as_str().unwrap())).unwrap();
         assert_eq!(next.since, Some(c));
     }
 
     #[test]
     fn malformed_answers_are_upstream_errors() {
         let r = PullRequest::from_query("").unwrap();
-        for answer in [json!(null), json!({"changes": []}), json!({"changes": {}, "has_more": true, "next_txid": "x", "next_id": NIL_ID}),
-                       json!({"changes": {}, "has_more": false, "next_txid": "1", "next_id": "nope"})] {
+        for answer in [
+            json!(null),
+            json!({"changes": []}),
+            json!({"changes": {}, "has_more": true, "next_txid": "x", "next_id": NIL_ID}),
+            json!({"changes": {}, "has_more": false, "next_txid": "1", "next_id": "nope"}),
+        ] {
             assert_eq!(r.response(answer).unwrap_err().status, 502);
         }
         let ok = r.response(json!({"changes": {"a": {"upserted": [], "deleted": []}}, "has_more": false, "next_txid": "1", "next_id": NIL_ID}));
@@ -295,7 +304,10 @@ mod tests {
 
     #[test]
     fn query_decoding() {
-        assert_eq!(parse_query("a=b+c&d=%41&e").unwrap(), vec![("a".into(), "b c".into()), ("d".into(), "A".into()), ("e".into(), "".into())]);
+        assert_eq!(
+            parse_query("a=b+c&d=%41&e").unwrap(),
+            vec![("a".into(), "b c".into()), ("d".into(), "A".into()), ("e".into(), "".into())]
+        );
         assert!(parse_query("a=%4").is_err());
         assert!(parse_query("a=%ff").is_err());
     }

@@ -35,9 +35,8 @@ impl UploadBatch {
         if body.len() > MAX_BODY_BYTES {
             return Err(too_large_body(body.len()));
         }
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-        })?;
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
         let Value::Object(mut top) = value else {
             return Err(ApiError::bad_request("invalid_request", "the body must be a JSON object"));
         };
@@ -95,7 +94,8 @@ impl UploadBatch {
     /// the pushing transaction's id: a `/sync` whose `checkpoint` has reached it
     /// contains this batch's writes.
     pub fn response(&self, answer: Value) -> Result<Value, ApiError> {
-        let bad = |what: &str| ApiError::bad_gateway("upstream_bad_response", format!("the push answer has no valid {what}"));
+        let bad =
+            |what: &str| ApiError::bad_gateway("upstream_bad_response", format!("the push answer has no valid {what}"));
         let results = answer.get("results").filter(|r| r.is_array()).ok_or_else(|| bad("results"))?;
         let last_op_id = answer.get("last_op_id").filter(|v| v.is_u64()).ok_or_else(|| bad("last_op_id"))?;
         let checkpoint: u64 = answer
@@ -114,8 +114,12 @@ impl UploadBatch {
 /// 413 for a body over [`MAX_BODY_BYTES`] (also used before reading it, from
 /// `Content-Length`).
 pub fn too_large_body(len: usize) -> ApiError {
-    ApiError::new(413, "body_too_large", format!("the body is {len} bytes; the limit is {MAX_BODY_BYTES}: split the outbox"))
-        .with_details(json!({ "max_bytes": MAX_BODY_BYTES }))
+    ApiError::new(
+        413,
+        "body_too_large",
+        format!("the body is {len} bytes; the limit is {MAX_BODY_BYTES}: split the outbox"),
+    )
+    .with_details(json!({ "max_bytes": MAX_BODY_BYTES }))
 }
 
 struct Problem {
@@ -208,7 +212,10 @@ mod tests {
         ]));
         let b = UploadBatch::parse(&body, USER).unwrap();
         assert_eq!(b.client_id, CLIENT);
-        assert_eq!(b.mutations[1], json!({"op_id": 2, "op": "PATCH", "type": "entries", "id": ROW, "data": {"title": "b"}}));
+        assert_eq!(
+            b.mutations[1],
+            json!({"op_id": 2, "op": "PATCH", "type": "entries", "id": ROW, "data": {"title": "b"}})
+        );
         assert_eq!(b.mutations[2]["data"], json!({}));
         assert_eq!(b.rpc_args()["mutations"].as_array().unwrap().len(), 3);
     }
@@ -216,9 +223,20 @@ mod tests {
     #[test]
     fn base_cursor_becomes_a_position() {
         let c = Cursor { txid: 77, id: NIL_ID.into(), tables: 0 }.encode();
-        let b = UploadBatch::parse(&batch(json!([{"op_id": 1, "op": "PUT", "type": "t", "id": ROW, "base_cursor": c}])), USER).unwrap();
-        assert_eq!((b.mutations[0]["base_txid"].as_str(), b.mutations[0]["base_id"].as_str()), (Some("77"), Some(NIL_ID)));
-        let e = UploadBatch::parse(&batch(json!([{"op_id": 1, "op": "PUT", "type": "t", "id": ROW, "base_cursor": "junk"}])), USER).unwrap_err();
+        let b = UploadBatch::parse(
+            &batch(json!([{"op_id": 1, "op": "PUT", "type": "t", "id": ROW, "base_cursor": c}])),
+            USER,
+        )
+        .unwrap();
+        assert_eq!(
+            (b.mutations[0]["base_txid"].as_str(), b.mutations[0]["base_id"].as_str()),
+            (Some("77"), Some(NIL_ID))
+        );
+        let e = UploadBatch::parse(
+            &batch(json!([{"op_id": 1, "op": "PUT", "type": "t", "id": ROW, "base_cursor": "junk"}])),
+            USER,
+        )
+        .unwrap_err();
         assert_eq!(e.details.unwrap()["errors"][0]["code"], "invalid_base_cursor");
     }
 
@@ -238,15 +256,34 @@ mod tests {
         ]));
         let e = UploadBatch::parse(&body, USER).unwrap_err();
         assert_eq!((e.status, e.code), (400, "invalid_mutations"));
-        let codes: Vec<&str> = e.details.as_ref().unwrap()["errors"].as_array().unwrap().iter().map(|x| x["code"].as_str().unwrap()).collect();
-        assert_eq!(codes, ["invalid_op_id", "invalid_op", "invalid_type", "invalid_id", "invalid_data", "duplicate_op_id",
-                           "invalid_op_id", "id_mismatch", "invalid_mutation"]);
+        let codes: Vec<&str> = e.details.as_ref().unwrap()["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "invalid_op_id",
+                "invalid_op",
+                "invalid_type",
+                "invalid_id",
+                "invalid_data",
+                "duplicate_op_id",
+                "invalid_op_id",
+                "id_mismatch",
+                "invalid_mutation"
+            ]
+        );
         assert_eq!(e.details.unwrap()["errors"][8]["index"], 8);
     }
 
     #[test]
     fn naming_another_user_is_forbidden() {
-        let body = batch(json!([{"op_id": 1, "op": "PUT", "type": "t", "id": ROW, "data": {"user_id": "99999999-9999-4999-8999-999999999999"}}]));
+        let body = batch(
+            json!([{"op_id": 1, "op": "PUT", "type": "t", "id": ROW, "data": {"user_id": "99999999-9999-4999-8999-999999999999"}}]),
+        );
         let e = UploadBatch::parse(&body, USER).unwrap_err();
         assert_eq!((e.status, e.code), (403, "user_id_mismatch"));
         let body = batch(json!([{"op_id": 1, "op": "PUT", "type": "t", "id": ROW, "data": {"user_id": 5}}]));
@@ -269,7 +306,9 @@ mod tests {
 
     #[test]
     fn limits_answer_413() {
-        let many: Vec<Value> = (1..=MAX_MUTATIONS as u64 + 1).map(|i| json!({"op_id": i, "op": "DELETE", "type": "t", "id": ROW})).collect();
+        let many: Vec<Value> = (1..=MAX_MUTATIONS as u64 + 1)
+            .map(|i| json!({"op_id": i, "op": "DELETE", "type": "t", "id": ROW}))
+            .collect();
         let e = UploadBatch::parse(&batch(Value::Array(many)), USER).unwrap_err();
         assert_eq!((e.status, e.code), (413, "too_many_mutations"));
         let e = UploadBatch::parse(&vec![b' '; MAX_BODY_BYTES + 1], USER).unwrap_err();
@@ -279,8 +318,13 @@ mod tests {
     #[test]
     fn response_shape() {
         let b = UploadBatch::parse(&batch(json!([])), USER).unwrap();
-        let r = b.response(json!({"results": [{"op_id": 1, "status": "applied"}], "last_op_id": 1, "checkpoint": "900"})).unwrap();
-        assert_eq!(r, json!({"results": [{"op_id": 1, "status": "applied"}], "last_op_id": 1, "write_checkpoint": "901"}));
+        let r = b
+            .response(json!({"results": [{"op_id": 1, "status": "applied"}], "last_op_id": 1, "checkpoint": "900"}))
+            .unwrap();
+        assert_eq!(
+            r,
+            json!({"results": [{"op_id": 1, "status": "applied"}], "last_op_id": 1, "write_checkpoint": "901"})
+        );
         assert_eq!(b.response(json!({"results": [], "last_op_id": 1})).unwrap_err().status, 502);
     }
 }

@@ -90,7 +90,12 @@ pub fn build(paths: &Paths, tools: &Tools, only: &[String]) -> Result<usize> {
         cmd.env("CARGO_TARGET_DIR", paths.target());
         run(&mut cmd).context(format!("building {}", krate.name))?;
         std::fs::write(&stamp, &print)?;
-        step(format!("built {} in {:.1}s: {} bytes", krate.name, started.elapsed().as_secs_f64(), std::fs::metadata(krate.wasm())?.len()));
+        step(format!(
+            "built {} in {:.1}s: {} bytes",
+            krate.name,
+            started.elapsed().as_secs_f64(),
+            std::fs::metadata(krate.wasm())?.len()
+        ));
         rebuilt += 1;
     }
     Ok(rebuilt)

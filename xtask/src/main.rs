@@ -131,7 +131,12 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             println!("{:<12} {:>10} {:>10}", "worker", "wasm bytes", "gzip -9");
             for w in build::all_workers(&paths) {
                 if let Ok(bytes) = std::fs::read(w.wasm()) {
-                    println!("{:<12} {:>10} {:>10}", w.name, bytes.len(), build::gzipped_len(&bytes).map(|n| n.to_string()).unwrap_or("-".into()));
+                    println!(
+                        "{:<12} {:>10} {:>10}",
+                        w.name,
+                        bytes.len(),
+                        build::gzipped_len(&bytes).map(|n| n.to_string()).unwrap_or("-".into())
+                    );
                 }
             }
         }
@@ -147,13 +152,15 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
                     print_stack(&info)?;
                 }
                 "down" => {
-                    let dir = flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
+                    let dir =
+                        flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
                     flags.done()?;
                     stack::down(&dir)?;
                     step("stack stopped");
                 }
                 "status" => {
-                    let dir = flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
+                    let dir =
+                        flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
                     flags.done()?;
                     println!("{}", stack::status(&dir)?);
                 }
@@ -173,7 +180,8 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
         "token" => {
             let dir = flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
             let sub = flags.value("--sub")?.unwrap_or_else(keys::random_uuid);
-            let ttl: i64 = flags.value("--ttl")?.map(|v| v.parse().context("--ttl must be seconds")).transpose()?.unwrap_or(3600);
+            let ttl: i64 =
+                flags.value("--ttl")?.map(|v| v.parse().context("--ttl must be seconds")).transpose()?.unwrap_or(3600);
             let es256 = flags.flag("--es256");
             let role = flags.value("--role")?;
             flags.done()?;
@@ -267,7 +275,9 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String]) -> Result<ExitCode> {
     build::build(paths, &t, &[])?;
     // Build the integration tests before the stack is up, so compile time is not
     // spent with servers waiting.
-    xtask::util::run(Command::new("cargo").args(["test", "-p", "edgesync-integration", "--no-run"]).current_dir(&paths.root))?;
+    xtask::util::run(
+        Command::new("cargo").args(["test", "-p", "edgesync-integration", "--no-run"]).current_dir(&paths.root),
+    )?;
 
     install_signal_handlers();
     let dir = paths.root.join("target/stack-test");
@@ -321,7 +331,9 @@ fn cargo_test(cmd: &mut Command, counts: &mut Counts) -> Result<bool> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             let number = |word: &str| {
                 rest.split(';')
-                    .find_map(|part| part.trim().strip_suffix(word).and_then(|n| n.trim().rsplit(' ').next()?.parse::<usize>().ok()))
+                    .find_map(|part| {
+                        part.trim().strip_suffix(word).and_then(|n| n.trim().rsplit(' ').next()?.parse::<usize>().ok())
+                    })
                     .unwrap_or(0)
             };
             counts.passed += number("passed");

@@ -17,7 +17,8 @@ pub struct RunAs {
 
 /// Start `cmd` detached in a new process group, output appended to `log`.
 pub fn spawn(mut cmd: Command, log: &Path, run_as: Option<RunAs>) -> Result<u32> {
-    let out = File::options().create(true).append(true).open(log).context(format!("could not open {}", log.display()))?;
+    let out =
+        File::options().create(true).append(true).open(log).context(format!("could not open {}", log.display()))?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
     if let Some(user) = run_as {

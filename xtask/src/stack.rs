@@ -35,7 +35,14 @@ pub struct Ports {
 impl Ports {
     /// The documented defaults of `cargo xtask dev` (Supabase CLI-like numbers).
     pub fn defaults() -> Ports {
-        Ports { postgres: 54322, postgrest: 54321, postgrest_admin: 54320, functions: 8787, inspector: 9787, auth: 54324 }
+        Ports {
+            postgres: 54322,
+            postgrest: 54321,
+            postgrest_admin: 54320,
+            functions: 8787,
+            inspector: 9787,
+            auth: 54324,
+        }
     }
 
     /// Free ports picked by the OS, for tests that must not collide with anything.
@@ -116,7 +123,8 @@ pub fn stack_file(dir: &Path) -> PathBuf {
 
 pub fn load(dir: &Path) -> Result<StackInfo> {
     let file = stack_file(dir);
-    let text = std::fs::read_to_string(&file).context(format!("no stack at {} (run `cargo xtask stack up`)", file.display()))?;
+    let text = std::fs::read_to_string(&file)
+        .context(format!("no stack at {} (run `cargo xtask stack up`)", file.display()))?;
     serde_json::from_str(&text).context(format!("{} is not a stack description", file.display()))
 }
 
@@ -153,10 +161,13 @@ impl StackInfo {
         let jwks = keys::postgrest_jwks(&self.es256_key, &self.jwt_secret).to_string();
         let mut cmd = Command::new(&self.postgrest_bin);
         cmd.env_clear()
-            .env("PGRST_DB_URI", format!(
-                "postgres://authenticator:{}@127.0.0.1:{}/postgres",
-                self.authenticator_password, self.ports.postgres
-            ))
+            .env(
+                "PGRST_DB_URI",
+                format!(
+                    "postgres://authenticator:{}@127.0.0.1:{}/postgres",
+                    self.authenticator_password, self.ports.postgres
+                ),
+            )
             .env("PGRST_DB_SCHEMAS", "public")
             .env("PGRST_DB_EXTRA_SEARCH_PATH", "public, extensions")
             .env("PGRST_DB_ANON_ROLE", "anon")
@@ -209,7 +220,13 @@ fn ensure_system_user() -> Result<Option<(String, RunAs)>> {
     }
     if procs::lookup_user(PG_SYSTEM_USER).is_none() {
         step(format!("creating system user {PG_SYSTEM_USER} (Postgres refuses to run as root)"));
-        util::run(Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_SYSTEM_USER]))?;
+        util::run(Command::new("useradd").args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            PG_SYSTEM_USER,
+        ]))?;
     }
     let ids = procs::lookup_user(PG_SYSTEM_USER).context(format!("user {PG_SYSTEM_USER} was not created"))?;
     Ok(Some((PG_SYSTEM_USER.to_owned(), ids)))
@@ -234,7 +251,9 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
             bail!("a stack is already running from {} (stop it with `cargo xtask stack down`)", dir.display());
         }
     }
-    for port in [opts.ports.postgres, opts.ports.postgrest, opts.ports.postgrest_admin, opts.ports.functions, opts.ports.auth] {
+    for port in
+        [opts.ports.postgres, opts.ports.postgrest, opts.ports.postgrest_admin, opts.ports.functions, opts.ports.auth]
+    {
         if procs::port_open(port) {
             bail!("port {port} on 127.0.0.1 is already in use; choose other ports (see `cargo xtask stack up --help`)");
         }
@@ -265,7 +284,10 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
     let mut info = StackInfo {
         functions_url: format!("http://127.0.0.1:{}", opts.ports.functions),
         postgrest_url: format!("http://127.0.0.1:{}", opts.ports.postgrest),
-        database_url: format!("postgres://postgres:{}@127.0.0.1:{}/postgres", secrets.postgres_password, opts.ports.postgres),
+        database_url: format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres",
+            secrets.postgres_password, opts.ports.postgres
+        ),
         anon_key: keys::sign_hs256(&secrets.jwt_secret, &keys::api_key_claims("anon"))?,
         service_role_key: keys::sign_hs256(&secrets.jwt_secret, &keys::api_key_claims("service_role"))?,
         jwt_secret: secrets.jwt_secret.clone(),
@@ -319,8 +341,18 @@ fn start_postgres(info: &mut StackInfo, run_as: Option<RunAs>, fresh: bool) -> R
         std::fs::write(&pwfile, &info.postgres_password)?;
         chown(&pwfile, run_as)?;
         let mut cmd = Command::new(info.pg_bin.join("initdb"));
-        cmd.arg("-D").arg(&pgdata)
-            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+        cmd.arg("-D")
+            .arg(&pgdata)
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()));
         if let Some(u) = run_as {
             use std::os::unix::process::CommandExt;
@@ -333,16 +365,24 @@ fn start_postgres(info: &mut StackInfo, run_as: Option<RunAs>, fresh: bool) -> R
     let log = info.logs_dir.join("postgres.log");
     let mut cmd = Command::new(info.pg_bin.join("postgres"));
     cmd.arg("-D").arg(&pgdata).args([
-        "-c", "listen_addresses=127.0.0.1",
-        "-c", &format!("port={}", info.ports.postgres),
-        "-c", "unix_socket_directories=",
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        &format!("port={}", info.ports.postgres),
+        "-c",
+        "unix_socket_directories=",
         // A throwaway development cluster: durability is not the point, speed is.
-        "-c", "fsync=off",
-        "-c", "synchronous_commit=off",
-        "-c", "full_page_writes=off",
-        "-c", "max_connections=200",
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+        "-c",
+        "max_connections=200",
         // A forgotten open transaction holds back every user's sync watermark.
-        "-c", "idle_in_transaction_session_timeout=60s",
+        "-c",
+        "idle_in_transaction_session_timeout=60s",
     ]);
     info.pids.postgres = procs::spawn(cmd, &log, run_as)?;
     let pid = info.pids.postgres;
@@ -352,7 +392,11 @@ fn start_postgres(info: &mut StackInfo, run_as: Option<RunAs>, fresh: bool) -> R
         if !procs::alive(pid) {
             bail!("Postgres exited:\n{}", tail(&log, 20));
         }
-        let ok = Command::new(&isready).args(["-q", "-h", "127.0.0.1", "-p", &port]).status().map(|s| s.success()).unwrap_or(false);
+        let ok = Command::new(&isready)
+            .args(["-q", "-h", "127.0.0.1", "-p", &port])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         Ok(ok.then_some(()))
     })
 }
@@ -415,9 +459,13 @@ fn apply_sql(paths: &Paths, info: &StackInfo, fresh: bool) -> Result<()> {
     let has_roles = output(psql(info).args(["-tAc", "select count(*) from pg_roles where rolname = 'authenticator'"]))?;
     if fresh || has_roles.trim() == "0" {
         step("applying sql/bootstrap/local_supabase.sql");
-        output(psql(info)
-            .arg("-v").arg(format!("authpw={}", info.authenticator_password))
-            .arg("-f").arg(paths.root.join("sql/bootstrap/local_supabase.sql")))?;
+        output(
+            psql(info)
+                .arg("-v")
+                .arg(format!("authpw={}", info.authenticator_password))
+                .arg("-f")
+                .arg(paths.root.join("sql/bootstrap/local_supabase.sql")),
+        )?;
     }
     let current = schema_version(info)?;
     for m in migrations(paths)? {
@@ -425,7 +473,8 @@ fn apply_sql(paths: &Paths, info: &StackInfo, fresh: bool) -> Result<()> {
             continue;
         }
         step(format!("applying {}", m.path.strip_prefix(&paths.root).unwrap_or(&m.path).display()));
-        output(psql(info).arg("--single-transaction").arg("-f").arg(&m.path)).context(format!("migration {} failed", m.path.display()))?;
+        output(psql(info).arg("--single-transaction").arg("-f").arg(&m.path))
+            .context(format!("migration {} failed", m.path.display()))?;
         if schema_version(info)? < m.version {
             bail!("migration {} did not record itself in edgesync.schema_migrations", m.path.display());
         }
@@ -471,10 +520,13 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
     let mut workers = all_workers(paths);
     workers.rotate_right(1);
     for w in workers {
-        let committed = if w.name == "gateway" { paths.root.join("wrangler.toml") } else { w.dir.join("wrangler.toml") };
+        let committed =
+            if w.name == "gateway" { paths.root.join("wrangler.toml") } else { w.dir.join("wrangler.toml") };
         let text = std::fs::read_to_string(&committed).context(format!("could not read {}", committed.display()))?;
-        let mut table: toml::Table = toml::from_str(&text).context(format!("{} is not valid TOML", committed.display()))?;
-        let main = table.get("main").and_then(|m| m.as_str()).context(format!("{} has no main", committed.display()))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).context(format!("{} is not valid TOML", committed.display()))?;
+        let main =
+            table.get("main").and_then(|m| m.as_str()).context(format!("{} has no main", committed.display()))?;
         let main = committed.parent().unwrap_or(&paths.root).join(main);
         table.insert("main".into(), toml::Value::String(main.display().to_string()));
         table.remove("build");
@@ -569,7 +621,11 @@ pub fn status(dir: &Path) -> Result<String> {
     let info = load(dir)?;
     let line = |name: &str, pid: u32, url: &str| {
         let up = procs::alive(pid);
-        let answer = if up { http_status(url).map(|s| format!("HTTP {s}")).unwrap_or_else(|| "no answer".into()) } else { "-".into() };
+        let answer = if up {
+            http_status(url).map(|s| format!("HTTP {s}")).unwrap_or_else(|| "no answer".into())
+        } else {
+            "-".into()
+        };
         format!("{name:<10} pid {pid:<8} {:<8} {url} {answer}", if up { "running" } else { "stopped" })
     };
     Ok([
@@ -593,12 +649,16 @@ pub fn status(dir: &Path) -> Result<String> {
 /// `/auth/v1/.well-known/jwks.json`). Runs until killed.
 pub fn serve_jwks(port: u16, file: &Path) -> Result<()> {
     use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).context(format!("could not listen on 127.0.0.1:{port}"))?;
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", port)).context(format!("could not listen on 127.0.0.1:{port}"))?;
     let body = std::fs::read_to_string(file).context(format!("could not read {}", file.display()))?;
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut reader = BufReader::new(match stream.try_clone() { Ok(s) => s, Err(_) => continue });
+        let mut reader = BufReader::new(match stream.try_clone() {
+            Ok(s) => s,
+            Err(_) => continue,
+        });
         let mut request_line = String::new();
         if reader.read_line(&mut request_line).is_err() {
             continue;
@@ -642,7 +702,8 @@ mod tests {
             let sql = std::fs::read_to_string(&m.path).unwrap();
             assert!(
                 sql.contains("edgesync.schema_migrations") && sql.contains(&format!("({}, ", m.version)),
-                "{} must record itself", m.path.display()
+                "{} must record itself",
+                m.path.display()
             );
         }
     }

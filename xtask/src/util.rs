@@ -154,7 +154,14 @@ mod tests {
     #[test]
     fn wait_for_returns_value_or_times_out() {
         let mut n = 0;
-        assert_eq!(wait_for("n", Duration::from_secs(5), || { n += 1; Ok((n == 3).then_some(n)) }).unwrap(), 3);
+        assert_eq!(
+            wait_for("n", Duration::from_secs(5), || {
+                n += 1;
+                Ok((n == 3).then_some(n))
+            })
+            .unwrap(),
+            3
+        );
         let err = wait_for::<()>("never", Duration::from_millis(50), || Ok(None)).unwrap_err();
         assert!(err.0.contains("never"));
     }

@@ -9,8 +9,8 @@
 //! as an `Err` or a panic.
 
 use edgesync_shared::auth::{self, Principal, Verified};
-use edgesync_shared::data_api::DataApi;
 use edgesync_shared::config::{Config, ConfigError};
+use edgesync_shared::data_api::DataApi;
 use edgesync_shared::{request_id, ApiError};
 use serde_json::Value;
 use worker::{console_error, console_log, Date, Env, Method, Request, Response};
@@ -49,9 +49,25 @@ pub fn finish(ctx: RequestCtx, outcome: Result<Response, ApiError>) -> worker::R
         }
         Err(err) => {
             if err.status >= 500 {
-                console_error!("{} {} {} {}ms req={} {}", ctx.method, ctx.path, err.status, elapsed, ctx.request_id, err);
+                console_error!(
+                    "{} {} {} {}ms req={} {}",
+                    ctx.method,
+                    ctx.path,
+                    err.status,
+                    elapsed,
+                    ctx.request_id,
+                    err
+                );
             } else {
-                console_log!("{} {} {} {}ms req={} {}", ctx.method, ctx.path, err.status, elapsed, ctx.request_id, err.code);
+                console_log!(
+                    "{} {} {} {}ms req={} {}",
+                    ctx.method,
+                    ctx.path,
+                    err.status,
+                    elapsed,
+                    ctx.request_id,
+                    err.code
+                );
             }
             error_response(&err, &ctx.request_id)
         }
@@ -146,7 +162,11 @@ pub fn require_user(verified: &Verified) -> Result<&str, ApiError> {
 /// The body of a JSON request, refusing (415) other content types and (413) bodies
 /// over `max` bytes, judged first by `Content-Length` so an oversized upload is not
 /// read at all.
-pub async fn json_body(req: &mut Request, max: usize, too_large: impl Fn(usize) -> ApiError) -> Result<Vec<u8>, ApiError> {
+pub async fn json_body(
+    req: &mut Request,
+    max: usize,
+    too_large: impl Fn(usize) -> ApiError,
+) -> Result<Vec<u8>, ApiError> {
     let content_type = req.headers().get("content-type").ok().flatten().unwrap_or_default();
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     if essence != "application/json" {

@@ -91,23 +91,39 @@ fn every_rejection_has_its_reason() {
     let c = user_claims();
     let hs_good = hs256(&c);
     let parts: Vec<&str> = hs_good.split('.').collect();
-    let tampered = format!("{}.{}.{}", parts[0], b64(&with(c.clone(), "sub", json!("00000000-0000-4000-8000-000000000000"))), parts[2]);
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&with(c.clone(), "sub", json!("00000000-0000-4000-8000-000000000000"))),
+        parts[2]
+    );
     let escalated = format!("{}.{}.{}", parts[0], b64(&with(c.clone(), "role", json!("service_role"))), parts[2]);
 
     let cases: Vec<(&str, String, AuthError)> = vec![
         ("alg none", unsigned("none", &c), AuthError::AlgNone),
         ("alg None", unsigned("None", &c), AuthError::AlgNone),
         ("alg NONE with a fake signature", format!("{}abc", unsigned("NONE", &c)), AuthError::AlgNone),
-        ("alg HS512", hs256_with(SECRET.as_bytes(), &c).replacen(parts[0], &b64(&json!({"alg": "HS512", "typ": "JWT"})), 1),
-            AuthError::UnsupportedAlg("HS512".into())),
+        (
+            "alg HS512",
+            hs256_with(SECRET.as_bytes(), &c).replacen(parts[0], &b64(&json!({"alg": "HS512", "typ": "JWT"})), 1),
+            AuthError::UnsupportedAlg("HS512".into()),
+        ),
         ("HS256 signed with the EC public key", hs256_with(EC_PUBLIC.as_bytes(), &c), AuthError::BadSignature),
         ("HS256 signed with the RSA public key", hs256_with(RSA_PUBLIC.as_bytes(), &c), AuthError::BadSignature),
-        ("HS256 signed with the JWKS oct key", hs256_with(b"an-hmac-secret-that-must-be-ignored-0123", &c), AuthError::BadSignature),
+        (
+            "HS256 signed with the JWKS oct key",
+            hs256_with(b"an-hmac-secret-that-must-be-ignored-0123", &c),
+            AuthError::BadSignature,
+        ),
         ("wrong secret", hs256_with(b"another-secret-another-secret-another", &c), AuthError::BadSignature),
         ("ES256 signed by another key", es256(Some("test-ec-1"), EC_OTHER_PRIVATE, &c), AuthError::BadSignature),
         ("RS256 header with the EC key's kid", rs256(Some("test-ec-1"), &c), AuthError::KeyTypeMismatch),
         ("ES256 header with the RSA key's kid", es256(Some("test-rsa-1"), EC_PRIVATE, &c), AuthError::KeyTypeMismatch),
-        ("ES256 with the oct key's kid", es256(Some("test-oct-1"), EC_PRIVATE, &c), AuthError::UnknownKid("test-oct-1".into())),
+        (
+            "ES256 with the oct key's kid",
+            es256(Some("test-oct-1"), EC_PRIVATE, &c),
+            AuthError::UnknownKid("test-oct-1".into()),
+        ),
         ("unknown kid", es256(Some("rotated-away"), EC_PRIVATE, &c), AuthError::UnknownKid("rotated-away".into())),
         ("missing kid", es256(None, EC_PRIVATE, &c), AuthError::MissingKid),
         ("tampered payload", tampered, AuthError::BadSignature),
@@ -121,13 +137,21 @@ fn every_rejection_has_its_reason() {
         ("wrong iss", hs256(&with(c.clone(), "iss", json!("https://evil.example/auth/v1"))), AuthError::WrongIssuer),
         ("missing sub", hs256(&with(c.clone(), "sub", Value::Null)), AuthError::MissingSub),
         ("sub not a uuid", hs256(&with(c.clone(), "sub", json!("admin"))), AuthError::BadSub),
-        ("role postgres", hs256(&with(c.clone(), "role", json!("postgres"))), AuthError::ForbiddenRole("postgres".into())),
+        (
+            "role postgres",
+            hs256(&with(c.clone(), "role", json!("postgres"))),
+            AuthError::ForbiddenRole("postgres".into()),
+        ),
         ("role anon", hs256(&with(c.clone(), "role", json!("anon"))), AuthError::ForbiddenRole("anon".into())),
         ("no role", hs256(&with(c.clone(), "role", Value::Null)), AuthError::ForbiddenRole("(none)".into())),
         ("two segments", "abc.def".into(), AuthError::Malformed("a JWT has three dot-separated parts")),
         ("header not base64", "!!!.e30.sig".into(), AuthError::Malformed("not base64url")),
         ("header not json", format!("{}.e30.sig", URL_SAFE_NO_PAD.encode("nope")), AuthError::Malformed("not JSON")),
-        ("header without alg", format!("{}.e30.sig", b64(&json!({"typ": "JWT"}))), AuthError::Malformed("the header has no alg")),
+        (
+            "header without alg",
+            format!("{}.e30.sig", b64(&json!({"typ": "JWT"}))),
+            AuthError::Malformed("the header has no alg"),
+        ),
         ("oversized", format!("{}.{}.x", "a".repeat(MAX_TOKEN_LEN), "b"), AuthError::TooLarge),
     ];
     for (what, token, want) in cases {
@@ -260,7 +284,10 @@ async fn authenticate_fetches_once_and_refetches_unknown_kids_at_most_once_a_min
     assert!(authenticate(Some(&good), &cfg, NOW + 1).await.is_ok());
     assert_eq!(hits.load(Ordering::SeqCst), 1, "cached");
 
-    assert_eq!(authenticate(Some(&unknown), &cfg, NOW + 61).await.unwrap_err(), AuthError::UnknownKid("not-there".into()));
+    assert_eq!(
+        authenticate(Some(&unknown), &cfg, NOW + 61).await.unwrap_err(),
+        AuthError::UnknownKid("not-there".into())
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 2, "one refetch for the unknown kid");
     assert!(authenticate(Some(&unknown), &cfg, NOW + 62).await.is_err());
     assert_eq!(hits.load(Ordering::SeqCst), 2, "no refetch within a minute");
