@@ -426,6 +426,38 @@ fn pages_respect_the_limit_and_a_full_pull_is_exact() {
     assert_eq!(replica.deliveries, 25, "a row was delivered twice");
 }
 
+/// Pages are bounded in bytes as well as rows: ten 1 MiB rows do not come in one page.
+#[test]
+fn a_page_is_bounded_in_bytes() {
+    let info = stack();
+    let (uid, token) = user(&info);
+    let mut db = db(&info);
+    let rows = db
+        .query(
+            "insert into public.entries (user_id, body_markdown)
+             select $1::text::uuid, repeat('x', 1024 * 1024) from generate_series(1, 10) returning _txid::text",
+            &[&uid],
+        )
+        .unwrap();
+    let txid: u64 = rows[0].get::<_, String>(0).parse().unwrap();
+    let mut replica = Replica::new(&info, &token, Some("entries"));
+    // The first page from scratch, once the insert is below the watermark.
+    eventually("the insert to pass the watermark", Duration::from_secs(30), || {
+        replica = Replica::new(&info, &token, Some("entries"));
+        let first = replica.pull(1000);
+        if replica.checkpoint <= txid && first.body["has_more"] == false {
+            return false;
+        }
+        let n = first.body["changes"]["entries"]["upserted"].as_array().unwrap().len();
+        assert!(first.body["has_more"] == true && (1..10).contains(&n), "{n} rows of 1 MiB in one page");
+        assert!(first.text.len() < 6 * 1024 * 1024, "a page of {} bytes", first.text.len());
+        true
+    });
+    let pages = 1 + replica.drain(1000);
+    assert_eq!(replica.table("entries").len(), 10);
+    assert!(pages >= 3, "10 MiB came in {pages} pages");
+}
+
 // ---------------------------------------------------------------------------------
 // Exactly once
 

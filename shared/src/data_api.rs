@@ -70,6 +70,22 @@ impl DataApi {
 
     /// Call `POST /rpc/<function>` with JSON arguments and return the JSON answer.
     pub async fn rpc(&self, caller: Caller<'_>, function: &str, args: &Value) -> Result<Value, UpstreamError> {
+        let (status, body) = self.rpc_text(caller, function, args).await?;
+        parse_answer(status, &body)
+    }
+
+    /// Like [`DataApi::rpc`], but a success comes back as the raw JSON text, for
+    /// answers too large to be worth building a `Value` tree for (a `/sync` page).
+    pub async fn rpc_raw(&self, caller: Caller<'_>, function: &str, args: &Value) -> Result<String, UpstreamError> {
+        let (status, body) = self.rpc_text(caller, function, args).await?;
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            parse_answer(status, &body).map(|_| body)
+        }
+    }
+
+    async fn rpc_text(&self, caller: Caller<'_>, function: &str, args: &Value) -> Result<(u16, String), UpstreamError> {
         let response = self
             .client(caller)?
             .rpc(function, args.to_string())
@@ -78,7 +94,7 @@ impl DataApi {
             .map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
         let status = response.status().as_u16();
         let body = response.text().await.map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
-        parse_answer(status, &body)
+        Ok((status, body))
     }
 }
 

@@ -337,13 +337,20 @@ begin
     end if;
   end if;
 
+  -- One branch per table, each already in (_txid, id) order and limited; rows are
+  -- rendered as json (text) from the client-visible columns only.
   select string_agg(format(
     '(select %L::text as tbl, t._txid, t.id, t.deleted_at is not null as del,
-             case when t.deleted_at is null then to_jsonb(t) - %L::text[] end as r
+             case when t.deleted_at is null then (select row_to_json(x) from (select %s) x) end as r
         from %s t
        where t.user_id = $1 and (t._txid, t.id) > ($2, $3) and t._txid < (select w from w)
        order by t._txid, t.id limit $4)',
-    s.name, s.server_only || '{_txid,_writer}'::text[], s.relid), ' union all ' order by s.name)
+    s.name,
+    (select string_agg('t.' || quote_ident(a.attname), ', ' order by a.attnum)
+       from pg_catalog.pg_attribute a
+      where a.attrelid = s.relid and a.attnum > 0 and not a.attisdropped
+        and a.attname <> all (s.server_only || '{_txid,_writer}'::text[])),
+    s.relid), ' union all ' order by s.name)
   into branches
   from edgesync.synced_tables s where s.name = any (v_tables);
 

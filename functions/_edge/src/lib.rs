@@ -193,7 +193,15 @@ pub fn data_api(config: &Config) -> DataApi {
 
 /// A JSON response that no cache may keep (per-user data).
 pub fn private_json(body: &Value) -> Result<Response, ApiError> {
-    let mut response = json(200, body)?;
-    let _ = response.headers_mut().set("cache-control", "no-store");
+    private_json_text(body.to_string())
+}
+
+/// [`private_json`] for a body that is already JSON text.
+pub fn private_json_text(body: String) -> Result<Response, ApiError> {
+    let mut response =
+        Response::ok(body).map_err(|e| ApiError::internal(format!("could not build the response: {e}")))?;
+    let headers = response.headers_mut();
+    let _ = headers.set("content-type", "application/json");
+    let _ = headers.set("cache-control", "no-store");
     Ok(response)
 }
