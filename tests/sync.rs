@@ -573,8 +573,8 @@ fn conflicts_follow_the_table_policy_and_are_reported() {
     let (_, token) = user(&info);
     let mut db = db(&info);
     // A table of the user's own, made syncable with one call, deciding server-wins.
-    // (Left in place afterwards: dropping a registered table under other tests' pulls
-    // would race with them.)
+    // (Unregistered at the end but not dropped: a drop could race with other tests'
+    // pulls that already read the registry.)
     let table = "test_notes";
     db.batch_execute(
         "create table if not exists public.test_notes (id uuid primary key, user_id uuid not null, body text);
@@ -635,6 +635,13 @@ fn conflicts_follow_the_table_policy_and_are_reported() {
                                                      "data": {"title": "phone again"}, "base_cursor": base}]),
     );
     assert_eq!(own.body["results"][0], json!({"op_id": 5, "status": "applied"}), "{}", own.text);
+
+    // Unregistered again, the table is unknown to /sync and /upload.
+    db.batch_execute("select edgesync.disable_sync('public.test_notes')").unwrap();
+    let url = format!("{}/sync?tables={table}", info.functions_url);
+    call("GET", &url, Some(&token), None).assert_error(400, "unknown_table");
+    let after = upload(&info, &token, &phone, json!([patch(6, table, &note, json!({"body": "late"}))]));
+    assert_eq!(after.assert_error(400, "invalid_mutations")["details"]["errors"][0]["code"], "unknown_table");
 }
 
 // ---------------------------------------------------------------------------------

@@ -220,6 +220,21 @@ end
 $$;
 revoke all on function edgesync.enable_sync(regclass, text[], text, text) from public;
 
+-- Stop syncing a table: unregister it and remove the triggers (the columns, data,
+-- policies and grants stay). Run it before dropping a synced table.
+create or replace function edgesync.disable_sync(target regclass)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  delete from edgesync.synced_tables where relid = target;
+  execute format('drop trigger if exists edgesync_row_version on %s', target);
+  execute format('drop trigger if exists edgesync_soft_delete on %s', target);
+end
+$$;
+revoke all on function edgesync.disable_sync(regclass) from public;
+
 -- Purge tombstones older than `retention`, recording each user's horizon in the same
 -- transaction. Run it from cron (pg_cron on Supabase) as the owner.
 create or replace function edgesync.purge_tombstones(retention interval default '30 days')
