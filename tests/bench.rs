@@ -18,8 +18,7 @@ use std::time::Instant;
 #[ignore]
 fn initial_sync_of_100k_rows() {
     let info = stack();
-    let uid = uuid();
-    let token = user_token(&info, &uid);
+    let (uid, token) = new_user(&info);
     let mut db = db(&info);
     let started = Instant::now();
     for chunk in 0..10 {
@@ -51,8 +50,7 @@ fn initial_sync_of_100k_rows() {
 #[ignore]
 fn upload_batches_of_500() {
     let info = stack();
-    let uid = uuid();
-    let token = user_token(&info, &uid);
+    let (_, token) = new_user(&info);
     let client = uuid();
     let ids: Vec<String> = (0..10_000).map(|_| uuid()).collect();
     let mut op_id = 0u64;

@@ -89,16 +89,30 @@ pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) 
 }
 
 pub fn call_with_headers(method: &str, url: &str, headers: &[(&str, String)], body: Option<&Value>) -> Answer {
+    send(method, url, headers, |req| match body {
+        Some(b) => req.send_json(b.clone()),
+        None => req.call(),
+    })
+}
+
+/// A request whose body is sent exactly as given (malformed JSON, another content
+/// type), with the `content-type` from `headers`.
+pub fn call_raw(method: &str, url: &str, headers: &[(&str, String)], body: &str) -> Answer {
+    send(method, url, headers, |req| req.send_string(body))
+}
+
+fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    go: impl FnOnce(xtask::ureq::Request) -> Result<xtask::ureq::Response, xtask::ureq::Error>,
+) -> Answer {
     let agent = xtask::ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
     let mut req = agent.request(method, url);
     for (k, v) in headers {
         req = req.set(k, v);
     }
-    let result = match body {
-        Some(b) => req.send_json(b.clone()),
-        None => req.call(),
-    };
-    let resp = match result {
+    let resp = match go(req) {
         Ok(r) => r,
         Err(xtask::ureq::Error::Status(_, r)) => r,
         Err(e) => panic!("{method} {url}: no HTTP answer: {e}"),
@@ -132,6 +146,35 @@ pub fn db(info: &StackInfo) -> postgres::Client {
 /// A fresh random UUID (a new user, client or row).
 pub fn uuid() -> String {
     keys::random_uuid()
+}
+
+/// A fresh user: (user id, HS256 token).
+pub fn new_user(info: &StackInfo) -> (String, String) {
+    let id = uuid();
+    let token = user_token(info, &id);
+    (id, token)
+}
+
+/// The id of the current transaction (on a plain connection: of a new one, which is
+/// later than every transaction committed before it).
+pub fn current_txid(db: &mut impl postgres::GenericClient) -> u64 {
+    db.query_one("select pg_current_xact_id()::text", &[]).unwrap().get::<_, String>(0).parse().unwrap()
+}
+
+/// The version (`_txid`) of a row of `entries`.
+pub fn entry_txid(db: &mut impl postgres::GenericClient, id: &str) -> u64 {
+    db.query_one("select _txid::text from public.entries where id = $1::text::uuid", &[&id])
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap()
+}
+
+/// The last op_id `/upload` applied for `client_id`.
+pub fn last_op_id(db: &mut postgres::Client, client_id: &str) -> i64 {
+    db.query_one("select last_op_id from edgesync.clients where client_id = $1::text::uuid", &[&client_id])
+        .unwrap()
+        .get(0)
 }
 
 /// Columns `/sync` never sends.

@@ -8,12 +8,6 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Duration;
 
-fn user(info: &StackInfo) -> (String, String) {
-    let id = uuid();
-    let token = user_token(info, &id);
-    (id, token)
-}
-
 fn put(op_id: u64, table: &str, id: &str, data: Value) -> Value {
     json!({"op_id": op_id, "op": "PUT", "type": table, "id": id, "tx_id": op_id, "data": data})
 }
@@ -53,7 +47,7 @@ fn row_count(db: &mut postgres::Client, user_id: &str) -> i64 {
 #[test]
 fn upload_reaches_postgres_and_postgrest_writes_reach_sync() {
     let info = stack();
-    let (uid, token) = user(&info);
+    let (uid, token) = new_user(&info);
     let client = uuid();
     let row = uuid();
 
@@ -79,9 +73,7 @@ fn upload_reaches_postgres_and_postgrest_writes_reach_sync() {
     let patched = call("PATCH", &rest, Some(&token), Some(&json!({"title": "edited on the web"})));
     assert!(patched.status < 300, "{}", patched.text);
     let mut db = db(&info);
-    let txid: String =
-        db.query_one("select _txid::text from public.entries where id = $1::text::uuid", &[&row]).unwrap().get(0);
-    replica.catch_up(txid.parse::<u64>().unwrap() + 1, 100);
+    replica.catch_up(entry_txid(&mut db, &row) + 1, 100);
     assert_eq!(replica.table("entries")[&row]["title"], "edited on the web");
 
     // A PostgREST DELETE becomes a tombstone that the next /sync delivers.
@@ -89,10 +81,8 @@ fn upload_reaches_postgres_and_postgrest_writes_reach_sync() {
     assert!(deleted.status < 300, "{}", deleted.text);
     let (live, dead) = server_state(&mut db, "entries", &uid);
     assert!(live.is_empty() && dead.contains(&row), "a hard delete must become a soft delete");
-    let txid: String =
-        db.query_one("select _txid::text from public.entries where id = $1::text::uuid", &[&row]).unwrap().get(0);
     let delivered = replica.deliveries;
-    replica.catch_up(txid.parse::<u64>().unwrap() + 1, 100);
+    replica.catch_up(entry_txid(&mut db, &row) + 1, 100);
     assert_eq!(replica.deliveries, delivered + 1, "the tombstone was not delivered exactly once");
     assert!(replica.table("entries").is_empty());
 }
@@ -100,7 +90,7 @@ fn upload_reaches_postgres_and_postgrest_writes_reach_sync() {
 #[test]
 fn tombstones_carry_only_the_id_and_sync_never_sends_server_only_columns() {
     let info = stack();
-    let (uid, token) = user(&info);
+    let (uid, token) = new_user(&info);
     let mut db = db(&info);
     let (keep, gone) = (uuid(), uuid());
     let up = upload(
@@ -131,15 +121,13 @@ fn tombstones_carry_only_the_id_and_sync_never_sends_server_only_columns() {
         &[&vector, &keep],
     )
     .unwrap();
-    let marker =
-        db.query_one("select pg_current_xact_id()::text", &[]).unwrap().get::<_, String>(0).parse::<u64>().unwrap();
+    let marker = current_txid(&mut db);
     let before = replica.deliveries;
     replica.catch_up(marker + 1, 1000);
     assert_eq!(replica.deliveries, before, "an embedding-only write re-sent the row");
     // ...while a client-visible change is sent, still without the embedding.
     db.execute("update public.entries set title = 'changed' where id = $1::text::uuid", &[&keep]).unwrap();
-    let marker =
-        db.query_one("select pg_current_xact_id()::text", &[]).unwrap().get::<_, String>(0).parse::<u64>().unwrap();
+    let marker = current_txid(&mut db);
     replica.catch_up(marker + 1, 1000);
     assert_eq!(replica.table("entries")[&keep]["title"], "changed");
     assert!(replica.table("entries")[&keep].get("embedding").is_none());
@@ -150,7 +138,7 @@ fn tombstones_carry_only_the_id_and_sync_never_sends_server_only_columns() {
 #[test]
 fn sqlite_text_values_are_normalised_to_column_types() {
     let info = stack();
-    let (uid, token) = user(&info);
+    let (uid, token) = new_user(&info);
     let (entry, event) = (uuid(), uuid());
     let up = upload(
         &info,
@@ -198,7 +186,7 @@ fn sqlite_text_values_are_normalised_to_column_types() {
 #[test]
 fn a_row_committed_late_by_an_older_transaction_is_not_missed() {
     let info = stack();
-    let (uid, token) = user(&info);
+    let (uid, token) = new_user(&info);
     let mut replica = Replica::new(&info, &token, Some("entries"));
     replica.drain(100);
     let mut naive_since: String = db(&info).query_one("select now()::text", &[]).unwrap().get(0);
@@ -211,20 +199,14 @@ fn a_row_committed_late_by_an_older_transaction_is_not_missed() {
         &[&r1, &uid],
     )
     .unwrap();
-    let r1_txid: u64 =
-        t1.query_one("select pg_current_xact_id()::text", &[]).unwrap().get::<_, String>(0).parse().unwrap();
+    let r1_txid = current_txid(&mut t1);
     let mut t2 = db(&info);
     t2.execute(
         "insert into public.entries (id, user_id, title) values ($1::text::uuid, $2::text::uuid, 'R2 (T2, quick)')",
         &[&r2, &uid],
     )
     .unwrap();
-    let r2_txid: u64 = t2
-        .query_one("select _txid::text from public.entries where id = $1::text::uuid", &[&r2])
-        .unwrap()
-        .get::<_, String>(0)
-        .parse()
-        .unwrap();
+    let r2_txid = entry_txid(&mut t2, &r2);
 
     // Pulls while T1 is open, one row per page (so that a page that returned R2 would
     // end with a cursor past R1): R1 is not visible yet, and the cursor must not pass it.
@@ -267,7 +249,7 @@ fn a_row_committed_late_by_an_older_transaction_is_not_missed() {
 #[test]
 fn concurrent_writers_and_a_paging_reader_converge_exactly() {
     let info = stack();
-    let users: Vec<(String, String)> = (0..2).map(|_| user(&info)).collect();
+    let users: Vec<(String, String)> = (0..2).map(|_| new_user(&info)).collect();
     let writers = 4;
     let txns_per_writer = 120;
     let seed: u64 = std::env::var("EDGESYNC_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
@@ -313,7 +295,7 @@ fn concurrent_writers_and_a_paging_reader_converge_exactly() {
         h.join().expect("a writer failed");
     }
     let mut db = db(&info);
-    let end: u64 = db.query_one("select pg_current_xact_id()::text", &[]).unwrap().get::<_, String>(0).parse().unwrap();
+    let end = current_txid(&mut db);
     let mut total = 0;
     for ((uid, _), replica) in users.iter().zip(&mut replicas) {
         replica.catch_up(end + 1, 3);
@@ -393,7 +375,7 @@ impl Rng {
 #[test]
 fn pages_respect_the_limit_and_a_full_pull_is_exact() {
     let info = stack();
-    let (uid, token) = user(&info);
+    let (uid, token) = new_user(&info);
     let mutations: Vec<Value> = (1..=25)
         .map(|i| {
             put(
@@ -430,7 +412,7 @@ fn pages_respect_the_limit_and_a_full_pull_is_exact() {
 #[test]
 fn a_page_is_bounded_in_bytes() {
     let info = stack();
-    let (uid, token) = user(&info);
+    let (uid, token) = new_user(&info);
     let mut db = db(&info);
     let rows = db
         .query(
@@ -464,7 +446,7 @@ fn a_page_is_bounded_in_bytes() {
 #[test]
 fn the_same_batch_three_times_has_one_effect() {
     let info = stack();
-    let (uid, token) = user(&info);
+    let (uid, token) = new_user(&info);
     let client = uuid();
     let (a, b) = (uuid(), uuid());
     let batch = json!([
@@ -505,11 +487,7 @@ fn the_same_batch_three_times_has_one_effect() {
     let title: String =
         db.query_one("select title from public.entries where id = $1::text::uuid", &[&a]).unwrap().get(0);
     assert_eq!(title, "a3");
-    let last: i64 = db
-        .query_one("select last_op_id from edgesync.clients where client_id = $1::text::uuid", &[&client])
-        .unwrap()
-        .get(0);
-    assert_eq!(last, 5);
+    assert_eq!(last_op_id(&mut db, &client), 5);
 }
 
 /// The connection drops halfway through sending the body: nothing is written, and the
@@ -517,7 +495,7 @@ fn the_same_batch_three_times_has_one_effect() {
 #[test]
 fn a_batch_cut_off_midway_then_retried_applies_once() {
     let info = stack();
-    let (uid, token) = user(&info);
+    let (uid, token) = new_user(&info);
     let client = uuid();
     let rows: Vec<String> = (0..50).map(|_| uuid()).collect();
     let batch = json!({"client_id": client, "mutations": rows.iter().enumerate()
@@ -550,7 +528,7 @@ fn a_batch_cut_off_midway_then_retried_applies_once() {
 #[test]
 fn the_write_checkpoint_is_reached_by_a_following_sync() {
     let info = stack();
-    let (_, token) = user(&info);
+    let (_, token) = new_user(&info);
     let row = uuid();
     let mut replica = Replica::new(&info, &token, None);
     replica.drain(100);
@@ -570,7 +548,7 @@ fn the_write_checkpoint_is_reached_by_a_following_sync() {
 #[test]
 fn conflicts_follow_the_table_policy_and_are_reported() {
     let info = stack();
-    let (_, token) = user(&info);
+    let (_, token) = new_user(&info);
     let mut db = db(&info);
     // A table of the user's own, made syncable with one call, deciding server-wins.
     // (Unregistered at the end but not dropped: a drop could race with other tests'
@@ -650,8 +628,8 @@ fn conflicts_follow_the_table_policy_and_are_reported() {
 #[test]
 fn another_user_can_neither_read_nor_write_my_rows() {
     let info = stack();
-    let (a_id, a) = user(&info);
-    let (_, b) = user(&info);
+    let (a_id, a) = new_user(&info);
+    let (_, b) = new_user(&info);
     let a_client = uuid();
     let row = uuid();
     let up = upload(&info, &a, &a_client, json!([put(1, "entries", &row, json!({"title": "A's secret"}))]));
@@ -697,11 +675,7 @@ fn another_user_can_neither_read_nor_write_my_rows() {
     assert!(!direct.text.contains(&row), "{}", direct.text);
 
     assert_eq!(server_state(&mut db, "entries", &a_id), a_before, "B changed A's rows");
-    let a_last: i64 = db
-        .query_one("select last_op_id from edgesync.clients where client_id = $1::text::uuid", &[&a_client])
-        .unwrap()
-        .get(0);
-    assert_eq!(a_last, 1);
+    assert_eq!(last_op_id(&mut db, &a_client), 1);
 }
 
 // ---------------------------------------------------------------------------------
@@ -710,39 +684,15 @@ fn another_user_can_neither_read_nor_write_my_rows() {
 #[test]
 fn bad_uploads_are_refused_whole_with_precise_errors() {
     let info = stack();
-    let (uid, token) = user(&info);
+    let (uid, token) = new_user(&info);
     let mut db = db(&info);
     let url = format!("{}/upload", info.functions_url);
     let client = uuid();
     let good = put(1, "entries", &uuid(), json!({"title": "fine"}));
 
     let raw = |body: &str, content_type: &str| -> Answer {
-        let agent = xtask::ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
-        let resp = agent
-            .post(&url)
-            .set("authorization", &format!("Bearer {token}"))
-            .set("content-type", content_type)
-            .send_string(body);
-        let resp = match resp {
-            Ok(r) => r,
-            Err(xtask::ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{e}"),
-        };
-        let (status, rid, ct) = (
-            resp.status(),
-            resp.header("x-request-id").map(str::to_owned),
-            resp.header("content-type").map(str::to_owned),
-        );
-        let text = resp.into_string().unwrap();
-        Answer {
-            status,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
-            text,
-            request_id: rid,
-            content_type: ct,
-            www_authenticate: None,
-            allow: None,
-        }
+        let headers = [("authorization", format!("Bearer {token}")), ("content-type", content_type.to_owned())];
+        call_raw("POST", &url, &headers, body)
     };
     raw("{\"client_id\": ", "application/json").assert_error(400, "invalid_json");
     raw("{}", "text/plain").assert_error(415, "unsupported_media_type");
@@ -825,7 +775,7 @@ fn bad_uploads_are_refused_whole_with_precise_errors() {
 #[test]
 fn bad_pulls_and_bad_tokens_get_the_documented_errors() {
     let info = stack();
-    let (uid, token) = user(&info);
+    let (uid, token) = new_user(&info);
     let sync =
         |query: &str, token: Option<&str>| call("GET", &format!("{}/sync{query}", info.functions_url), token, None);
     sync("?since=not-a-cursor", Some(&token)).assert_error(400, "invalid_cursor");
@@ -870,7 +820,7 @@ fn bad_pulls_and_bad_tokens_get_the_documented_errors() {
 #[test]
 fn a_cursor_older_than_the_purge_horizon_must_resync() {
     let info = stack();
-    let (uid, token) = user(&info);
+    let (uid, token) = new_user(&info);
     let row = uuid();
     let keep = uuid();
     let up = upload(
@@ -903,7 +853,7 @@ fn a_cursor_older_than_the_purge_horizon_must_resync() {
     fresh.drain(100);
     assert!(fresh.table("entries").contains_key(&keep) && !fresh.table("entries").contains_key(&row));
     // Another user's cursors are unaffected by this user's purge.
-    let (_, other) = user(&info);
+    let (_, other) = new_user(&info);
     let mut theirs = Replica::new(&info, &other, None);
     theirs.drain(100);
     assert_eq!(theirs.pull(100).status, 200);
