@@ -444,7 +444,6 @@ declare
   cur_row   jsonb;
   cur_del   boolean;
   conflicted boolean;
-  n         integer;
   st        text;
   msg       text;
   hint_code text;
@@ -462,13 +461,20 @@ begin
 
   -- Each registered table: its relation, policy, and the columns a client may write
   -- with their types.
+  -- `put_set` is the SET list of a PUT's upsert, the same for every PUT on the table:
+  -- a PUT replaces the row, so columns it leaves out go back to their defaults.
   select jsonb_object_agg(s.name, jsonb_build_object(
            'rel', s.relid::text,
            'policy', s.conflict_policy,
            'hidden', to_jsonb(s.server_only || '{_txid,_writer}'::text[]),
            'cols', (select jsonb_object_agg(a.attname, format_type(a.atttypid, null))
                     from pg_catalog.pg_attribute a
-                    where a.attrelid = s.relid and a.attnum > 0 and not a.attisdropped)))
+                    where a.attrelid = s.relid and a.attnum > 0 and not a.attisdropped),
+           'put_set', (select string_agg(format('%1$I = excluded.%1$I', a.attname), ', ')
+                       from pg_catalog.pg_attribute a
+                       where a.attrelid = s.relid and a.attnum > 0 and not a.attisdropped
+                         and a.attname not in ('id', 'user_id', 'created_at', 'updated_at', 'deleted_at')
+                         and a.attname <> all (s.server_only || '{_txid,_writer}'::text[]))))
   into meta from edgesync.synced_tables s;
 
   -- Validate everything first, so a bad batch is rejected as a whole with one error
@@ -577,14 +583,9 @@ begin
         if v_op = 'PUT' then
           norm := norm || jsonb_build_object('id', v_id, 'user_id', uid);
           select string_agg(quote_ident(key), ', ') into cols from jsonb_object_keys(norm) key;
-          -- PUT replaces the row: columns it leaves out go back to their defaults.
-          select string_agg(format('%1$I = excluded.%1$I', key), ', ') into sets
-          from jsonb_object_keys(tm -> 'cols') key
-          where key not in ('id', 'user_id', 'created_at', 'updated_at', 'deleted_at')
-            and not (tm -> 'hidden') ? key;
           execute format('insert into %1$s as t (%2$s) select %2$s from jsonb_populate_record(null::%1$s, $1)
                           on conflict (id) do update set %3$s deleted_at = null',
-                         tm ->> 'rel', cols, coalesce(sets || ',', '')) using norm;
+                         tm ->> 'rel', cols, coalesce((tm ->> 'put_set') || ',', '')) using norm;
         else -- PATCH: only the given columns, and only on a live row.
           if cur_txid is null or cur_del then
             results := results || jsonb_build_object('op_id', v_op_id, 'status', 'conflict', 'reason', 'row_missing',
