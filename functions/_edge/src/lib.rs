@@ -42,32 +42,17 @@ pub fn begin(req: &Request) -> RequestCtx {
 /// Turn a handler's outcome into the response the client gets, and log it.
 pub fn finish(ctx: RequestCtx, outcome: Result<Response, ApiError>) -> worker::Result<Response> {
     let elapsed = Date::now().as_millis().saturating_sub(ctx.started_ms);
+    let line = |status: u16| format!("{} {} {} {}ms req={}", ctx.method, ctx.path, status, elapsed, ctx.request_id);
     let response = match outcome {
         Ok(response) => {
-            console_log!("{} {} {} {}ms req={}", ctx.method, ctx.path, response.status_code(), elapsed, ctx.request_id);
+            console_log!("{}", line(response.status_code()));
             Ok(response)
         }
         Err(err) => {
             if err.status >= 500 {
-                console_error!(
-                    "{} {} {} {}ms req={} {}",
-                    ctx.method,
-                    ctx.path,
-                    err.status,
-                    elapsed,
-                    ctx.request_id,
-                    err
-                );
+                console_error!("{} {}", line(err.status), err);
             } else {
-                console_log!(
-                    "{} {} {} {}ms req={} {}",
-                    ctx.method,
-                    ctx.path,
-                    err.status,
-                    elapsed,
-                    ctx.request_id,
-                    err.code
-                );
+                console_log!("{} {}", line(err.status), err.code);
             }
             error_response(&err, &ctx.request_id)
         }
