@@ -88,6 +88,7 @@ pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) 
     call_with_headers(method, url, token.map(|t| ("authorization", format!("Bearer {t}"))).as_slice(), body)
 }
 
+#[allow(clippy::result_large_err)]
 pub fn call_with_headers(method: &str, url: &str, headers: &[(&str, String)], body: Option<&Value>) -> Answer {
     send(method, url, headers, |req| match body {
         Some(b) => req.send_json(b.clone()),
@@ -97,10 +98,13 @@ pub fn call_with_headers(method: &str, url: &str, headers: &[(&str, String)], bo
 
 /// A request whose body is sent exactly as given (malformed JSON, another content
 /// type), with the `content-type` from `headers`.
+#[allow(clippy::result_large_err)]
 pub fn call_raw(method: &str, url: &str, headers: &[(&str, String)], body: &str) -> Answer {
     send(method, url, headers, |req| req.send_string(body))
 }
 
+// ureq's own Result type; its error is large by design.
+#[allow(clippy::result_large_err)]
 fn send(
     method: &str,
     url: &str,
