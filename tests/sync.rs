@@ -823,11 +823,16 @@ fn a_cursor_older_than_the_purge_horizon_must_resync() {
     let (uid, token) = new_user(&info);
     let row = uuid();
     let keep = uuid();
+    let keep2 = uuid();
     let up = upload(
         &info,
         &token,
         &uuid(),
-        json!([put(1, "entries", &keep, json!({})), put(2, "entries", &row, json!({}))]),
+        json!([
+            put(1, "entries", &keep, json!({})),
+            put(2, "entries", &row, json!({})),
+            put(3, "entries", &keep2, json!({}))
+        ]),
     );
     let mut replica = Replica::new(&info, &token, None);
     replica.catch_up(write_checkpoint(&up), 100);
@@ -848,10 +853,15 @@ fn a_cursor_older_than_the_purge_horizon_must_resync() {
 
     let stale = call("GET", &format!("{}/sync?since={old_cursor}", info.functions_url), Some(&token), None);
     stale.assert_error(410, "resync_required");
-    // Starting over works and no longer shows the purged row.
+    // Starting over works, page by page through positions below the horizon (the
+    // rebuild began after the purge), and no longer shows the purged row.
     let mut fresh = Replica::new(&info, &token, None);
-    fresh.drain(100);
-    assert!(fresh.table("entries").contains_key(&keep) && !fresh.table("entries").contains_key(&row));
+    assert!(fresh.drain(1) >= 2);
+    let rebuilt = fresh.table("entries");
+    assert!(rebuilt.contains_key(&keep) && rebuilt.contains_key(&keep2) && !rebuilt.contains_key(&row));
+    // The old cursor still must resync, and so does a scan that began before the purge.
+    let again = call("GET", &format!("{}/sync?since={old_cursor}", info.functions_url), Some(&token), None);
+    again.assert_error(410, "resync_required");
     // Another user's cursors are unaffected by this user's purge.
     let (_, other) = new_user(&info);
     let mut theirs = Replica::new(&info, &other, None);

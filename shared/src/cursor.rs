@@ -5,6 +5,11 @@
 //! from a pull of tables `a,b` must not be used to pull `a,b,c` (the rows of `c` below
 //! the position would never arrive).
 //!
+//! It also carries the scan's **origin**: the watermark of the first page of the pull
+//! that started without a cursor. A purge of tombstones only forces a rebuild
+//! (`410 resync_required`) on cursors whose scan began before the purge; a rebuild that
+//! started after it pages through old positions freely.
+//!
 //! The checksum catches corruption and casual editing. It is not a signature and
 //! needs none: a cursor only moves its owner's own position, and Row Level Security,
 //! not the cursor, decides what a user may read.
@@ -16,7 +21,7 @@ use crate::ApiError;
 
 /// The nil UUID: "before every id" at a given txid.
 pub const NIL_ID: &str = "00000000-0000-0000-0000-000000000000";
-const VERSION: &str = "1";
+const VERSION: &str = "2";
 /// Cursors are short; refuse absurd input before decoding it.
 const MAX_CURSOR_LEN: usize = 200;
 
@@ -28,11 +33,15 @@ pub struct Cursor {
     pub id: String,
     /// Fingerprint of the table set ([`tables_fingerprint`]).
     pub tables: u32,
+    /// Where the scan began (0: unknown, as in version-1 cursors; treated as "before
+    /// every purge").
+    pub origin: u64,
 }
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        let payload = format!("{VERSION}.{}.{}.{:08x}", self.txid, self.id.replace('-', ""), self.tables);
+        let payload =
+            format!("{VERSION}.{}.{}.{:08x}.{}", self.txid, self.id.replace('-', ""), self.tables, self.origin);
         let check = checksum(&payload);
         URL_SAFE_NO_PAD.encode(format!("{payload}.{check:08x}"))
     }
@@ -54,9 +63,14 @@ impl Cursor {
             return Err(bad("checksum mismatch"));
         }
         let parts: Vec<&str> = payload.split('.').collect();
-        if parts.len() != 4 || parts[0] != VERSION {
-            return Err(bad("unknown version"));
-        }
+        // Version 1 had no origin.
+        let origin = match (parts[0], parts.len()) {
+            ("1", 4) => 0,
+            ("2", 5) => {
+                parts[4].parse::<u64>().ok().filter(|o| *o <= i64::MAX as u64).ok_or_else(|| bad("bad origin"))?
+            }
+            _ => return Err(bad("unknown version")),
+        };
         let txid: u64 = parts[1].parse().map_err(|_| bad("bad position"))?;
         if txid > i64::MAX as u64 {
             return Err(bad("bad position"));
@@ -68,7 +82,7 @@ impl Cursor {
         let id = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
             .to_ascii_lowercase();
         let tables = u32::from_str_radix(parts[3], 16).map_err(|_| bad("bad table set"))?;
-        Ok(Cursor { txid, id, tables })
+        Ok(Cursor { txid, id, tables, origin })
     }
 }
 
@@ -103,7 +117,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Cursor {
-        Cursor { txid: 12345, id: "0a1b2c3d-0000-4000-8000-00000000abcd".into(), tables: 0xdead_beef }
+        Cursor { txid: 12345, id: "0a1b2c3d-0000-4000-8000-00000000abcd".into(), tables: 0xdead_beef, origin: 12001 }
     }
 
     #[test]
@@ -112,8 +126,15 @@ mod tests {
         let s = c.encode();
         assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "url-safe: {s}");
         assert_eq!(Cursor::decode(&s).unwrap(), c);
-        let nil = Cursor { txid: 0, id: NIL_ID.into(), tables: 0 };
+        let nil = Cursor { txid: 0, id: NIL_ID.into(), tables: 0, origin: 0 };
         assert_eq!(Cursor::decode(&nil.encode()).unwrap(), nil);
+    }
+
+    #[test]
+    fn version_1_cursors_still_decode_with_an_unknown_origin() {
+        let payload = "1.12345.0a1b2c3d00004000800000000000abcd.deadbeef";
+        let v1 = URL_SAFE_NO_PAD.encode(format!("{payload}.{:08x}", checksum(payload)));
+        assert_eq!(Cursor::decode(&v1).unwrap(), Cursor { origin: 0, ..sample() });
     }
 
     #[test]
@@ -132,7 +153,10 @@ mod tests {
     #[test]
     fn a_checksummed_cursor_with_a_bad_field_is_still_refused() {
         for payload in [
+            "3.1.00000000000000000000000000000000.00000000.1",
             "2.1.00000000000000000000000000000000.00000000",
+            "2.1.00000000000000000000000000000000.00000000.x",
+            "1.1.00000000000000000000000000000000.00000000.1",
             "1.x.00000000000000000000000000000000.00000000",
             "1.1.zz000000000000000000000000000000.00000000",
             "1.99999999999999999999.00000000000000000000000000000000.0",

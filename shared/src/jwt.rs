@@ -179,10 +179,10 @@ impl KeySet {
             // not verify signatures.
             let declared_use = entry.get("use").and_then(Value::as_str);
             let declared_alg = entry.get("alg").and_then(Value::as_str);
-            let alg_fits = match (kind, declared_alg) {
-                (_, None) | (KeyKind::Ec, Some("ES256")) | (KeyKind::Rsa, Some("RS256")) => true,
-                _ => false,
-            };
+            let alg_fits = matches!(
+                (kind, declared_alg),
+                (_, None) | (KeyKind::Ec, Some("ES256")) | (KeyKind::Rsa, Some("RS256"))
+            );
             if declared_use.is_some_and(|u| u != "sig") || !alg_fits {
                 continue;
             }

@@ -26,7 +26,7 @@ pub use error::ApiError;
 
 /// The database schema version this code expects; the migrations in `sql/migrations`
 /// record theirs in `edgesync.schema_migrations`, and `/health` compares the two.
-pub const EXPECTED_SCHEMA_VERSION: i64 = 2;
+pub const EXPECTED_SCHEMA_VERSION: i64 = 3;
 
 /// The version of the functions, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

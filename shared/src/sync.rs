@@ -123,13 +123,14 @@ impl PullRequest {
 
     /// Arguments of the `edgesync_pull` RPC.
     pub fn rpc_args(&self) -> Value {
-        let (txid, id) = match &self.since {
-            Some(c) => (c.txid, c.id.as_str()),
-            None => (0, NIL_ID),
+        let (txid, id, origin) = match &self.since {
+            Some(c) => (c.txid, c.id.as_str(), c.origin),
+            None => (0, NIL_ID, 0),
         };
         json!({
             "since_txid": txid.to_string(),
             "since_id": id,
+            "since_origin": origin.to_string(),
             "tables": self.tables,
             "lim": self.limit,
             "max_bytes": MAX_PAGE_BYTES,
@@ -153,6 +154,7 @@ impl PullRequest {
             has_more: bool,
             next_txid: String,
             next_id: String,
+            origin: String,
         }
         let bad =
             |what: &str| ApiError::bad_gateway("upstream_bad_response", format!("the pull answer has no valid {what}"));
@@ -162,7 +164,8 @@ impl PullRequest {
         }
         let txid: u64 = page.next_txid.parse().map_err(|_| bad("next_txid"))?;
         let id = crate::auth::parse_uuid(&page.next_id).ok_or_else(|| bad("next_id"))?;
-        let cursor = Cursor { txid, id, tables: tables_fingerprint(self.tables.as_deref()) };
+        let origin: u64 = page.origin.parse().map_err(|_| bad("origin"))?;
+        let cursor = Cursor { txid, id, tables: tables_fingerprint(self.tables.as_deref()), origin };
         // Only strings we made (base64url, digits) are spliced in; no escaping needed.
         Ok(format!(
             r#"{{"changes":{},"cursor":"{}","has_more":{},"checkpoint":"{}"}}"#,
@@ -258,7 +261,7 @@ mod tests {
     #[test]
     fn the_cursor_must_match_the_table_set() {
         let tables = vec!["entries".to_string()];
-        let c = Cursor { txid: 5, id: NIL_ID.into(), tables: tables_fingerprint(Some(&tables)) };
+        let c = Cursor { txid: 5, id: NIL_ID.into(), tables: tables_fingerprint(Some(&tables)), origin: 3 };
         let ok = PullRequest::from_query(&format!("tables=entries&since={}", c.encode())).unwrap();
         assert_eq!(ok.since.as_ref().unwrap().txid, 5);
         assert_eq!(ok.rpc_args()["since_txid"], "5");
@@ -274,14 +277,15 @@ mod tests {
         let r = PullRequest::from_query("tables=entries").unwrap();
         let answer = json!({
             "changes": {"entries": {"upserted": [{"id": "x"}], "deleted": []}},
-            "has_more": true, "next_txid": "42", "next_id": "0A1B2C3D-0000-4000-8000-00000000ABCD", "watermark": "50"
+            "has_more": true, "next_txid": "42", "next_id": "0A1B2C3D-0000-4000-8000-00000000ABCD", "watermark": "50",
+            "origin": "40"
         });
         let body: Value = serde_json::from_str(&r.response(&answer.to_string()).unwrap()).unwrap();
         assert_eq!(body["has_more"], true);
         assert_eq!(body["checkpoint"], "42");
         assert_eq!(body["changes"]["entries"]["upserted"][0]["id"], "x");
         let c = Cursor::decode(body["cursor"].as_str().unwrap()).unwrap();
-        assert_eq!((c.txid, c.id.as_str()), (42, "0a1b2c3d-0000-4000-8000-00000000abcd"));
+        assert_eq!((c.txid, c.id.as_str(), c.origin), (42, "0a1b2c3d-0000-4000-8000-00000000abcd", 40));
         // And that cursor is accepted by the next request for the same tables.
         let next =
             PullRequest::from_query(&format!("tables=entries&since={}", body["cursor"].as_str().unwrap())).unwrap();
@@ -294,13 +298,15 @@ mod tests {
         for answer in [
             json!(null),
             json!({"changes": []}),
-            json!({"changes": {}, "has_more": true, "next_txid": "x", "next_id": NIL_ID}),
-            json!({"changes": {}, "has_more": false, "next_txid": "1", "next_id": "nope"}),
+            json!({"changes": {}, "has_more": true, "next_txid": "x", "next_id": NIL_ID, "origin": "1"}),
+            json!({"changes": {}, "has_more": false, "next_txid": "1", "next_id": "nope", "origin": "1"}),
+            json!({"changes": {}, "has_more": false, "next_txid": "1", "next_id": NIL_ID}),
+            json!({"changes": {}, "has_more": false, "next_txid": "1", "next_id": NIL_ID, "origin": "-1"}),
         ] {
             assert_eq!(r.response(&answer.to_string()).unwrap_err().status, 502);
         }
         assert_eq!(r.response("not json").unwrap_err().status, 502);
-        let ok = r.response(&json!({"changes": {"a": {"upserted": [], "deleted": []}}, "has_more": false, "next_txid": "1", "next_id": NIL_ID}).to_string());
+        let ok = r.response(&json!({"changes": {"a": {"upserted": [], "deleted": []}}, "has_more": false, "next_txid": "1", "next_id": NIL_ID, "origin": "1"}).to_string());
         let ok: Value = serde_json::from_str(&ok.unwrap()).unwrap();
         assert_eq!(ok["changes"]["a"]["deleted"], json!([]));
     }

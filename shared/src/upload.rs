@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn base_cursor_becomes_a_position() {
-        let c = Cursor { txid: 77, id: NIL_ID.into(), tables: 0 }.encode();
+        let c = Cursor { txid: 77, id: NIL_ID.into(), tables: 0, origin: 0 }.encode();
         let b = UploadBatch::parse(
             &batch(json!([{"op_id": 1, "op": "PUT", "type": "t", "id": ROW, "base_cursor": c}])),
             USER,
