@@ -5,6 +5,8 @@
 //! `EDGESYNC_STACK_DIR`); against `cargo xtask stack up` run
 //! `EDGESYNC_STACK_DIR=target/stack cargo test -p edgesync-integration`.
 
+pub mod faults;
+
 pub use postgres;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};

@@ -117,7 +117,7 @@ pub enum Error {
     /// The server could not be reached (connection refused, reset, timeout).
     Offline(String),
     /// The server answered with an error that is not about particular mutations.
-    Http(HttpError),
+    Http(Box<HttpError>),
     /// The server answered something this client cannot use.
     Protocol(String),
     /// A page carried a row of another user; nothing of it was applied.
@@ -218,6 +218,7 @@ pub struct Client {
     failures: u32,
     retry_at: Option<Instant>,
     jitter: u64,
+    last_push: PushReport,
 }
 
 impl Client {
@@ -241,6 +242,7 @@ impl Client {
             failures: 0,
             retry_at: None,
             jitter: u64::from_le_bytes(seed) | 1,
+            last_push: PushReport::default(),
         })
     }
 
@@ -255,9 +257,8 @@ impl Client {
     /// Use `token` from now on (kept in the local database). A database belongs to one
     /// user: a token of another user is refused.
     pub fn set_token(&mut self, token: &str) -> Result<()> {
-        let sub = token_subject(token).ok_or_else(|| {
-            Error::Local(StoreError::Invalid("the token is not a JWT with a `sub` claim".into()))
-        })?;
+        let sub = token_subject(token)
+            .ok_or_else(|| Error::Local(StoreError::Invalid("the token is not a JWT with a `sub` claim".into())))?;
         match self.store.user_id()? {
             Some(owner) if owner != sub => {
                 return Err(Error::Local(StoreError::Invalid(format!(
@@ -366,12 +367,20 @@ impl Client {
     /// - `5xx`, `429`, network errors and account-level `4xx`: everything stays queued
     ///   and the engine backs off.
     pub fn push_outbox(&mut self) -> Result<PushReport> {
+        self.last_push = PushReport::default();
         self.ready()?;
         self.set_state(State::Pushing, None);
         let mut report = PushReport::default();
         let result = self.push_inner(&mut report);
         self.finish(&result);
+        self.last_push = report.clone();
         result.map(|()| report)
+    }
+
+    /// What the last `push_outbox` did, including the batches acknowledged before it
+    /// failed (an error return carries no report).
+    pub fn last_push(&self) -> &PushReport {
+        &self.last_push
     }
 
     fn push_inner(&mut self, report: &mut PushReport) -> Result<()> {
@@ -394,7 +403,9 @@ impl Client {
                     report.acks.extend(acks);
                     batch_size = self.cfg.batch_size.clamp(1, edgesync_shared::upload::MAX_MUTATIONS);
                 }
-                Err(Error::Http(h)) if (400..500).contains(&h.status) && !NOT_ABOUT_MUTATIONS.contains(&h.code.as_str()) => {
+                Err(Error::Http(h))
+                    if (400..500).contains(&h.status) && !NOT_ABOUT_MUTATIONS.contains(&h.code.as_str()) =>
+                {
                     let named = named_op_ids(&h, &batch);
                     if !named.is_empty() {
                         report.rejected.extend(self.store.reject(&named)?);
@@ -526,8 +537,11 @@ impl Client {
                 self.jitter ^= self.jitter >> 7;
                 self.jitter ^= self.jitter << 17;
                 wait = wait / 2 + wait.mul_f64((self.jitter % 1000) as f64 / 2000.0);
-                if let Error::Http(HttpError { retry_after: Some(ra), .. }) = e {
-                    wait = wait.max((*ra).min(self.cfg.backoff_max.max(Duration::from_secs(1))));
+                if let Some(ra) = match e {
+                    Error::Http(h) => h.retry_after,
+                    _ => None,
+                } {
+                    wait = wait.max(ra.min(self.cfg.backoff_max.max(Duration::from_secs(1))));
                 }
                 self.retry_at = Some(Instant::now() + wait);
             }
@@ -566,7 +580,7 @@ impl Client {
                             continue;
                         }
                     }
-                    return Err(Error::Http(err));
+                    return Err(Error::Http(Box::new(err)));
                 }
                 Err(ureq::Error::Transport(t)) => return Err(Error::Offline(t.to_string())),
             }
@@ -682,7 +696,16 @@ mod tests {
             "last_op_id": 3, "write_checkpoint": "77"}))
         .unwrap();
         assert_eq!(wc, 77);
-        assert_eq!(acks[1], Ack { op_id: 2, status: "applied".into(), conflict: true, reason: None, server_row: Some(json!({"id": "x"})) });
+        assert_eq!(
+            acks[1],
+            Ack {
+                op_id: 2,
+                status: "applied".into(),
+                conflict: true,
+                reason: None,
+                server_row: Some(json!({"id": "x"}))
+            }
+        );
         assert_eq!(acks[2].reason.as_deref(), Some("row_missing"));
         for bad in [
             json!({"results": [], "write_checkpoint": 5}),
@@ -710,7 +733,14 @@ mod tests {
     #[test]
     fn errors_that_name_op_ids_reject_only_those_in_the_batch() {
         let batch: Vec<OutboxEntry> = (1..=3)
-            .map(|op_id| OutboxEntry { op_id, table: "t".into(), op: Op::Put, id: "i".into(), data: None, base_cursor: None })
+            .map(|op_id| OutboxEntry {
+                op_id,
+                table: "t".into(),
+                op: Op::Put,
+                id: "i".into(),
+                data: None,
+                base_cursor: None,
+            })
             .collect();
         let h = HttpError {
             status: 400,

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const HELP: &str = "\
-edgesync-client [--db FILE] [--url URL] <command>
+edgesync-client [--db FILE] [--url URL] [--page-limit N] <command>
 
   login [--token TOKEN | --token-file FILE]   keep a token (default: $EDGESYNC_TOKEN) and the URL
   put TABLE JSON [--id UUID]     create or replace a row locally and queue it; prints the id
@@ -95,7 +95,11 @@ fn run(mut args: Vec<String>) -> Result<(), Fail> {
     let url_flag = take(&mut args, "--url")?.or_else(|| std::env::var("EDGESYNC_URL").ok());
     let store = edgesync_client::Store::open(&db)?;
     let url = url_flag.clone().or(store.meta("url")?).unwrap_or_else(|| "http://127.0.0.1:8787".into());
-    let mut client = Client::with_store(store, Config::new(&url))?;
+    let mut cfg = Config::new(&url);
+    if let Some(n) = take(&mut args, "--page-limit")?.or_else(|| std::env::var("EDGESYNC_PAGE_LIMIT").ok()) {
+        cfg.page_limit = n.parse().map_err(|_| Fail::Usage("--page-limit takes a number of rows".into()))?;
+    }
+    let mut client = Client::with_store(store, cfg)?;
     let command = args.remove(0);
     match command.as_str() {
         "login" => {
@@ -173,15 +177,7 @@ fn run(mut args: Vec<String>) -> Result<(), Fail> {
         "rejected" => {
             positional(&command, &mut args, 0)?;
             for r in client.store().rejections()? {
-                println!(
-                    "op {} {} {}/{}: {} — {}",
-                    r.op_id,
-                    r.op.as_str(),
-                    r.table,
-                    r.id,
-                    r.code,
-                    r.message
-                );
+                println!("op {} {} {}/{}: {} — {}", r.op_id, r.op.as_str(), r.table, r.id, r.code, r.message);
             }
         }
         "conflicts" => {

@@ -378,7 +378,10 @@ impl Store {
                 table,
                 op: Op::parse(&op).ok_or_else(|| StoreError::Sqlite(format!("outbox op {op:?}")))?,
                 id,
-                data: data.map(|d| serde_json::from_str(&d)).transpose().map_err(|e| StoreError::Sqlite(e.to_string()))?,
+                data: data
+                    .map(|d| serde_json::from_str(&d))
+                    .transpose()
+                    .map_err(|e| StoreError::Sqlite(e.to_string()))?,
                 base_cursor,
             });
         }
@@ -448,7 +451,12 @@ impl Store {
         for (op_id, code, message) in rejected {
             let Some((tbl, op, id, data)) = tx
                 .query_row("select tbl, op, id, data from _es_outbox where op_id = ?1", [op_id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
                 })
                 .optional()?
             else {
@@ -531,8 +539,7 @@ impl Store {
         set_meta(&tx, "cursor", &page.cursor)?;
         set_meta(&tx, "checkpoint", &page.checkpoint.to_string())?;
         {
-            let mut settled =
-                tx.prepare_cached("select tbl, id from _es_outbox where acked_checkpoint <= ?1")?;
+            let mut settled = tx.prepare_cached("select tbl, id from _es_outbox where acked_checkpoint <= ?1")?;
             for row in settled.query_map([page.checkpoint as i64], |r| Ok((r.get(0)?, r.get(1)?)))? {
                 touched.insert(row?);
                 applied.settled += 1;
@@ -636,8 +643,7 @@ impl Store {
 
     /// The conflict log, oldest first.
     pub fn conflicts(&self) -> Result<Vec<Ack>> {
-        let mut stmt =
-            self.conn.prepare("select op_id, status, reason, server_row from _es_conflicts order by seq")?;
+        let mut stmt = self.conn.prepare("select op_id, status, reason, server_row from _es_conflicts order by seq")?;
         let rows = stmt.query_map([], |r| {
             Ok(Ack {
                 op_id: r.get(0)?,

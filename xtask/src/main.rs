@@ -278,6 +278,12 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String]) -> Result<ExitCode> {
     xtask::util::run(
         Command::new("cargo").args(["test", "-p", "edgesync-integration", "--no-run"]).current_dir(&paths.root),
     )?;
+    // The CLI tests run the real `edgesync-client` binary.
+    xtask::util::run(
+        Command::new("cargo")
+            .args(["build", "-p", "edgesync-client", "--bin", "edgesync-client"])
+            .current_dir(&paths.root),
+    )?;
 
     install_signal_handlers();
     let dir = paths.root.join("target/stack-test");
@@ -289,6 +295,7 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String]) -> Result<ExitCode> {
             .args(["test", "-p", "edgesync-integration", "--"])
             .args(passthrough)
             .env("EDGESYNC_STACK_DIR", &dir)
+            .env("EDGESYNC_CLIENT_BIN", paths.root.join("target/debug/edgesync-client"))
             .current_dir(&paths.root),
         &mut counts,
     );
