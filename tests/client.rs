@@ -80,9 +80,7 @@ fn two_devices_converge_and_match_the_server() {
     for t in ["entries", "sync_entities"] {
         let (live, _) = server_state(&mut db, t, &uid);
         for c in [&a, &b] {
-            let local: std::collections::BTreeMap<String, Value> =
-                c.list(t).unwrap().into_iter().map(|r| (r["id"].as_str().unwrap().to_owned(), r)).collect();
-            assert_eq!(local, live, "{t}");
+            assert_eq!(by_id(c.list(t).unwrap()), live, "{t}");
         }
     }
     let s = a.status().unwrap();
@@ -144,17 +142,21 @@ fn refused_mutations_are_recorded_and_the_rest_goes_through() {
     c.put("sync_entities", &uuid(), json!({"type": "tag", "key": "same"})).unwrap();
     c.put("sync_entities", &dup_key, json!({"type": "tag", "key": "same"})).unwrap();
     c.put("entries", &good2, json!({"title": "ok too"})).unwrap();
+    // Too big for any request: the batch is halved until it travels alone, then refused.
+    let big = uuid();
+    c.put("entries", &big, json!({"body_markdown": "x".repeat(5 << 20)})).unwrap();
     let r = c.sync().unwrap();
     let codes: Vec<(String, String)> = r.push.rejected.iter().map(|r| (r.id.clone(), r.code.clone())).collect();
-    assert_eq!(codes.len(), 3, "{codes:?}");
+    assert_eq!(codes.len(), 4, "{codes:?}");
+    assert!(codes.contains(&(big.clone(), "body_too_large".into())), "{codes:?}");
     assert!(codes.contains(&(bad_column.clone(), "unknown_column".into())), "{codes:?}");
     assert!(codes.contains(&(bad_value.clone(), "invalid_value".into())), "{codes:?}");
     assert!(codes.contains(&(dup_key.clone(), "unique_violation".into())), "{codes:?}");
     // Visible to the app, out of the outbox, and gone from the local view.
     let s = c.status().unwrap();
-    assert_eq!((s.rejected, s.outbox_len), (3, 0));
-    assert_eq!(c.store().rejections().unwrap().len(), 3);
-    for id in [&bad_column, &bad_value] {
+    assert_eq!((s.rejected, s.outbox_len), (4, 0));
+    assert_eq!(c.store().rejections().unwrap().len(), 4);
+    for id in [&bad_column, &bad_value, &big] {
         assert_eq!(c.get("entries", id).unwrap(), None);
     }
     assert_eq!(c.get("sync_entities", &dup_key).unwrap(), None);

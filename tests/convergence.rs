@@ -139,6 +139,9 @@ impl Ctx {
     fn tick(&self) {
         let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
         let at = |pct: usize| n == self.total * pct / 100;
+        if self.total >= 10_000 && n % (self.total / 10) == 0 {
+            eprintln!("converge: {n} of {} operations", self.total);
+        }
         if at(35) {
             self.info.lock().unwrap().stop_postgrest().expect("stop PostgREST");
             self.event(format!("PostgREST killed at op {n}"));
@@ -498,8 +501,7 @@ fn run(sim: Sim) -> Summary {
         let user = &users[d.user];
         for t in TABLES {
             let (live, _) = server_state(&mut admin, t, user);
-            let local: BTreeMap<String, Value> =
-                d.client.list(t).unwrap().into_iter().map(|r| (r["id"].as_str().unwrap().to_owned(), r)).collect();
+            let local = by_id(d.client.list(t).unwrap());
             for (id, row) in &local {
                 if row["user_id"].as_str() != Some(user) {
                     violations.push(format!("device {} holds {t}/{id} of user {}", d.idx, row["user_id"]));

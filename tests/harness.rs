@@ -210,6 +210,11 @@ pub fn server_state(
     (live, dead)
 }
 
+/// Rows keyed by their `id` (to compare a device's table with `server_state`).
+pub fn by_id(rows: Vec<Value>) -> BTreeMap<String, Value> {
+    rows.into_iter().map(|r| (r["id"].as_str().expect("a row without id").to_owned(), r)).collect()
+}
+
 /// A client's replica built only from `/sync` pages, the way a device builds it.
 pub struct Replica {
     pub functions_url: String,

@@ -83,6 +83,8 @@ fn health_is_503_when_the_schema_is_behind_the_code() {
 
 #[test]
 fn health_rejects_other_methods_with_405() {
+    // Another test here stops PostgREST; stack() would see it down.
+    let _guard = exclusive();
     let info = stack();
     let a = call("POST", &format!("{}/health", info.functions_url), None, Some(&json!({})));
     a.assert_error(405, "method_not_allowed");
@@ -91,6 +93,8 @@ fn health_rejects_other_methods_with_405() {
 
 #[test]
 fn unknown_paths_are_404_json_from_the_gateway() {
+    // Another test here stops PostgREST; stack() would see it down.
+    let _guard = exclusive();
     let info = stack();
     for path in ["/", "/nope", "/healthz", "/sync2", "/../etc/passwd"] {
         let a = call("GET", &format!("{}{}", info.functions_url, path), None, None);
@@ -100,6 +104,8 @@ fn unknown_paths_are_404_json_from_the_gateway() {
 
 #[test]
 fn request_id_from_the_caller_is_kept_when_plain_and_replaced_when_hostile() {
+    // Another test here stops PostgREST; stack() would see it down.
+    let _guard = exclusive();
     let info = stack();
     let url = format!("{}/health", info.functions_url);
     let a = edgesync_integration::call_with_headers("GET", &url, &[("x-request-id", "trace-abc_123".into())], None);

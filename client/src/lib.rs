@@ -362,8 +362,8 @@ impl Client {
     ///   its row) leave the outbox and are logged;
     /// - `401`: the token is refreshed through the callback and the batch retried once;
     /// - a `4xx` naming op_ids: those entries move to the rejected log, the rest is sent
-    ///   again; a `413` halves the batch; a `400` naming nothing is narrowed down by
-    ///   halving until the one bad entry is rejected;
+    ///   again; a `413` or a `400` naming nothing is narrowed down by halving the batch
+    ///   until the one entry at fault is rejected;
     /// - `5xx`, `429`, network errors and account-level `4xx`: everything stays queued
     ///   and the engine backs off.
     pub fn push_outbox(&mut self) -> Result<PushReport> {
@@ -409,9 +409,10 @@ impl Client {
                     let named = named_op_ids(&h, &batch);
                     if !named.is_empty() {
                         report.rejected.extend(self.store.reject(&named)?);
-                    } else if h.status == 413 || batch.len() > 1 && matches!(h.status, 400 | 422) {
+                    } else if batch.len() > 1 && matches!(h.status, 400 | 413 | 422) {
                         batch_size = (batch.len() / 2).max(1);
-                    } else if batch.len() == 1 && matches!(h.status, 400 | 422) {
+                    } else if batch.len() == 1 && matches!(h.status, 400 | 413 | 422) {
+                        // This one entry is what the server refuses (or too big to send).
                         let one = vec![(batch[0].op_id, h.code.clone(), h.message.clone())];
                         report.rejected.extend(self.store.reject(&one)?);
                     } else {
