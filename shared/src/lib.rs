@@ -16,6 +16,7 @@ pub use jwt as auth;
 pub mod config;
 pub mod cursor;
 pub mod data_api;
+pub mod embed;
 pub mod error;
 pub mod health;
 pub mod request_id;

@@ -1,0 +1,342 @@
+//! Embeddings: the text an entry is embedded from (seed 004 §5.2), the content hash
+//! that makes re-embedding idempotent, the embeddings-API settings, the OpenAI wire
+//! format (the request and response types of `async-openai`), the database-webhook
+//! payload, and the retry policy. Pure; the Worker does the I/O.
+
+use crate::config::ConfigError;
+use crate::ApiError;
+use async_openai::types::embeddings::{CreateEmbeddingRequest, CreateEmbeddingResponse, EmbeddingInput};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The embedding text is cut at this many characters (Unicode scalar values).
+pub const MAX_CHARS: usize = 8000;
+pub const DEFAULT_MODEL: &str = "text-embedding-3-small";
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// The width of `entries.embedding`.
+pub const COLUMN_DIMENSIONS: u32 = 1536;
+/// Entries per embeddings request.
+pub const BATCH: usize = 16;
+/// Longest wait honoured from a `Retry-After` inside one invocation.
+pub const MAX_INLINE_WAIT_SECS: u64 = 5;
+
+/// The content columns of an entry (what the webhook, the job claim and PostgREST give).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct EntryContent {
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub body_markdown: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub contexts: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub people: Vec<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Seed 004 §5.2: title, body, then `Tags: a, b`, `Contexts: …`, `People: …` for the
+/// non-empty lists, joined by newlines, trimmed, cut at [`MAX_CHARS`] characters.
+pub fn embedding_text(e: &EntryContent) -> String {
+    let mut parts: Vec<String> = vec![e.title.clone().unwrap_or_default(), e.body_markdown.clone().unwrap_or_default()];
+    for (label, list) in [("Tags", &e.tags), ("Contexts", &e.contexts), ("People", &e.people)] {
+        if !list.is_empty() {
+            parts.push(format!("{label}: {}", list.join(", ")));
+        }
+    }
+    let text = parts.join("\n");
+    let text = text.trim();
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => text[..cut].to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+/// The hash stored in `entries.embedding_hash`: SHA-256 over model, dimensions and
+/// text. Equal hashes mean the stored embedding is already the one this would make.
+pub fn content_hash(model: &str, dimensions: u32, text: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(model.as_bytes());
+    h.update([0]);
+    h.update(dimensions.to_string().as_bytes());
+    h.update([0]);
+    h.update(text.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where embeddings come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingsConfig {
+    /// OpenAI-compatible base URL, e.g. `https://api.openai.com/v1` (no trailing slash).
+    pub base_url: String,
+    pub model: String,
+    pub dimensions: u32,
+    pub api_key: Option<String>,
+}
+
+impl EmbeddingsConfig {
+    /// `EMBEDDINGS_BASE_URL`, `EMBEDDINGS_MODEL`, `EMBEDDINGS_DIMENSIONS`, `OPENAI_API_KEY`.
+    /// Talking to OpenAI itself needs a key; a local OpenAI-compatible server may not.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<EmbeddingsConfig, ConfigError> {
+        let get = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let base_url = get("EMBEDDINGS_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.into());
+        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+            return Err(ConfigError { setting: "EMBEDDINGS_BASE_URL", problem: "must be an http(s) URL".into() });
+        }
+        let dimensions = match get("EMBEDDINGS_DIMENSIONS") {
+            None => COLUMN_DIMENSIONS,
+            Some(v) => v.parse::<u32>().ok().filter(|d| *d == COLUMN_DIMENSIONS).ok_or(ConfigError {
+                setting: "EMBEDDINGS_DIMENSIONS",
+                problem: format!("must be {COLUMN_DIMENSIONS}, the width of entries.embedding"),
+            })?,
+        };
+        let api_key = get("OPENAI_API_KEY");
+        if api_key.is_none() && base_url.starts_with("https://api.openai.com") {
+            return Err(ConfigError {
+                setting: "OPENAI_API_KEY",
+                problem: "is not set, and EMBEDDINGS_BASE_URL is OpenAI's".into(),
+            });
+        }
+        Ok(EmbeddingsConfig {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            model: get("EMBEDDINGS_MODEL").unwrap_or_else(|| DEFAULT_MODEL.into()),
+            dimensions,
+            api_key,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/embeddings", self.base_url)
+    }
+
+    /// The request body for `texts`.
+    pub fn request(&self, texts: Vec<String>) -> CreateEmbeddingRequest {
+        CreateEmbeddingRequest {
+            model: self.model.clone(),
+            input: EmbeddingInput::StringArray(texts),
+            dimensions: Some(self.dimensions),
+            ..Default::default()
+        }
+    }
+
+    /// The vectors of an answer, in input order; each must have the configured width.
+    pub fn vectors(&self, body: &str, expected: usize) -> Result<Vec<Vec<f32>>, ApiError> {
+        let bad = |why: String| ApiError::bad_gateway("embeddings_bad_response", why);
+        let answer: CreateEmbeddingResponse =
+            serde_json::from_str(body).map_err(|e| bad(format!("the embeddings answer is not valid: {e}")))?;
+        let mut data = answer.data;
+        data.sort_by_key(|d| d.index);
+        if data.len() != expected || data.iter().enumerate().any(|(i, d)| d.index as usize != i) {
+            return Err(bad(format!("asked for {expected} embeddings, got {}", data.len())));
+        }
+        let mut out = Vec::with_capacity(expected);
+        for d in data {
+            if d.embedding.len() != self.dimensions as usize || d.embedding.iter().any(|x| !x.is_finite()) {
+                return Err(bad(format!(
+                    "an embedding has {} values (or non-finite ones); the column takes {}",
+                    d.embedding.len(),
+                    self.dimensions
+                )));
+            }
+            out.push(d.embedding);
+        }
+        Ok(out)
+    }
+}
+
+/// pgvector's text form: `[0.1,0.2,…]`.
+pub fn vector_literal(v: &[f32]) -> String {
+    let mut s = String::with_capacity(v.len() * 10 + 2);
+    s.push('[');
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&x.to_string());
+    }
+    s.push(']');
+    s
+}
+
+/// How long to wait before retrying a 429/503, from `Retry-After` (seconds, or absent).
+pub fn retry_after_secs(header: Option<&str>) -> Option<u64> {
+    header.and_then(|h| h.trim().parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0).map(|s| s.ceil() as u64)
+}
+
+/// What a database webhook asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookAction {
+    /// Embed this entry (INSERT or UPDATE of `public.entries`).
+    Embed { entry_id: String },
+    /// Nothing to embed (a DELETE, or another table): acknowledged and ignored.
+    Ignore { reason: String },
+}
+
+/// Parse a Supabase database-webhook payload `{type, table, schema, record, old_record}`.
+pub fn parse_webhook(body: &[u8]) -> Result<WebhookAction, ApiError> {
+    let invalid = |m: &str| ApiError::bad_request("invalid_webhook", m.to_owned());
+    let v: Value = serde_json::from_slice(body).map_err(|_| invalid("the body is not JSON"))?;
+    let kind = v.get("type").and_then(Value::as_str).ok_or_else(|| invalid("`type` is missing"))?;
+    let table = v.get("table").and_then(Value::as_str).ok_or_else(|| invalid("`table` is missing"))?;
+    let schema = v.get("schema").and_then(Value::as_str).unwrap_or("public");
+    if !matches!(kind, "INSERT" | "UPDATE" | "DELETE") {
+        return Err(invalid("`type` must be INSERT, UPDATE or DELETE"));
+    }
+    if (schema, table) != ("public", "entries") {
+        return Ok(WebhookAction::Ignore { reason: format!("{schema}.{table} is not embedded") });
+    }
+    if kind == "DELETE" {
+        return Ok(WebhookAction::Ignore { reason: "deleted entries are not embedded".into() });
+    }
+    let id = v
+        .get("record")
+        .and_then(|r| r.get("id"))
+        .and_then(Value::as_str)
+        .and_then(crate::auth::parse_uuid)
+        .ok_or_else(|| invalid("`record.id` must be the entry's UUID"))?;
+    Ok(WebhookAction::Embed { entry_id: id })
+}
+
+/// Constant-time equality for secrets (length is not hidden).
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(v: Value) -> EntryContent {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_text_follows_the_seed() {
+        let e = entry(json!({"title": "Gym", "body_markdown": "Leg day", "tags": ["fitness", "health"],
+                             "contexts": [], "people": ["Ana"]}));
+        assert_eq!(embedding_text(&e), "Gym\nLeg day\nTags: fitness, health\nPeople: Ana");
+    }
+
+    #[test]
+    fn empty_and_missing_fields_leave_no_labels_and_no_blank_edges() {
+        assert_eq!(embedding_text(&entry(json!({}))), "");
+        assert_eq!(embedding_text(&entry(json!({"title": null, "body_markdown": "  body  ", "tags": null}))), "body");
+        assert_eq!(embedding_text(&entry(json!({"title": "T"}))), "T");
+        assert_eq!(embedding_text(&entry(json!({"contexts": ["work"]}))), "Contexts: work");
+    }
+
+    #[test]
+    fn long_text_is_cut_at_a_character_boundary() {
+        let body = "é".repeat(MAX_CHARS + 10);
+        let text = embedding_text(&entry(json!({"title": "x", "body_markdown": body})));
+        assert_eq!(text.chars().count(), MAX_CHARS);
+        assert!(text.starts_with("x\né"));
+        let emoji = "🦀".repeat(20_000);
+        let t = embedding_text(&entry(json!({"body_markdown": emoji})));
+        assert_eq!(t.chars().count(), MAX_CHARS);
+        assert!(t.chars().all(|c| c == '🦀'));
+        let short = "a".repeat(MAX_CHARS);
+        assert_eq!(embedding_text(&entry(json!({"title": short.clone()}))), short);
+    }
+
+    #[test]
+    fn the_hash_covers_model_dimensions_and_text() {
+        let h = content_hash("m", 1536, "text");
+        assert_eq!(h.len(), 64);
+        assert_eq!(h, content_hash("m", 1536, "text"));
+        assert_ne!(h, content_hash("m2", 1536, "text"));
+        assert_ne!(h, content_hash("m", 384, "text"));
+        assert_ne!(h, content_hash("m", 1536, "text "));
+        // The separators keep fields from running into each other.
+        assert_ne!(content_hash("m1", 536, "t"), content_hash("m", 1536, "t"));
+    }
+
+    fn cfg() -> EmbeddingsConfig {
+        EmbeddingsConfig { base_url: "http://x/v1".into(), model: "m".into(), dimensions: 3, api_key: None }
+    }
+
+    #[test]
+    fn requests_and_answers_use_the_openai_wire_format() {
+        let body = serde_json::to_value(cfg().request(vec!["a".into(), "b".into()])).unwrap();
+        assert_eq!(body, json!({"model": "m", "input": ["a", "b"], "dimensions": 3}));
+        let answer = json!({"object": "list", "model": "m", "usage": {"prompt_tokens": 2, "total_tokens": 2},
+            "data": [{"object": "embedding", "index": 1, "embedding": [0.0, 1.0, 0.0]},
+                     {"object": "embedding", "index": 0, "embedding": [1.0, 0.0, 0.0]}]});
+        let v = cfg().vectors(&answer.to_string(), 2).unwrap();
+        assert_eq!(v, vec![vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0]]);
+        for (bad, n) in [
+            (json!({"data": []}), 1),
+            (answer.clone(), 3),
+            (
+                json!({"object": "list", "model": "m", "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                    "data": [{"object": "embedding", "index": 0, "embedding": [1.0]}]}),
+                1,
+            ),
+        ] {
+            assert_eq!(cfg().vectors(&bad.to_string(), n).unwrap_err().status, 502, "{bad}");
+        }
+    }
+
+    #[test]
+    fn settings_have_defaults_and_refuse_nonsense() {
+        let map = |pairs: &[(&str, &str)]| {
+            let m: std::collections::HashMap<String, String> =
+                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            move |k: &str| m.get(k).cloned()
+        };
+        let c = EmbeddingsConfig::from_lookup(map(&[("OPENAI_API_KEY", "sk-x")])).unwrap();
+        assert_eq!((c.base_url.as_str(), c.model.as_str(), c.dimensions), (DEFAULT_BASE_URL, DEFAULT_MODEL, 1536));
+        assert_eq!(EmbeddingsConfig::from_lookup(map(&[])).unwrap_err().setting, "OPENAI_API_KEY");
+        let local = EmbeddingsConfig::from_lookup(map(&[("EMBEDDINGS_BASE_URL", "http://127.0.0.1:1/v1/")])).unwrap();
+        assert_eq!(local.url(), "http://127.0.0.1:1/v1/embeddings");
+        for (k, v) in [("EMBEDDINGS_BASE_URL", "ftp://x"), ("EMBEDDINGS_DIMENSIONS", "384")] {
+            assert_eq!(EmbeddingsConfig::from_lookup(map(&[(k, v), ("OPENAI_API_KEY", "k")])).unwrap_err().setting, k);
+        }
+    }
+
+    #[test]
+    fn webhooks_are_parsed_strictly() {
+        let id = "0a1b2c3d-0000-4000-8000-00000000abcd";
+        let p = |v: Value| parse_webhook(v.to_string().as_bytes());
+        assert_eq!(
+            p(json!({"type": "INSERT", "table": "entries", "schema": "public", "record": {"id": id}, "old_record": null}))
+                .unwrap(),
+            WebhookAction::Embed { entry_id: id.into() }
+        );
+        assert!(matches!(
+            p(json!({"type": "DELETE", "table": "entries", "schema": "public", "old_record": {"id": id}})).unwrap(),
+            WebhookAction::Ignore { .. }
+        ));
+        assert!(matches!(
+            p(json!({"type": "UPDATE", "table": "sync_events", "record": {"id": id}})).unwrap(),
+            WebhookAction::Ignore { .. }
+        ));
+        for bad in [
+            json!({"type": "TRUNCATE", "table": "entries"}),
+            json!({"table": "entries"}),
+            json!({"type": "INSERT", "table": "entries", "record": {"id": "1; drop"}}),
+            json!({"type": "INSERT", "table": "entries"}),
+            json!([1]),
+        ] {
+            assert_eq!(p(bad.clone()).unwrap_err().code, "invalid_webhook", "{bad}");
+        }
+        assert_eq!(parse_webhook(b"{not json").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn small_helpers() {
+        assert_eq!(vector_literal(&[1.0, -0.5, 0.25]), "[1,-0.5,0.25]");
+        assert_eq!(retry_after_secs(Some("2")), Some(2));
+        assert_eq!(retry_after_secs(Some("0.2")), Some(1));
+        assert_eq!(retry_after_secs(Some("soon")), None);
+        assert_eq!(retry_after_secs(None), None);
+        assert!(secrets_equal(b"abc", b"abc"));
+        assert!(!secrets_equal(b"abc", b"abd") && !secrets_equal(b"abc", b"ab"));
+    }
+}
