@@ -16,6 +16,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("/upload", "UPLOAD"),
     ("/populate", "POPULATE"),
     ("/embed_entry", "EMBED_ENTRY"),
+    // The embeddings Worker serves search too: it holds the embeddings settings.
+    ("/search", "EMBED_ENTRY"),
 ];
 
 #[event(fetch)]

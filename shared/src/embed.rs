@@ -202,6 +202,64 @@ pub fn parse_webhook(body: &[u8]) -> Result<WebhookAction, ApiError> {
     Ok(WebhookAction::Embed { entry_id: id })
 }
 
+/// Longest `/search` query, in characters.
+pub const MAX_QUERY_CHARS: usize = 2000;
+pub const SEARCH_RPC: &str = "search_entries";
+
+/// `POST /search {"query", "match_threshold"?, "match_count"?}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRequest {
+    pub query: String,
+    pub match_threshold: f64,
+    pub match_count: u32,
+}
+
+impl SearchRequest {
+    pub fn parse(body: &[u8]) -> Result<SearchRequest, ApiError> {
+        let invalid = |m: String| ApiError::bad_request("invalid_search", m);
+        let v: Value = serde_json::from_slice(body).map_err(|_| invalid("the body is not JSON".into()))?;
+        let obj = v.as_object().ok_or_else(|| invalid("the body must be a JSON object".into()))?;
+        if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "query" | "match_threshold" | "match_count")) {
+            return Err(invalid(format!(
+                "unknown field `{}`; /search takes query, match_threshold, match_count",
+                k.chars().take(40).collect::<String>()
+            )));
+        }
+        let query = obj.get("query").and_then(Value::as_str).map(str::trim).unwrap_or_default();
+        if query.is_empty() {
+            return Err(invalid("`query` must be a non-empty string".into()));
+        }
+        if query.chars().count() > MAX_QUERY_CHARS {
+            return Err(invalid(format!("`query` is longer than {MAX_QUERY_CHARS} characters")));
+        }
+        let match_threshold = match obj.get("match_threshold") {
+            None | Some(Value::Null) => 0.7,
+            Some(t) => t
+                .as_f64()
+                .filter(|t| (-1.0..=1.0).contains(t))
+                .ok_or_else(|| invalid("`match_threshold` must be a number from -1 to 1 (cosine similarity)".into()))?,
+        };
+        let match_count = match obj.get("match_count") {
+            None | Some(Value::Null) => 10,
+            Some(c) => c
+                .as_u64()
+                .filter(|c| (1..=100).contains(c))
+                .ok_or_else(|| invalid("`match_count` must be an integer from 1 to 100".into()))?
+                as u32,
+        };
+        Ok(SearchRequest { query: query.to_owned(), match_threshold, match_count })
+    }
+
+    /// Arguments of `search_entries`, given the query's embedding.
+    pub fn rpc_args(&self, embedding: &[f32]) -> Value {
+        serde_json::json!({
+            "query_embedding": vector_literal(embedding),
+            "match_threshold": self.match_threshold,
+            "match_count": self.match_count,
+        })
+    }
+}
+
 /// Constant-time equality for secrets (length is not hidden).
 pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -327,6 +385,32 @@ mod tests {
             assert_eq!(p(bad.clone()).unwrap_err().code, "invalid_webhook", "{bad}");
         }
         assert_eq!(parse_webhook(b"{not json").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn search_requests_have_defaults_and_bounds() {
+        let p = |v: Value| SearchRequest::parse(v.to_string().as_bytes());
+        assert_eq!(
+            p(json!({"query": "  gym  "})).unwrap(),
+            SearchRequest { query: "gym".into(), match_threshold: 0.7, match_count: 10 }
+        );
+        let r = p(json!({"query": "q", "match_threshold": 0.2, "match_count": 3})).unwrap();
+        assert_eq!((r.match_threshold, r.match_count), (0.2, 3));
+        assert_eq!(r.rpc_args(&[0.5]), json!({"query_embedding": "[0.5]", "match_threshold": 0.2, "match_count": 3}));
+        for bad in [
+            json!({}),
+            json!({"query": ""}),
+            json!({"query": 5}),
+            json!({"query": "x".repeat(MAX_QUERY_CHARS + 1)}),
+            json!({"query": "q", "match_threshold": 2}),
+            json!({"query": "q", "match_threshold": "high"}),
+            json!({"query": "q", "match_count": 0}),
+            json!({"query": "q", "match_count": 1000}),
+            json!({"query": "q", "user_id": "someone else"}),
+            json!(["q"]),
+        ] {
+            assert_eq!(p(bad.clone()).unwrap_err().code, "invalid_search", "{bad}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod config;
 pub mod cursor;
 pub mod data_api;
 pub mod embed;
+pub mod embed_jobs;
 pub mod error;
 pub mod health;
 pub mod request_id;
@@ -27,7 +28,7 @@ pub use error::ApiError;
 
 /// The database schema version this code expects; the migrations in `sql/migrations`
 /// record theirs in `edgesync.schema_migrations`, and `/health` compares the two.
-pub const EXPECTED_SCHEMA_VERSION: i64 = 3;
+pub const EXPECTED_SCHEMA_VERSION: i64 = 4;
 
 /// The version of the functions, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,20 +1,182 @@
-//! `embed_entry`: embeddings from a database webhook. Not implemented yet (issue #5):
-//! it verifies the token and answers 501, so callers get an honest error.
+//! `embed_entry`: embeddings for entries (SPEC §7).
+//!
+//! - `POST /embed_entry` with a Supabase database-webhook payload: a nudge. It answers
+//!   202 at once and, in `ctx.wait_until`, claims that entry's job and embeds it.
+//! - `POST /embed_entry/drain`: claims and embeds due jobs now and answers with the
+//!   report (operators, tests); the Cron Trigger runs the same drain.
+//! - Cron Trigger: drains due jobs in batches, so a dropped webhook loses nothing.
+//! - `POST /search {query, match_threshold?, match_count?}` with a user's token: embeds
+//!   the query here (clients never hold an embeddings key) and calls `search_entries`
+//!   with the user's own token, so RLS decides. It lives in this Worker because this
+//!   is the Worker that holds the embeddings settings.
+//!
+//! Callers authenticate with the service-role JWT or the shared secret in
+//! `x-webhook-secret` (compared in constant time). All work is in `shared::embed_jobs`.
 
-use edgesync_edge::{self as edge, edgesync_shared::ApiError};
-use worker::{event, Context, Env, Method, Request, Response};
+use edgesync_edge::{self as edge, edgesync_shared as shared};
+use serde_json::json;
+use shared::auth::Principal;
+use shared::config::{Config, ConfigError};
+use shared::data_api::Caller;
+use shared::embed::{parse_webhook, secrets_equal, EmbeddingsConfig, SearchRequest, WebhookAction, SEARCH_RPC};
+use shared::embed_jobs::{embed_texts, Drain, DrainReport, Sleep, DEFAULT_MAX_ATTEMPTS};
+use shared::ApiError;
+use std::time::Duration;
+use worker::{
+    console_error, console_log, event, Context, Env, Method, Request, Response, ScheduleContext, ScheduledEvent,
+};
 
-#[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
-    let ctx = edge::begin(&req);
-    let outcome = handle(&req, &env).await;
-    edge::finish(ctx, outcome)
+/// Largest webhook body accepted (the payload carries one row).
+const MAX_BODY: usize = 256 * 1024;
+/// Batches per Cron run: each batch is three subrequests (claim, embed, finish).
+const DEFAULT_CRON_ROUNDS: u32 = 8;
+
+#[derive(Clone)]
+struct Settings {
+    config: Config,
+    embeddings: EmbeddingsConfig,
+    service_key: String,
+    webhook_secret: Option<String>,
+    max_attempts: u32,
+    cron_rounds: u32,
 }
 
-async fn handle(req: &Request, env: &Env) -> Result<Response, ApiError> {
-    edge::require_path(req, "/embed_entry")?;
+impl Settings {
+    fn from_env(env: &Env) -> Result<Settings, ConfigError> {
+        let config = edge::config(env)?;
+        let service_key = config.require_service_role_key()?.to_owned();
+        let number = |name: &'static str, default: u32| -> Result<u32, ConfigError> {
+            match edge::setting(env, name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or(ConfigError { setting: name, problem: "must be a whole number from 1 to 100".into() }),
+            }
+        };
+        Ok(Settings {
+            embeddings: EmbeddingsConfig::from_lookup(|k| edge::setting(env, k))?,
+            webhook_secret: edge::setting(env, "EMBED_WEBHOOK_SECRET").filter(|s| !s.trim().is_empty()),
+            max_attempts: number("EMBED_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)?,
+            cron_rounds: number("EMBED_CRON_ROUNDS", DEFAULT_CRON_ROUNDS)?,
+            service_key,
+            config,
+        })
+    }
+
+    async fn drain(&self, entry: Option<&str>, rounds: u32) -> Result<DrainReport, ApiError> {
+        let api = edge::data_api(&self.config);
+        Drain {
+            api: &api,
+            service_key: &self.service_key,
+            embeddings: &self.embeddings,
+            max_attempts: self.max_attempts,
+            sleep: SLEEP,
+        }
+        .run(entry, rounds)
+        .await
+    }
+}
+
+/// The Worker's timer, for waits the embeddings API asks for.
+const SLEEP: Sleep<'static> = &|ms: u64| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+    Box::pin(worker::Delay::from(Duration::from_millis(ms)))
+};
+
+#[event(fetch)]
+async fn fetch(mut req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
+    let rctx = edge::begin(&req);
+    let outcome = handle(&mut req, &env, &ctx).await;
+    edge::finish(rctx, outcome)
+}
+
+#[event(scheduled)]
+async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    match Settings::from_env(&env) {
+        Ok(s) => match s.drain(None, s.cron_rounds).await {
+            Ok(r) => console_log!("embed_entry cron: {}", json!(r)),
+            Err(e) => console_error!("embed_entry cron failed: {} {}", e.code, e.message),
+        },
+        Err(e) => console_error!("embed_entry cron: {e}"),
+    }
+}
+
+async fn handle(req: &mut Request, env: &Env, ctx: &Context) -> Result<Response, ApiError> {
+    let path = req.path();
+    if path == "/search" || path == "/search/" {
+        return search(req, env).await;
+    }
+    let drain = match path.as_str() {
+        "/embed_entry" | "/embed_entry/" => false,
+        "/embed_entry/drain" => true,
+        other => return Err(ApiError::not_found(format!("no such endpoint: {other}"))),
+    };
+    edge::require_method(req, &[Method::Post])?;
+    let settings = Settings::from_env(env)?;
+    authorize(req, &settings).await?;
+    if drain {
+        let report = settings.drain(None, settings.cron_rounds).await?;
+        return edge::json(200, &json!(report));
+    }
+    let body = edge::json_body(req, MAX_BODY, |len| {
+        ApiError::new(
+            413,
+            "body_too_large",
+            format!("the body is {len} bytes; a webhook payload is at most {MAX_BODY}"),
+        )
+    })
+    .await?;
+    match parse_webhook(&body)? {
+        WebhookAction::Ignore { reason } => edge::json(200, &json!({ "ignored": reason })),
+        WebhookAction::Embed { entry_id } => {
+            let id = entry_id.clone();
+            ctx.wait_until(async move {
+                match settings.drain(Some(&id), 1).await {
+                    Ok(r) => console_log!("embed_entry {id}: {}", json!(r)),
+                    Err(e) => console_error!("embed_entry {id} failed: {} {}", e.code, e.message),
+                }
+            });
+            edge::json(202, &json!({ "accepted": true, "entry_id": entry_id }))
+        }
+    }
+}
+
+/// The shared webhook secret (constant-time) or a service-role token; nothing else.
+async fn authorize(req: &Request, settings: &Settings) -> Result<(), ApiError> {
+    if let Some(given) = req.headers().get("x-webhook-secret").ok().flatten() {
+        return match &settings.webhook_secret {
+            Some(secret) if secrets_equal(given.trim().as_bytes(), secret.as_bytes()) => Ok(()),
+            _ => Err(ApiError::unauthorized("invalid_webhook_secret", "the webhook secret is not valid")),
+        };
+    }
+    let verified = edge::authenticate(req, &settings.config).await?;
+    match verified.principal {
+        Principal::ServiceRole => Ok(()),
+        Principal::User { .. } => Err(ApiError::forbidden(
+            "forbidden_role",
+            "embed_entry is called by the database (webhook secret) or with the service role, not by users",
+        )),
+    }
+}
+
+/// `POST /search`: the query is embedded here, the search runs as the user.
+async fn search(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     edge::require_method(req, &[Method::Post])?;
     let config = edge::config(env)?;
-    edge::authenticate(req, &config).await?;
-    Err(ApiError::not_implemented("/embed_entry"))
+    let verified = edge::authenticate(req, &config).await?;
+    edge::require_user(&verified)?;
+    let embeddings = EmbeddingsConfig::from_lookup(|k| edge::setting(env, k))?;
+    let body = edge::json_body(req, 16 * 1024, |len| {
+        ApiError::new(413, "body_too_large", format!("the body is {len} bytes; a search is at most 16 KiB"))
+    })
+    .await?;
+    let search = SearchRequest::parse(&body)?;
+    let mut requests = 0;
+    let vectors = embed_texts(&embeddings, vec![search.query.clone()], SLEEP, &mut requests).await?;
+    let vector = vectors.first().ok_or_else(|| ApiError::bad_gateway("embeddings_bad_response", "no embedding"))?;
+    let results =
+        edge::data_api(&config).rpc(Caller::User(&verified.token), SEARCH_RPC, &search.rpc_args(vector)).await?;
+    edge::private_json(&json!({ "results": results }))
 }

@@ -1,0 +1,259 @@
+//! Draining embedding jobs: claim due jobs (with each entry's current content), skip
+//! the ones whose stored hash is already current, embed the rest in one request per
+//! batch, write the vectors back and finish the jobs; on failure, record it so the job
+//! backs off (or fails for good after `max_attempts`). All database work goes through
+//! PostgREST RPCs with the service role (`sql/migrations/0004_embeddings.sql`).
+
+use crate::data_api::{Caller, DataApi};
+use crate::embed::{
+    content_hash, embedding_text, retry_after_secs, vector_literal, EmbeddingsConfig, EntryContent, BATCH,
+    MAX_INLINE_WAIT_SECS,
+};
+use crate::ApiError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::future::Future;
+use std::pin::Pin;
+
+pub const CLAIM_RPC: &str = "edgesync_claim_embedding_jobs";
+pub const COMPLETE_RPC: &str = "edgesync_complete_embedding_jobs";
+pub const FAIL_RPC: &str = "edgesync_fail_embedding_jobs";
+/// How long a claim holds a job before another run may take it.
+pub const LEASE_SECS: u32 = 120;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// A claimed job with its entry's current content.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Claimed {
+    pub entry_id: String,
+    pub generation: i64,
+    pub attempts: i32,
+    #[serde(flatten)]
+    pub content: EntryContent,
+    pub embedding_hash: Option<String>,
+    pub embedding_model: Option<String>,
+}
+
+/// One job to embed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Todo {
+    pub entry_id: String,
+    pub generation: i64,
+    pub text: String,
+    pub hash: String,
+}
+
+/// What to do with a batch of claimed jobs: finish the current ones as they are,
+/// embed the others.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub current: Vec<Value>,
+    pub todo: Vec<Todo>,
+}
+
+/// Pure: decide per job whether its stored embedding is already the one this model
+/// would make from this text.
+pub fn plan(cfg: &EmbeddingsConfig, claimed: Vec<Claimed>) -> Plan {
+    let mut p = Plan::default();
+    for c in claimed {
+        let text = embedding_text(&c.content);
+        let hash = content_hash(&cfg.model, cfg.dimensions, &text);
+        if c.embedding_hash.as_deref() == Some(hash.as_str()) && c.embedding_model.as_deref() == Some(&cfg.model) {
+            p.current.push(json!({ "entry_id": c.entry_id, "generation": c.generation }));
+        } else {
+            p.todo.push(Todo { entry_id: c.entry_id, generation: c.generation, text, hash });
+        }
+    }
+    p
+}
+
+/// The completion record of an embedded job.
+pub fn completion(cfg: &EmbeddingsConfig, todo: &Todo, vector: &[f32]) -> Value {
+    json!({
+        "entry_id": todo.entry_id, "generation": todo.generation,
+        "embedding": vector_literal(vector), "model": cfg.model, "hash": todo.hash,
+    })
+}
+
+/// What one drain did.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct DrainReport {
+    pub claimed: usize,
+    pub embedded: usize,
+    /// Jobs whose stored embedding was already current.
+    pub unchanged: usize,
+    pub failed: usize,
+    pub api_requests: usize,
+    pub last_error: Option<String>,
+}
+
+/// A sleep the caller provides (the Worker's timer).
+pub type Sleep<'a> = &'a dyn Fn(u64) -> Pin<Box<dyn Future<Output = ()>>>;
+
+pub struct Drain<'a> {
+    pub api: &'a DataApi,
+    pub service_key: &'a str,
+    pub embeddings: &'a EmbeddingsConfig,
+    pub max_attempts: u32,
+    pub sleep: Sleep<'a>,
+}
+
+/// Why an embeddings request failed, and when to try again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiFailure {
+    pub status: Option<u16>,
+    pub message: String,
+    pub retry_after: u64,
+}
+
+impl From<ApiFailure> for ApiError {
+    fn from(f: ApiFailure) -> Self {
+        match f.status {
+            Some(429) | Some(503) => ApiError::unavailable("embeddings_busy", f.message),
+            _ => ApiError::bad_gateway("embeddings_unavailable", f.message),
+        }
+    }
+}
+
+/// One embeddings request for `texts`; a 429/503 with a short `Retry-After` is retried
+/// in place (twice at most), a longer one is left to the caller (a job's backoff).
+pub async fn embed_texts(
+    cfg: &EmbeddingsConfig,
+    texts: Vec<String>,
+    sleep: Sleep<'_>,
+    requests: &mut usize,
+) -> Result<Vec<Vec<f32>>, ApiFailure> {
+    let n = texts.len();
+    let body = cfg.request(texts);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        *requests += 1;
+        let mut req = reqwest::Client::new().post(cfg.url()).json(&body);
+        if let Some(key) = &cfg.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.map_err(|e| ApiFailure {
+            status: None,
+            message: format!("embeddings API unreachable: {e}"),
+            retry_after: 0,
+        })?;
+        let status = resp.status().as_u16();
+        let retry_after = retry_after_secs(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()));
+        let text = resp.text().await.unwrap_or_default();
+        if status == 200 {
+            return cfg.vectors(&text, n).map_err(|e| ApiFailure {
+                status: Some(200),
+                message: e.message,
+                retry_after: 0,
+            });
+        }
+        let message = format!("embeddings API answered {status}: {}", text.chars().take(300).collect::<String>());
+        let wait = retry_after.unwrap_or(1);
+        if matches!(status, 429 | 503) && tries <= 2 && wait <= MAX_INLINE_WAIT_SECS {
+            sleep(wait * 1000).await;
+            continue;
+        }
+        return Err(ApiFailure { status: Some(status), message, retry_after: retry_after.unwrap_or(0) });
+    }
+}
+
+impl Drain<'_> {
+    /// Claim and process up to `rounds` batches (only `entry`'s job when given). Stops
+    /// early when nothing is due or the embeddings API fails.
+    pub async fn run(&self, entry: Option<&str>, rounds: u32) -> Result<DrainReport, ApiError> {
+        let mut report = DrainReport::default();
+        for _ in 0..rounds.max(1) {
+            let args = json!({ "p_max": BATCH, "p_lease_secs": LEASE_SECS, "p_entry": entry });
+            let claimed: Vec<Claimed> =
+                serde_json::from_value(self.api.rpc(Caller::ServiceRole(self.service_key), CLAIM_RPC, &args).await?)
+                    .map_err(|e| ApiError::bad_gateway("upstream_bad_response", format!("claimed jobs: {e}")))?;
+            if claimed.is_empty() {
+                break;
+            }
+            report.claimed += claimed.len();
+            let plan = plan(self.embeddings, claimed);
+            report.unchanged += plan.current.len();
+            let mut done = plan.current;
+            let mut stop = false;
+            if !plan.todo.is_empty() {
+                let texts = plan.todo.iter().map(|t| t.text.clone()).collect();
+                match embed_texts(self.embeddings, texts, self.sleep, &mut report.api_requests).await {
+                    Ok(vectors) => {
+                        report.embedded += vectors.len();
+                        done.extend(plan.todo.iter().zip(&vectors).map(|(t, v)| completion(self.embeddings, t, v)));
+                    }
+                    Err(f) => {
+                        let ids: Vec<&str> = plan.todo.iter().map(|t| t.entry_id.as_str()).collect();
+                        let args = json!({ "p_entries": ids, "p_error": f.message, "p_retry_after_secs": f.retry_after,
+                                           "p_max_attempts": self.max_attempts });
+                        self.api.rpc(Caller::ServiceRole(self.service_key), FAIL_RPC, &args).await?;
+                        report.failed += ids.len();
+                        report.last_error = Some(f.message);
+                        stop = true;
+                    }
+                }
+            }
+            if !done.is_empty() {
+                self.api
+                    .rpc(Caller::ServiceRole(self.service_key), COMPLETE_RPC, &json!({ "p_results": done }))
+                    .await?;
+            }
+            if stop || entry.is_some() {
+                break;
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> EmbeddingsConfig {
+        EmbeddingsConfig { base_url: "http://x/v1".into(), model: "m".into(), dimensions: 1536, api_key: None }
+    }
+
+    #[test]
+    fn claimed_rows_are_read_from_the_rpc_answer() {
+        let row: Claimed = serde_json::from_value(json!({
+            "entry_id": "e", "generation": 3, "attempts": 1, "title": "T", "body_markdown": null,
+            "tags": ["a"], "contexts": null, "people": [], "embedding_hash": null, "embedding_model": null
+        }))
+        .unwrap();
+        assert_eq!(row.content.tags, vec!["a"]);
+        assert_eq!(row.generation, 3);
+    }
+
+    #[test]
+    fn only_stale_or_missing_embeddings_are_computed() {
+        let content = EntryContent { title: Some("T".into()), ..Default::default() };
+        let hash = content_hash("m", 1536, "T");
+        let job = |id: &str, hash: Option<&str>, model: Option<&str>| Claimed {
+            entry_id: id.into(),
+            generation: 1,
+            attempts: 1,
+            content: content.clone(),
+            embedding_hash: hash.map(str::to_owned),
+            embedding_model: model.map(str::to_owned),
+        };
+        let p = plan(
+            &cfg(),
+            vec![
+                job("current", Some(&hash), Some("m")),
+                job("never", None, None),
+                job("other-model", Some(&hash), Some("old")),
+                job("edited", Some("0000"), Some("m")),
+            ],
+        );
+        assert_eq!(p.current, vec![json!({"entry_id": "current", "generation": 1})]);
+        assert_eq!(p.todo.iter().map(|t| t.entry_id.as_str()).collect::<Vec<_>>(), ["never", "other-model", "edited"]);
+        assert!(p.todo.iter().all(|t| t.text == "T" && t.hash == hash));
+        let c = completion(&cfg(), &p.todo[0], &[0.5, 0.25]);
+        assert_eq!(
+            c,
+            json!({"entry_id": "never", "generation": 1, "embedding": "[0.5,0.25]", "model": "m", "hash": hash})
+        );
+    }
+}
