@@ -190,6 +190,12 @@ begin
     delete from edgesync.embedding_jobs j
      where j.entry_id = (r ->> 'entry_id')::uuid and j.generation = (r ->> 'generation')::bigint;
     get diagnostics n = row_count;
+    if n = 0 then
+      -- The entry changed since the claim: release the lease so the new generation
+      -- is embedded by the next run, without waiting for the lease to expire.
+      update edgesync.embedding_jobs j set locked_until = null, updated_at = now()
+       where j.entry_id = (r ->> 'entry_id')::uuid and j.status = 'pending';
+    end if;
     if n = 1 and r ? 'embedding' then
       update public.entries e
          set embedding = (r ->> 'embedding')::extensions.vector, embedding_model = r ->> 'model',
@@ -228,6 +234,10 @@ begin
                              greatest(coalesce(p_retry_after_secs, 0), power(2, least(j.attempts, 12))::integer))),
          locked_until = null, last_error = left(p_error, 2000), updated_at = now()
    where j.entry_id = any (p_entries) and j.status = 'running';
+  -- Jobs re-armed by a change since the claim keep their fresh schedule; only the
+  -- lease is released.
+  update edgesync.embedding_jobs j set locked_until = null, updated_at = now()
+   where j.entry_id = any (p_entries) and j.status = 'pending';
 end
 $$;
 revoke all on function public.edgesync_fail_embedding_jobs(uuid[], text, integer, integer) from public, anon, authenticated;

@@ -36,7 +36,6 @@ struct Settings {
     config: Config,
     embeddings: EmbeddingsConfig,
     service_key: String,
-    webhook_secret: Option<String>,
     max_attempts: u32,
     cron_rounds: u32,
 }
@@ -58,7 +57,6 @@ impl Settings {
         };
         Ok(Settings {
             embeddings: EmbeddingsConfig::from_lookup(|k| edge::setting(env, k))?,
-            webhook_secret: edge::setting(env, "EMBED_WEBHOOK_SECRET").filter(|s| !s.trim().is_empty()),
             max_attempts: number("EMBED_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)?,
             cron_rounds: number("EMBED_CRON_ROUNDS", DEFAULT_CRON_ROUNDS)?,
             service_key,
@@ -114,9 +112,10 @@ async fn handle(req: &mut Request, env: &Env, ctx: &Context) -> Result<Response,
         other => return Err(ApiError::not_found(format!("no such endpoint: {other}"))),
     };
     edge::require_method(req, &[Method::Post])?;
-    let settings = Settings::from_env(env)?;
-    authorize(req, &settings).await?;
+    // Who is calling, before any other setting is looked at.
+    authorize(req, env).await?;
     if drain {
+        let settings = Settings::from_env(env)?;
         let report = settings.drain(None, settings.cron_rounds).await?;
         return edge::json(200, &json!(report));
     }
@@ -131,6 +130,7 @@ async fn handle(req: &mut Request, env: &Env, ctx: &Context) -> Result<Response,
     match parse_webhook(&body)? {
         WebhookAction::Ignore { reason } => edge::json(200, &json!({ "ignored": reason })),
         WebhookAction::Embed { entry_id } => {
+            let settings = Settings::from_env(env)?;
             let id = entry_id.clone();
             ctx.wait_until(async move {
                 match settings.drain(Some(&id), 1).await {
@@ -144,14 +144,14 @@ async fn handle(req: &mut Request, env: &Env, ctx: &Context) -> Result<Response,
 }
 
 /// The shared webhook secret (constant-time) or a service-role token; nothing else.
-async fn authorize(req: &Request, settings: &Settings) -> Result<(), ApiError> {
+async fn authorize(req: &Request, env: &Env) -> Result<(), ApiError> {
     if let Some(given) = req.headers().get("x-webhook-secret").ok().flatten() {
-        return match &settings.webhook_secret {
+        return match edge::setting(env, "EMBED_WEBHOOK_SECRET").filter(|s| !s.trim().is_empty()) {
             Some(secret) if secrets_equal(given.trim().as_bytes(), secret.as_bytes()) => Ok(()),
             _ => Err(ApiError::unauthorized("invalid_webhook_secret", "the webhook secret is not valid")),
         };
     }
-    let verified = edge::authenticate(req, &settings.config).await?;
+    let verified = edge::authenticate(req, &edge::config(env)?).await?;
     match verified.principal {
         Principal::ServiceRole => Ok(()),
         Principal::User { .. } => Err(ApiError::forbidden(
@@ -167,12 +167,12 @@ async fn search(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     let config = edge::config(env)?;
     let verified = edge::authenticate(req, &config).await?;
     edge::require_user(&verified)?;
-    let embeddings = EmbeddingsConfig::from_lookup(|k| edge::setting(env, k))?;
     let body = edge::json_body(req, 16 * 1024, |len| {
         ApiError::new(413, "body_too_large", format!("the body is {len} bytes; a search is at most 16 KiB"))
     })
     .await?;
     let search = SearchRequest::parse(&body)?;
+    let embeddings = EmbeddingsConfig::from_lookup(|k| edge::setting(env, k))?;
     let mut requests = 0;
     let vectors = embed_texts(&embeddings, vec![search.query.clone()], SLEEP, &mut requests).await?;
     let vector = vectors.first().ok_or_else(|| ApiError::bad_gateway("embeddings_bad_response", "no embedding"))?;
