@@ -1,0 +1,16 @@
+//! # edgesync-embedder
+//!
+//! A local stand-in for OpenAI's embeddings API: `POST /v1/embeddings` answered by a
+//! real model, all-MiniLM-L6-v2 (384 dimensions, zero-padded to the requested width),
+//! run natively with candle. The local stack starts it so the `embed_entry` Worker
+//! talks to it exactly as it talks to OpenAI.
+//!
+//! - [`api`]: the wire format, validation, padding, pooling (pure).
+//! - [`model`]: tokenizer + BERT + pooling, as sentence-transformers does it.
+//! - [`server`]: the routes.
+//! - [`http`]: a small HTTP/1.1 server on std's TcpListener.
+
+pub mod api;
+pub mod http;
+pub mod model;
+pub mod server;
