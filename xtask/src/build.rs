@@ -101,6 +101,43 @@ pub fn build(paths: &Paths, tools: &Tools, only: &[String]) -> Result<usize> {
     Ok(rebuilt)
 }
 
+/// The cargo profile of native binaries that must be fast (see the workspace Cargo.toml).
+pub const NATIVE_PROFILE: &str = "native";
+
+/// The local embeddings server, built natively with [`NATIVE_PROFILE`] (optimised;
+/// the first build compiles candle, a few minutes). Cargo is not even asked when the
+/// binary and the hash of its inputs are unchanged, so this is instant when fresh.
+pub fn build_embedder(paths: &Paths) -> Result<PathBuf> {
+    let out = paths.target().join(NATIVE_PROFILE);
+    let exe = out.join("edgesync-embedder");
+    let stamp = out.join(".edgesync-embedder-fingerprint");
+    let mut files = Vec::new();
+    collect(&paths.root.join("embedder/src"), &mut files)?;
+    files.extend(["Cargo.lock", "Cargo.toml", "embedder/Cargo.toml"].map(|f| paths.root.join(f)));
+    files.sort();
+    let mut input = Vec::new();
+    for f in &files {
+        input.extend_from_slice(f.to_string_lossy().as_bytes());
+        input.extend_from_slice(&std::fs::read(f).context(format!("could not read {}", f.display()))?);
+    }
+    let print = sha256_hex(&input);
+    if exe.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(print.as_str()) {
+        return Ok(exe);
+    }
+    step(format!("building the embeddings server (cargo build --profile {NATIVE_PROFILE} -p edgesync-embedder)"));
+    let started = Instant::now();
+    run(Command::new("cargo")
+        .args(["build", "--profile", NATIVE_PROFILE, "-p", "edgesync-embedder", "--bin", "edgesync-embedder"])
+        .env("CARGO_TARGET_DIR", paths.target())
+        .current_dir(&paths.root))?;
+    if !exe.is_file() {
+        crate::util::bail!("cargo build did not produce {}", exe.display());
+    }
+    std::fs::write(&stamp, &print)?;
+    step(format!("built the embeddings server in {:.1}s", started.elapsed().as_secs_f64()));
+    Ok(exe)
+}
+
 /// Size after `gzip -9` (what Cloudflare's compressed-size limit counts), using the
 /// system's gzip; None when it is not installed.
 pub fn gzipped_len(bytes: &[u8]) -> Option<usize> {

