@@ -16,7 +16,8 @@ use xtask::{build, keys};
 const HELP: &str = "\
 cargo xtask <task>
 
-  setup                 install every tool edgesync needs (pinned, cached outside the clone)
+  setup                 install every tool edgesync needs (pinned, cached outside the clone),
+                        the embedding model's files, and the embeddings server (native build)
   build [NAME...]       build the Workers (.wasm bundles); all by default
   dev                   setup + build + the whole stack in the foreground; Ctrl-C stops it
   test                  setup + build + unit tests + the stack on free ports + integration tests
@@ -28,7 +29,7 @@ Options for dev and stack up:
   --dir DIR             stack directory (default target/stack)
   --fresh               start from an empty database
   --port-functions N --port-postgrest N --port-postgrest-admin N
-  --port-postgres N --port-auth N --port-inspector N
+  --port-postgres N --port-auth N --port-inspector N --port-embeddings N
   --free-ports          let the OS pick every port
 Options for test:
   --keep                leave the test stack running afterwards
@@ -110,6 +111,7 @@ fn up_options(paths: &Paths, flags: &mut Flags, default_dir: &str) -> Result<UpO
         postgres: flags.port("--port-postgres", base.postgres)?,
         auth: flags.port("--port-auth", base.auth)?,
         inspector: flags.port("--port-inspector", base.inspector)?,
+        embeddings: flags.port("--port-embeddings", base.embeddings)?,
     };
     Ok(UpOptions { dir, ports, fresh })
 }
@@ -209,12 +211,14 @@ fn print_stack(info: &stack::StackInfo) -> Result<()> {
     let user = keys::random_uuid();
     let token = keys::sign_hs256(&info.jwt_secret, &keys::user_claims(&user, &info.jwt_issuer, 24 * 3600))?;
     println!(
-        "\nedgesync is up (in {:.1}s)\n\n  functions   {url}   (/health /sync /upload /populate /embed_entry)\n  postgrest   {}\n  database    {}\n  stack file  {}\n\n\
+        "\nedgesync is up (in {:.1}s)\n\n  functions   {url}   (/health /sync /upload /populate /embed_entry)\n  postgrest   {}\n  database    {}\n  embeddings  {}/embeddings   (OpenAI-compatible, model {})\n  stack file  {}\n\n\
          A user token (user {user}, valid 24 h):\n\n  export TOKEN={token}\n  curl -s {url}/health\n  curl -s -H \"Authorization: Bearer $TOKEN\" {url}/sync\n\n\
          More tokens: cargo xtask token [--sub UUID] [--es256]\n",
         info.started_in_secs,
         info.postgrest_url,
         info.database_url,
+        info.embeddings_url,
+        stack::LOCAL_EMBEDDINGS_MODEL,
         stack::stack_file(&info.stack_dir).display(),
         url = info.functions_url,
     );
@@ -262,11 +266,21 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String]) -> Result<ExitCode> {
     let mut counts = Counts::default();
     let unit = cargo_test(
         Command::new("cargo")
-            .args(["test", "--workspace", "--exclude", "edgesync-integration"])
+            .args(["test", "--workspace", "--exclude", "edgesync-integration", "--exclude", "edgesync-embedder"])
             .args(build::all_workers(paths).iter().flat_map(|w| ["--exclude".to_owned(), crate_name(&w.name)]))
             .current_dir(&paths.root),
         &mut counts,
     )?;
+    // The embeddings server's tests in the profile its binary was built with (by
+    // tools::ensure), so candle is compiled once, optimised.
+    let unit = unit
+        && cargo_test(
+            Command::new("cargo")
+                .args(["test", "--profile", build::NATIVE_PROFILE, "-p", "edgesync-embedder"])
+                .env("CARGO_TARGET_DIR", paths.target())
+                .current_dir(&paths.root),
+            &mut counts,
+        )?;
     if !unit {
         counts.summary(false);
         eprintln!("xtask: unit tests failed");

@@ -1,6 +1,7 @@
 //! The local stack: Postgres + pgvector, the SQL in `sql/`, a stand-in for Supabase
-//! Auth's JWKS endpoint, PostgREST configured like Supabase, and `wrangler dev`
-//! serving every function behind the gateway on one URL.
+//! Auth's JWKS endpoint, PostgREST configured like Supabase, a local OpenAI-compatible
+//! embeddings server (`embedder/`, all-MiniLM-L6-v2), and `wrangler dev` serving every
+//! function behind the gateway on one URL.
 //!
 //! `up` starts each piece in the background, waits until it answers, and records
 //! everything in `<dir>/stack.json`; `down` stops every process group it recorded
@@ -30,6 +31,13 @@ pub struct Ports {
     pub functions: u16,
     pub inspector: u16,
     pub auth: u16,
+    /// The embeddings server (default when absent: a stack.json written before it existed).
+    #[serde(default = "default_embeddings_port")]
+    pub embeddings: u16,
+}
+
+fn default_embeddings_port() -> u16 {
+    Ports::defaults().embeddings
 }
 
 impl Ports {
@@ -42,6 +50,7 @@ impl Ports {
             functions: 8787,
             inspector: 9787,
             auth: 54324,
+            embeddings: 54325,
         }
     }
 
@@ -63,6 +72,7 @@ impl Ports {
             functions: next()?,
             inspector: next()?,
             auth: next()?,
+            embeddings: next()?,
         })
     }
 }
@@ -73,13 +83,30 @@ pub struct Pids {
     pub postgrest: u32,
     pub wrangler: u32,
     pub auth: u32,
+    #[serde(default)]
+    pub embedder: u32,
 }
+
+impl Pids {
+    /// Every recorded process.
+    pub fn all(&self) -> [u32; 5] {
+        [self.postgres, self.postgrest, self.wrangler, self.auth, self.embedder]
+    }
+}
+
+/// The model id the local embeddings server answers with (`--model` of OpenAI's API);
+/// the Workers of a local stack ask for it.
+pub const LOCAL_EMBEDDINGS_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
 /// Everything tools and tests need to find and drive a running stack.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StackInfo {
     pub functions_url: String,
     pub postgrest_url: String,
+    /// OpenAI-compatible base URL of the local embeddings server, `http://127.0.0.1:PORT/v1`
+    /// (`POST {embeddings_url}/embeddings`). Empty in a stack.json from before it existed.
+    #[serde(default)]
+    pub embeddings_url: String,
     /// A superuser connection string, for tools and tests.
     pub database_url: String,
     pub jwt_secret: String,
@@ -95,6 +122,10 @@ pub struct StackInfo {
     pub logs_dir: PathBuf,
     pub postgrest_bin: PathBuf,
     pub pg_bin: PathBuf,
+    #[serde(default)]
+    pub embedder_bin: PathBuf,
+    #[serde(default)]
+    pub model_dir: PathBuf,
     pub run_as_user: Option<String>,
     pub authenticator_password: String,
     pub postgres_password: String,
@@ -144,9 +175,12 @@ impl StackInfo {
         }
     }
 
-    /// Is every recorded process alive?
+    /// Is every recorded process alive? (A stack started before the embeddings server
+    /// existed has no `embeddings_url` and is judged without it.)
     pub fn all_alive(&self) -> bool {
-        [self.pids.postgres, self.pids.postgrest, self.pids.wrangler, self.pids.auth].iter().all(|p| procs::alive(*p))
+        let pids = self.pids.all();
+        let expected = if self.embeddings_url.is_empty() { &pids[..4] } else { &pids[..] };
+        expected.iter().all(|p| procs::alive(*p))
     }
 
     /// Stop PostgREST (tests use this to see `/health` report the outage).
@@ -244,16 +278,18 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
     let started = Instant::now();
     let dir = std::path::absolute(&opts.dir)?;
     if let Ok(existing) = load(&dir) {
-        if [existing.pids.postgres, existing.pids.postgrest, existing.pids.wrangler, existing.pids.auth]
-            .iter()
-            .any(|p| procs::alive(*p))
-        {
+        if existing.pids.all().iter().any(|p| procs::alive(*p)) {
             bail!("a stack is already running from {} (stop it with `cargo xtask stack down`)", dir.display());
         }
     }
-    for port in
-        [opts.ports.postgres, opts.ports.postgrest, opts.ports.postgrest_admin, opts.ports.functions, opts.ports.auth]
-    {
+    for port in [
+        opts.ports.postgres,
+        opts.ports.postgrest,
+        opts.ports.postgrest_admin,
+        opts.ports.functions,
+        opts.ports.auth,
+        opts.ports.embeddings,
+    ] {
         if procs::port_open(port) {
             bail!("port {port} on 127.0.0.1 is already in use; choose other ports (see `cargo xtask stack up --help`)");
         }
@@ -284,6 +320,7 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
     let mut info = StackInfo {
         functions_url: format!("http://127.0.0.1:{}", opts.ports.functions),
         postgrest_url: format!("http://127.0.0.1:{}", opts.ports.postgrest),
+        embeddings_url: format!("http://127.0.0.1:{}/v1", opts.ports.embeddings),
         database_url: format!(
             "postgres://postgres:{}@127.0.0.1:{}/postgres",
             secrets.postgres_password, opts.ports.postgres
@@ -301,6 +338,8 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
         logs_dir: logs_dir.clone(),
         postgrest_bin: tools.postgrest.clone(),
         pg_bin: tools.pg_bin.clone(),
+        embedder_bin: tools.embedder.clone(),
+        model_dir: tools.model_dir.clone(),
         run_as_user: user.map(|(name, _)| name),
         authenticator_password: secrets.authenticator_password.clone(),
         postgres_password: secrets.postgres_password.clone(),
@@ -308,12 +347,16 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
     };
 
     let result = (|| -> Result<()> {
+        // The model loads (memory-mapped, well under a second) while Postgres starts.
+        spawn_embedder(&mut info)?;
+        info.save()?;
         start_postgres(&mut info, run_as, fresh)?;
         info.save()?;
         apply_sql(paths, &info, fresh)?;
         start_auth_standin(&mut info)?;
         info.save()?;
         info.start_postgrest()?;
+        wait_for_embedder(&info)?;
         start_wrangler(paths, &mut info)?;
         Ok(())
     })();
@@ -502,6 +545,30 @@ fn start_auth_standin(info: &mut StackInfo) -> Result<()> {
     wait_for("the JWKS endpoint", Duration::from_secs(10), || Ok(http_status(&url).filter(|s| *s == 200).map(|_| ())))
 }
 
+/// Start the embeddings server (it listens at once and loads the model in the background).
+fn spawn_embedder(info: &mut StackInfo) -> Result<()> {
+    let mut cmd = Command::new(&info.embedder_bin);
+    cmd.arg("--model-dir")
+        .arg(&info.model_dir)
+        .args(["--port", &info.ports.embeddings.to_string()])
+        .env_remove("EDGESYNC_EMBEDDER_API_KEY");
+    info.pids.embedder = procs::spawn(cmd, &info.logs_dir.join("embedder.log"), None)?;
+    Ok(())
+}
+
+/// Wait until the embeddings server says its model is loaded.
+fn wait_for_embedder(info: &StackInfo) -> Result<()> {
+    let pid = info.pids.embedder;
+    let log = info.logs_dir.join("embedder.log");
+    let url = format!("http://127.0.0.1:{}/health", info.ports.embeddings);
+    wait_for("the embeddings server to load its model", Duration::from_secs(60), || {
+        if !procs::alive(pid) {
+            bail!("the embeddings server exited:\n{}", tail(&log, 20));
+        }
+        Ok(http_status(&url).filter(|s| *s == 200).map(|_| ()))
+    })
+}
+
 /// Write the local wrangler configs: the committed ones, with `main` made absolute and
 /// the local settings added as `[vars]`.
 fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
@@ -514,6 +581,9 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
         "SUPABASE_JWT_ISSUER": info.jwt_issuer,
         "SUPABASE_ANON_KEY": info.anon_key,
         "SUPABASE_SERVICE_ROLE_KEY": info.service_role_key,
+        // The local embeddings server, asked exactly as OpenAI would be.
+        "EMBEDDINGS_BASE_URL": info.embeddings_url,
+        "EMBEDDINGS_MODEL": LOCAL_EMBEDDINGS_MODEL,
     });
     let mut configs = Vec::new();
     // The gateway first: wrangler serves only the first config on the port.
@@ -601,6 +671,7 @@ pub fn down(dir: &Path) -> Result<()> {
         ("wrangler", info.pids.wrangler, libc::SIGTERM),
         ("PostgREST", info.pids.postgrest, libc::SIGTERM),
         ("auth stand-in", info.pids.auth, libc::SIGTERM),
+        ("embeddings server", info.pids.embedder, libc::SIGTERM),
         // SIGINT is Postgres's "fast" shutdown: roll back and exit cleanly.
         ("Postgres", info.pids.postgres, libc::SIGINT),
     ] {
@@ -640,6 +711,7 @@ pub fn status(dir: &Path) -> Result<String> {
         ),
         line("postgrest", info.pids.postgrest, &format!("http://127.0.0.1:{}/ready", info.ports.postgrest_admin)),
         line("auth", info.pids.auth, &info.jwks_url),
+        line("embedder", info.pids.embedder, &format!("http://127.0.0.1:{}/health", info.ports.embeddings)),
         line("wrangler", info.pids.wrangler, &format!("{}/health", info.functions_url)),
     ]
     .join("\n"))
@@ -711,10 +783,20 @@ mod tests {
     #[test]
     fn default_ports_are_distinct() {
         let p = Ports::defaults();
-        let mut all = vec![p.postgres, p.postgrest, p.postgrest_admin, p.functions, p.inspector, p.auth];
+        let mut all = vec![p.postgres, p.postgrest, p.postgrest_admin, p.functions, p.inspector, p.auth, p.embeddings];
         all.sort();
         all.dedup();
-        assert_eq!(all.len(), 6);
+        assert_eq!(all.len(), 7);
+    }
+
+    #[test]
+    fn a_stack_file_from_before_the_embedder_still_loads() {
+        // Without this, `stack down` could not read (and so not stop) an older stack.
+        let mut v = serde_json::to_value(Ports::defaults()).unwrap();
+        v.as_object_mut().unwrap().remove("embeddings");
+        assert_eq!(serde_json::from_value::<Ports>(v).unwrap().embeddings, 54325);
+        let pids: Pids = serde_json::from_str(r#"{"postgres":1,"postgrest":2,"wrangler":3,"auth":4}"#).unwrap();
+        assert_eq!(pids.all(), [1, 2, 3, 4, 0]);
     }
 
     #[test]
