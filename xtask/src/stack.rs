@@ -711,9 +711,17 @@ pub fn status(dir: &Path) -> Result<String> {
         ),
         line("postgrest", info.pids.postgrest, &format!("http://127.0.0.1:{}/ready", info.ports.postgrest_admin)),
         line("auth", info.pids.auth, &info.jwks_url),
-        line("embedder", info.pids.embedder, &format!("http://127.0.0.1:{}/health", info.ports.embeddings)),
+        // A stack started before the embeddings server existed has none.
+        if info.embeddings_url.is_empty() {
+            String::new()
+        } else {
+            line("embedder", info.pids.embedder, &format!("http://127.0.0.1:{}/health", info.ports.embeddings))
+        },
         line("wrangler", info.pids.wrangler, &format!("{}/health", info.functions_url)),
     ]
+    .into_iter()
+    .filter(|l| !l.is_empty())
+    .collect::<Vec<_>>()
     .join("\n"))
 }
 
