@@ -82,7 +82,8 @@ fn wrong_scheme_is_refused() {
 }
 
 /// A valid token gets through verification to the function, which (until its issue
-/// lands) answers an honest 501 rather than pretending to work.
+/// lands) answers an honest 501 rather than pretending to work; `embed_entry` then
+/// refuses a user's role with 403 `forbidden_role`, not 401.
 #[test]
 fn valid_hs256_and_es256_tokens_pass_verification() {
     let info = stack();
@@ -91,6 +92,11 @@ fn valid_hs256_and_es256_tokens_pass_verification() {
         each_endpoint(&info, |method, path, url| {
             let a = call(method, &url, Some(&token), body_for(method).as_ref());
             assert_ne!(a.status, 401, "{path}: {}", a.text);
+            if path == "/embed_entry" {
+                // Verified, then refused by role: only the database or the service role call it.
+                a.assert_error(403, "forbidden_role");
+                return;
+            }
             assert_ne!(a.status, 403, "{path}: {}", a.text);
             if a.status == 501 {
                 a.assert_error(501, "not_implemented");
