@@ -33,6 +33,16 @@ fn claim(info: &StackInfo, entry: &str) -> Vec<Value> {
     a.body.as_array().unwrap().clone()
 }
 
+/// Finish `entry`'s job at `generation` with `embedding`.
+fn complete(info: &StackInfo, entry: &str, generation: i64, embedding: &str, hash: &str) -> Answer {
+    rpc(
+        info,
+        "edgesync_complete_embedding_jobs",
+        &info.service_role_key,
+        json!({"p_results": [{"entry_id": entry, "generation": generation, "embedding": embedding, "model": "m", "hash": hash}]}),
+    )
+}
+
 #[test]
 fn content_changes_enqueue_a_job_and_other_edits_do_not() {
     let info = stack();
@@ -89,23 +99,13 @@ fn a_job_is_never_claimed_twice_and_a_change_while_embedding_is_not_lost() {
     // The entry changes while run 1 computes its embedding.
     db.execute("update public.entries set title = 'v2' where id = $1::text::uuid", &[&id]).unwrap();
     let zero = format!("[{}]", vec!["0"; 1535].join(",") + ",1");
-    let done = rpc(
-        &info,
-        "edgesync_complete_embedding_jobs",
-        &info.service_role_key,
-        json!({"p_results": [{"entry_id": id, "generation": 1, "embedding": zero, "model": "m", "hash": "h1"}]}),
-    );
+    let done = complete(&info, &id, 1, &zero, "h1");
     assert_eq!(done.body, json!(0), "a stale result is not written: {}", done.text);
     let (status, generation, _, _) = job(&mut db, &id).unwrap();
     assert_eq!((status.as_str(), generation), ("pending", 2));
     let second = claim(&info, &id);
     assert_eq!(second[0]["title"], "v2");
-    let done = rpc(
-        &info,
-        "edgesync_complete_embedding_jobs",
-        &info.service_role_key,
-        json!({"p_results": [{"entry_id": id, "generation": 2, "embedding": zero, "model": "m", "hash": "h2"}]}),
-    );
+    let done = complete(&info, &id, 2, &zero, "h2");
     assert_eq!(done.body, json!(1), "{}", done.text);
     assert_eq!(job(&mut db, &id), None);
     let (hash, txid_changed): (Option<String>, bool) = {

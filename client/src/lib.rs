@@ -313,11 +313,10 @@ impl Client {
     pub fn status(&self) -> Result<Status> {
         let counts = self.store.counts()?;
         let (state, last_error) = self.state.lock().map(|s| s.clone()).unwrap_or((State::Error, None));
-        let meta_i64 = |k: &str| -> Result<Option<i64>> { Ok(self.store.meta(k)?.and_then(|v| v.parse().ok())) };
         Ok(Status {
             state,
-            last_pull_at_ms: meta_i64("last_pull_at")?,
-            last_push_at_ms: meta_i64("last_push_at")?,
+            last_pull_at_ms: self.store.meta_i64("last_pull_at")?,
+            last_push_at_ms: self.store.meta_i64("last_push_at")?,
             outbox_len: counts.outbox,
             awaiting_checkpoint: counts.awaiting_checkpoint,
             rejected: counts.rejected,

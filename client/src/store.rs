@@ -299,7 +299,8 @@ impl Store {
         Ok(())
     }
 
-    fn meta_i64(&self, key: &str) -> Result<Option<i64>> {
+    /// A numeric meta value (timestamps, counters).
+    pub fn meta_i64(&self, key: &str) -> Result<Option<i64>> {
         Ok(self.meta(key)?.and_then(|v| v.parse().ok()))
     }
 

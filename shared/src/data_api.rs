@@ -125,7 +125,8 @@ fn header_safe(value: &str) -> Result<&str, UpstreamError> {
     }
 }
 
-fn describe_reqwest_error(e: &reqwest::Error) -> String {
+/// How a failed HTTP exchange is described to operators (also for the embeddings API).
+pub(crate) fn describe_reqwest_error(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else {

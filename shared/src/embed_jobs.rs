@@ -135,7 +135,7 @@ pub async fn embed_texts(
         }
         let resp = req.send().await.map_err(|e| ApiFailure {
             status: None,
-            message: format!("embeddings API unreachable: {e}"),
+            message: format!("embeddings API unreachable: {}", crate::data_api::describe_reqwest_error(&e)),
             retry_after: 0,
         })?;
         let status = resp.status().as_u16();
