@@ -9,8 +9,10 @@
 //! - [`model`]: tokenizer + BERT + pooling, as sentence-transformers does it.
 //! - [`server`]: the routes.
 //! - [`http`]: a small HTTP/1.1 server on std's TcpListener.
+//! - [`faults`]: planned failures (429, 5xx) for tests of callers, behind `--allow-faults`.
 
 pub mod api;
+pub mod faults;
 pub mod http;
 pub mod model;
 pub mod server;

@@ -2,6 +2,7 @@
 //! drive it with a fake model), served by [`crate::http`].
 
 use crate::api::{self, ApiError, NATIVE_DIMENSIONS, SERVED_MODEL};
+use crate::faults::Faults;
 use crate::http::{self, BodyError, Response};
 use crate::model::Embed;
 use std::net::TcpListener;
@@ -14,6 +15,8 @@ pub struct State<E> {
     pub model: OnceLock<E>,
     pub api_key: Option<String>,
     pub default_dimensions: usize,
+    /// Planned failures (`--allow-faults`), for tests of callers; `None`: no `/_faults`.
+    pub faults: Option<Faults>,
 }
 
 /// An answer: status, JSON body, and `Allow` for 405s.
@@ -22,11 +25,12 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub allow: Option<&'static str>,
+    pub retry_after: Option<u32>,
 }
 
 impl Reply {
     fn json(status: u16, body: String) -> Reply {
-        Reply { status, body, allow: None }
+        Reply { status, body, allow: None, retry_after: None }
     }
 }
 
@@ -47,6 +51,26 @@ pub fn handle<E: Embed>(
 ) -> Reply {
     let path = url.split('?').next().unwrap_or("");
     let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    if let (Some(faults), "/_faults") = (&state.faults, path) {
+        return match method {
+            "GET" => Reply::json(200, faults.get().to_string()),
+            "DELETE" => Reply::json(200, faults.clear().to_string()),
+            "PUT" => match read_body().and_then(|b| faults.set(&b)) {
+                Ok(v) => Reply::json(200, v.to_string()),
+                Err(e) => e.into(),
+            },
+            _ => Reply {
+                allow: Some("GET, PUT, DELETE"),
+                ..ApiError::invalid(
+                    405,
+                    "method_not_allowed",
+                    None,
+                    format!("Method {method} is not allowed on {path}."),
+                )
+                .into()
+            },
+        };
+    }
     let allow = match path {
         "/health" | "/v1/models" => "GET",
         "/v1/embeddings" => "POST",
@@ -97,6 +121,9 @@ pub fn handle<E: Embed>(
         };
     }
     // POST /v1/embeddings
+    if let Some((error, retry_after)) = state.faults.as_ref().and_then(Faults::take) {
+        return Reply { retry_after, ..error.into() };
+    }
     let body = match read_body() {
         Ok(b) => b,
         Err(e) => return e.into(),
@@ -147,6 +174,9 @@ pub fn serve<E: Embed + 'static>(listener: TcpListener, state: Arc<State<E>>) {
         if let Some(allow) = reply.allow {
             headers.push(("allow", allow.to_owned()));
         }
+        if let Some(secs) = reply.retry_after {
+            headers.push(("retry-after", secs.to_string()));
+        }
         Response { status: reply.status, body: reply.body, headers }
     })
 }
@@ -178,7 +208,12 @@ mod tests {
     }
 
     fn state(key: Option<&str>) -> State<Fake> {
-        let s = State { model: OnceLock::new(), api_key: key.map(str::to_owned), default_dimensions: 1536 };
+        let s = State {
+            model: OnceLock::new(),
+            api_key: key.map(str::to_owned),
+            default_dimensions: 1536,
+            faults: Some(Faults::default()),
+        };
         let _ = s.model.set(Fake);
         s
     }
@@ -220,7 +255,7 @@ mod tests {
 
     #[test]
     fn health_is_503_until_the_model_is_loaded() {
-        let s: State<Fake> = State { model: OnceLock::new(), api_key: None, default_dimensions: 1536 };
+        let s: State<Fake> = State { model: OnceLock::new(), api_key: None, default_dimensions: 1536, faults: None };
         let r = handle(&s, "GET", "/health", None, || unreachable!());
         assert_eq!(r.status, 503);
         let (r, _) = post(&s, None, json!({"input": "x", "model": SERVED_MODEL}));
@@ -294,5 +329,28 @@ mod tests {
         assert_error(&handle(&s, "POST", "/v1/embeddings", None, too_large), 400, "request_too_large");
         let cut = || Err(body_error(BodyError::Malformed("eof".into())));
         assert_error(&handle(&s, "POST", "/v1/embeddings", None, cut), 400, "invalid_body");
+    }
+
+    #[test]
+    fn planned_faults_answer_embeddings_requests_in_openais_shape() {
+        let s = state(None);
+        let body = json!({"input": "x", "model": SERVED_MODEL});
+        let r =
+            handle(&s, "PUT", "/_faults", None, || Ok(br#"{"status": 429, "times": 1, "retry_after": 2}"#.to_vec()));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (r, _) = post(&s, None, body.clone());
+        assert_error(&r, 429, "rate_limit_exceeded");
+        assert_eq!(r.retry_after, Some(2));
+        assert_eq!(post(&s, None, body.clone()).0.status, 200, "one request only");
+        handle(&s, "PUT", "/_faults", None, || Ok(br#"{"status": 500}"#.to_vec()));
+        assert_error(&post(&s, None, body.clone()).0, 500, "server_error");
+        let r = handle(&s, "GET", "/_faults", None, || unreachable!());
+        assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap()["answered"], 1);
+        handle(&s, "DELETE", "/_faults", None, || unreachable!());
+        assert_eq!(post(&s, None, body).0.status, 200);
+        assert_error(&handle(&s, "POST", "/_faults", None, || unreachable!()), 405, "method_not_allowed");
+        // Without --allow-faults the route does not exist.
+        let plain = State { faults: None, ..state(None) };
+        assert_error(&handle(&plain, "GET", "/_faults", None, || unreachable!()), 404, "unknown_url");
     }
 }

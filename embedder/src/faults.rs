@@ -1,0 +1,130 @@
+//! Planned failures for tests of callers (`--allow-faults`): the next N embeddings
+//! requests (or all of them) are answered with a chosen status in OpenAI's error
+//! shape, with `Retry-After` when asked. Set with `PUT /_faults`, cleared with
+//! `DELETE /_faults`, read with `GET /_faults`. Without the flag these routes are 404.
+
+use crate::api::ApiError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Mutex;
+
+/// What to answer instead of embeddings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// 429, or a 5xx.
+    pub status: u16,
+    /// How many requests get it; absent: every request until cleared.
+    #[serde(default)]
+    pub times: Option<u32>,
+    /// Seconds for a `Retry-After` header.
+    #[serde(default)]
+    pub retry_after: Option<u32>,
+}
+
+/// The planned fault and how many requests it has answered.
+#[derive(Debug, Default)]
+pub struct Faults {
+    inner: Mutex<(Option<Fault>, u64)>,
+}
+
+impl Faults {
+    /// Parse and install a fault (replacing any other); the count restarts.
+    pub fn set(&self, body: &[u8]) -> Result<Value, ApiError> {
+        let fault: Fault = serde_json::from_slice(body).map_err(|e| {
+            ApiError::invalid(400, "invalid_fault", None, format!("a fault is {{status, times?, retry_after?}}: {e}"))
+        })?;
+        if !(fault.status == 429 || (500..=599).contains(&fault.status)) {
+            return Err(ApiError::invalid(400, "invalid_fault", Some("status"), "status must be 429 or 5xx"));
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *g = (Some(fault), 0);
+        Ok(self.describe(&g))
+    }
+
+    pub fn clear(&self) -> Value {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 = None;
+        self.describe(&g)
+    }
+
+    pub fn get(&self) -> Value {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.describe(&g)
+    }
+
+    fn describe(&self, g: &(Option<Fault>, u64)) -> Value {
+        let fault = g.0.as_ref().map(|f| json!({"status": f.status, "times": f.times, "retry_after": f.retry_after}));
+        json!({"fault": fault, "answered": g.1})
+    }
+
+    /// The fault this request gets, if any (counting it down).
+    pub fn take(&self) -> Option<(ApiError, Option<u32>)> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let fault = g.0.clone()?;
+        match fault.times {
+            Some(0) => {
+                g.0 = None;
+                return None;
+            }
+            Some(n) => {
+                g.0 = if n == 1 { None } else { Some(Fault { times: Some(n - 1), ..fault.clone() }) };
+            }
+            None => {}
+        }
+        g.1 += 1;
+        let error = if fault.status == 429 {
+            ApiError {
+                status: 429,
+                message: "Rate limit reached (a planned fault of the local embeddings server).".into(),
+                kind: "requests",
+                param: None,
+                code: "rate_limit_exceeded",
+            }
+        } else {
+            ApiError::server(
+                fault.status,
+                "server_error",
+                "The server had an error while processing your request (a planned fault).",
+            )
+        };
+        Some((error, fault.retry_after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counted_fault_answers_that_many_requests_then_clears() {
+        let f = Faults::default();
+        assert!(f.take().is_none());
+        f.set(br#"{"status": 429, "times": 2, "retry_after": 1}"#).unwrap();
+        let (e, ra) = f.take().unwrap();
+        assert_eq!((e.status, e.code, ra), (429, "rate_limit_exceeded", Some(1)));
+        assert!(f.take().is_some());
+        assert!(f.take().is_none());
+        assert_eq!(f.get(), json!({"fault": null, "answered": 2}));
+    }
+
+    #[test]
+    fn an_open_ended_fault_lasts_until_cleared() {
+        let f = Faults::default();
+        f.set(br#"{"status": 500}"#).unwrap();
+        for _ in 0..10 {
+            assert_eq!(f.take().unwrap().0.status, 500);
+        }
+        assert_eq!(f.clear()["answered"], 10);
+        assert!(f.take().is_none());
+    }
+
+    #[test]
+    fn only_429_and_5xx_with_known_fields() {
+        let f = Faults::default();
+        for bad in [&br#"{"status": 404}"#[..], br#"{"status": 500, "nope": 1}"#, b"{", br#"{"times": 1}"#] {
+            assert_eq!(f.set(bad).unwrap_err().code, "invalid_fault");
+        }
+        assert!(f.take().is_none());
+    }
+}
