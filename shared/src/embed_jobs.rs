@@ -159,12 +159,15 @@ pub async fn embed_texts(
 }
 
 impl Drain<'_> {
-    /// Claim and process up to `rounds` batches (only `entry`'s job when given). Stops
-    /// early when nothing is due or the embeddings API fails.
+    /// Claim and process up to `rounds` batches. With `entry` (a webhook's nudge), one
+    /// batch: that entry's job first, filled up with other due jobs. Stops early when
+    /// nothing is due or the embeddings API fails.
     pub async fn run(&self, entry: Option<&str>, rounds: u32) -> Result<DrainReport, ApiError> {
         let mut report = DrainReport::default();
         for _ in 0..rounds.max(1) {
-            let args = json!({ "p_max": BATCH, "p_lease_secs": LEASE_SECS, "p_entry": entry });
+            // A nudge for one entry also takes other due jobs into its batch (schema v5).
+            let args =
+                json!({ "p_max": BATCH, "p_lease_secs": LEASE_SECS, "p_entry": entry, "p_fill": entry.is_some() });
             let claimed: Vec<Claimed> =
                 serde_json::from_value(self.api.rpc(Caller::ServiceRole(self.service_key), CLAIM_RPC, &args).await?)
                     .map_err(|e| ApiError::bad_gateway("upstream_bad_response", format!("claimed jobs: {e}")))?;

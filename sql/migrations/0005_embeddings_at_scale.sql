@@ -1,0 +1,102 @@
+-- edgesync schema version 5: embeddings at scale.
+--
+-- 1. A webhook nudge embeds a batch, not one entry. A burst of writes (an /upload of 50 entries, a populate) sends one webhook per
+-- entry. With `p_fill`, the claim for the nudged entry also takes up to p_max - 1
+-- other due jobs, so the first few webhooks embed the burst in batches (one embeddings
+-- request each) and the rest find nothing left to do. Without `p_fill`, `p_entry`
+-- claims that entry's job only, as before.
+--
+-- 2. search_entries keeps finding a user's entries when the table holds many users'.
+-- An HNSW scan yields the ef_search (40) nearest vectors of *all* users and the
+-- user_id filter runs after it, so a user whose entries are not among them got
+-- nothing. pgvector 0.8's iterative scan goes on until `match_count` rows pass the
+-- filter; relaxed order is re-sorted exactly in the outer query.
+
+set local client_min_messages = warning;
+
+drop function if exists public.edgesync_claim_embedding_jobs(integer, integer, uuid);
+
+create or replace function public.edgesync_claim_embedding_jobs(
+  p_max integer default 16,
+  p_lease_secs integer default 120,
+  p_entry uuid default null,
+  p_fill boolean default false
+)
+returns table (entry_id uuid, generation bigint, attempts integer, title text, body_markdown text,
+               tags text[], contexts text[], people text[], embedding_hash text, embedding_model text)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  n integer := least(greatest(coalesce(p_max, 16), 1), 256);
+begin
+  if coalesce(auth.role(), '') <> 'service_role' then
+    raise sqlstate 'PT403' using message = 'only the service role may claim embedding jobs', hint = 'forbidden_role';
+  end if;
+  return query
+  with mine as (
+    select j.entry_id from edgesync.embedding_jobs j
+     where p_entry is not null and j.entry_id = p_entry
+       and j.status <> 'failed' and j.next_attempt_at <= now()
+       and (j.locked_until is null or j.locked_until < now())
+     for update skip locked
+  ), others as (
+    select j.entry_id from edgesync.embedding_jobs j
+     where (p_entry is null or p_fill)
+       and j.entry_id is distinct from p_entry
+       and j.status <> 'failed' and j.next_attempt_at <= now()
+       and (j.locked_until is null or j.locked_until < now())
+     order by j.next_attempt_at, j.entry_id
+     limit n - (select count(*) from mine)
+     for update skip locked
+  ), due as (
+    select m.entry_id from mine m union all select o.entry_id from others o
+  ), claimed as (
+    update edgesync.embedding_jobs j
+       set status = 'running', attempts = j.attempts + 1,
+           locked_until = now() + make_interval(secs => least(greatest(coalesce(p_lease_secs, 120), 10), 900)),
+           updated_at = now()
+      from due where j.entry_id = due.entry_id
+    returning j.entry_id, j.generation, j.attempts
+  )
+  select c.entry_id, c.generation, c.attempts, e.title, e.body_markdown, e.tags, e.contexts, e.people,
+         e.embedding_hash, e.embedding_model
+    from claimed c join public.entries e on e.id = c.entry_id;
+end
+$$;
+revoke all on function public.edgesync_claim_embedding_jobs(integer, integer, uuid, boolean)
+  from public, anon, authenticated;
+grant execute on function public.edgesync_claim_embedding_jobs(integer, integer, uuid, boolean) to service_role;
+
+create or replace function public.search_entries(
+  query_embedding extensions.vector(1536),
+  match_threshold double precision default 0.7,
+  match_count integer default 10
+)
+returns table (id uuid, title text, similarity double precision)
+language sql
+stable
+security invoker
+set search_path = ''
+set hnsw.iterative_scan = 'relaxed_order'
+as $$
+  with nearest as materialized (
+    select e.id, e.title, e.embedding operator(extensions.<=>) query_embedding as distance
+      from public.entries e
+     where e.user_id = auth.uid()
+       and e.deleted_at is null
+       and e.embedding is not null
+     order by e.embedding operator(extensions.<=>) query_embedding
+     limit least(greatest(coalesce(match_count, 10), 1), 100)
+  )
+  select n.id, n.title, 1 - n.distance
+    from nearest n
+   where 1 - n.distance > match_threshold
+   order by n.distance
+$$;
+
+insert into edgesync.schema_migrations (version, name) values (5, 'embeddings_at_scale')
+  on conflict (version) do nothing;
+
+notify pgrst, 'reload schema';
