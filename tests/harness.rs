@@ -26,6 +26,27 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     STACK_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// While alive, the stack's webhook relay is stopped: webhooks are dropped, as when
+/// pg_net fails. Tests of the Cron path, and of the job table without a Worker racing
+/// them, hold one (with [`exclusive`]). Dropping it starts the relay again.
+pub struct RelayStopped(StackInfo);
+
+impl RelayStopped {
+    pub fn new(info: &StackInfo) -> RelayStopped {
+        let mut info = info.clone();
+        info.stop_relay().unwrap_or_else(|e| panic!("stop the relay: {e}"));
+        RelayStopped(info)
+    }
+}
+
+impl Drop for RelayStopped {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.start_relay() {
+            eprintln!("could not restart the webhook relay: {e}");
+        }
+    }
+}
+
 /// The running stack. Panics with instructions when there is none: an integration
 /// test that silently passed without a stack would prove nothing.
 pub fn stack() -> StackInfo {

@@ -8,6 +8,7 @@
 pub mod build;
 pub mod keys;
 pub mod procs;
+pub mod relay;
 pub mod stack;
 pub mod tools;
 pub mod util;

@@ -201,6 +201,14 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             let file = flags.value("--file")?.context("--file is required")?;
             stack::serve_jwks(port, std::path::Path::new(&file))?;
         }
+        "embed-relay" => {
+            let database_url = flags.value("--database-url")?.context("--database-url is required")?;
+            let target = flags.value("--target")?.context("--target is required")?;
+            flags.done()?;
+            let secret = std::env::var(xtask::relay::SECRET_ENV)
+                .context(format!("{} must carry the webhook secret", xtask::relay::SECRET_ENV))?;
+            xtask::relay::run(&database_url, &target, &secret)?;
+        }
         "help" | "--help" | "-h" => print!("{HELP}"),
         other => bail!("unknown task {other:?}\n\n{HELP}"),
     }

@@ -85,18 +85,44 @@ pub struct Pids {
     pub auth: u32,
     #[serde(default)]
     pub embedder: u32,
+    /// The webhook relay (`xtask embed-relay`).
+    #[serde(default)]
+    pub relay: u32,
 }
 
 impl Pids {
     /// Every recorded process.
-    pub fn all(&self) -> [u32; 5] {
-        [self.postgres, self.postgrest, self.wrangler, self.auth, self.embedder]
+    pub fn all(&self) -> [u32; 6] {
+        [self.postgres, self.postgrest, self.wrangler, self.auth, self.embedder, self.relay]
     }
 }
 
 /// The model id the local embeddings server answers with (`--model` of OpenAI's API);
 /// the Workers of a local stack ask for it.
 pub const LOCAL_EMBEDDINGS_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// The Workers with a Cron Trigger. wrangler dev runs a scheduled handler only for the
+/// first Worker of a process (`/cdn-cgi/handler/scheduled`), and the gateway is first
+/// in the main one; so each of these also runs in a `wrangler dev` of its own, whose
+/// scheduled endpoint is its Cron Trigger. (The same .wasm and settings as the copy
+/// behind the gateway.)
+pub const CRON_WORKERS: &[&str] = &["embed_entry"];
+
+/// A Cron Worker's own `wrangler dev` process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CronWorker {
+    pub worker: String,
+    pub port: u16,
+    pub inspector: u16,
+    pub pid: u32,
+}
+
+impl CronWorker {
+    /// GET this to run the Worker's scheduled handler once (`?cron=` optional).
+    pub fn scheduled_url(&self) -> String {
+        format!("http://127.0.0.1:{}/cdn-cgi/handler/scheduled", self.port)
+    }
+}
 
 /// Everything tools and tests need to find and drive a running stack.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,9 +140,19 @@ pub struct StackInfo {
     pub jwks_url: String,
     pub anon_key: String,
     pub service_role_key: String,
+    /// The shared secret of the `embed_entry` webhook (`x-webhook-secret`), given to the
+    /// Workers as `EMBED_WEBHOOK_SECRET` and used by the relay. Empty in an older stack.json.
+    #[serde(default)]
+    pub embed_webhook_secret: String,
+    /// This xtask binary, which the stack runs as the webhook relay.
+    #[serde(default)]
+    pub xtask_bin: PathBuf,
     pub es256_key: Es256Key,
     pub ports: Ports,
     pub pids: Pids,
+    /// The Cron Workers' own wrangler dev processes (see [`CRON_WORKERS`]).
+    #[serde(default)]
+    pub crons: Vec<CronWorker>,
     pub stack_dir: PathBuf,
     pub pgdata: PathBuf,
     pub logs_dir: PathBuf,
@@ -176,11 +212,49 @@ impl StackInfo {
     }
 
     /// Is every recorded process alive? (A stack started before the embeddings server
-    /// existed has no `embeddings_url` and is judged without it.)
+    /// or the relay existed is judged without them.)
     pub fn all_alive(&self) -> bool {
-        let pids = self.pids.all();
-        let expected = if self.embeddings_url.is_empty() { &pids[..4] } else { &pids[..] };
-        expected.iter().all(|p| procs::alive(*p))
+        let p = &self.pids;
+        [p.postgres, p.postgrest, p.wrangler, p.auth].iter().all(|p| procs::alive(*p))
+            && self.crons.iter().all(|c| procs::alive(c.pid))
+            && (self.embeddings_url.is_empty() || procs::alive(p.embedder))
+            && (self.embed_webhook_secret.is_empty() || procs::alive(p.relay))
+    }
+
+    /// Stop the webhook relay: from now on, webhooks are dropped (tests of the Cron
+    /// path, and of the job machinery without a Worker racing them).
+    /// The Cron Worker process of `worker`.
+    pub fn cron(&self, worker: &str) -> Option<&CronWorker> {
+        self.crons.iter().find(|c| c.worker == worker)
+    }
+
+    pub fn stop_relay(&mut self) -> Result<()> {
+        procs::stop_group(self.pids.relay, libc::SIGTERM, Duration::from_secs(10))?;
+        self.pids.relay = 0;
+        self.save()
+    }
+
+    /// Start the webhook relay and wait until it is listening.
+    pub fn start_relay(&mut self) -> Result<()> {
+        let mut cmd = Command::new(&self.xtask_bin);
+        cmd.args(["embed-relay", "--database-url", &self.database_url, "--target"])
+            .arg(format!("{}/embed_entry", self.functions_url))
+            .env(crate::relay::SECRET_ENV, &self.embed_webhook_secret);
+        let log = self.logs_dir.join("relay.log");
+        self.pids.relay = procs::spawn(cmd, &log, None)?;
+        let pid = self.pids.relay;
+        let query = format!(
+            "select count(*) from pg_stat_activity where application_name = '{}'",
+            crate::relay::APPLICATION_NAME
+        );
+        wait_for("the webhook relay to listen", Duration::from_secs(20), || {
+            if !procs::alive(pid) {
+                bail!("the webhook relay exited:\n{}", tail(&log, 20));
+            }
+            let n = output(psql(self).args(["-tAc", &query]))?;
+            Ok((n.trim() != "0").then_some(()))
+        })?;
+        self.save()
     }
 
     /// Stop PostgREST (tests use this to see `/health` report the outage).
@@ -278,7 +352,7 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
     let started = Instant::now();
     let dir = std::path::absolute(&opts.dir)?;
     if let Ok(existing) = load(&dir) {
-        if existing.pids.all().iter().any(|p| procs::alive(*p)) {
+        if existing.pids.all().iter().chain(existing.crons.iter().map(|c| &c.pid)).any(|p| procs::alive(*p)) {
             bail!("a stack is already running from {} (stop it with `cargo xtask stack down`)", dir.display());
         }
     }
@@ -292,6 +366,12 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
     ] {
         if procs::port_open(port) {
             bail!("port {port} on 127.0.0.1 is already in use; choose other ports (see `cargo xtask stack up --help`)");
+        }
+    }
+    let crons = cron_workers(&opts.ports)?;
+    for c in &crons {
+        if procs::port_open(c.port) {
+            bail!("port {} on 127.0.0.1 (wrangler dev for {}'s Cron Trigger) is already in use", c.port, c.worker);
         }
     }
     let logs_dir = dir.join("logs");
@@ -327,12 +407,17 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
         ),
         anon_key: keys::sign_hs256(&secrets.jwt_secret, &keys::api_key_claims("anon"))?,
         service_role_key: keys::sign_hs256(&secrets.jwt_secret, &keys::api_key_claims("service_role"))?,
+        // Derived, so it changes with the data directory's other secrets.
+        embed_webhook_secret: util::sha256_hex(format!("embed-webhook:{}", secrets.jwt_secret).as_bytes())[..32]
+            .to_owned(),
+        xtask_bin: std::env::current_exe()?,
         jwt_secret: secrets.jwt_secret.clone(),
         jwks_url: format!("{issuer}/.well-known/jwks.json"),
         jwt_issuer: issuer,
         es256_key: secrets.es256_key.clone(),
         ports: opts.ports,
         pids: Pids::default(),
+        crons,
         stack_dir: dir.clone(),
         pgdata: pgdata.clone(),
         logs_dir: logs_dir.clone(),
@@ -358,6 +443,7 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
         info.start_postgrest()?;
         wait_for_embedder(&info)?;
         start_wrangler(paths, &mut info)?;
+        info.start_relay()?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -368,6 +454,19 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
     info.started_in_secs = started.elapsed().as_secs_f64();
     info.save()?;
     Ok(info)
+}
+
+/// Ports for the Cron Workers' processes: after the documented defaults
+/// (8790, 9790, …) on a default stack, free ones otherwise.
+fn cron_workers(ports: &Ports) -> Result<Vec<CronWorker>> {
+    let defaults = *ports == Ports::defaults();
+    let mut v = Vec::new();
+    for (i, w) in CRON_WORKERS.iter().enumerate() {
+        let (port, inspector) =
+            if defaults { (8790 + i as u16, 9790 + i as u16) } else { (procs::free_port()?, procs::free_port()?) };
+        v.push(CronWorker { worker: (*w).to_owned(), port, inspector, pid: 0 });
+    }
+    Ok(v)
 }
 
 fn start_postgres(info: &mut StackInfo, run_as: Option<RunAs>, fresh: bool) -> Result<()> {
@@ -551,6 +650,8 @@ fn spawn_embedder(info: &mut StackInfo) -> Result<()> {
     cmd.arg("--model-dir")
         .arg(&info.model_dir)
         .args(["--port", &info.ports.embeddings.to_string()])
+        // Tests plan 429s and 500s through PUT /_faults (loopback only, like everything here).
+        .arg("--allow-faults")
         .env_remove("EDGESYNC_EMBEDDER_API_KEY");
     info.pids.embedder = procs::spawn(cmd, &info.logs_dir.join("embedder.log"), None)?;
     Ok(())
@@ -584,6 +685,8 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
         // The local embeddings server, asked exactly as OpenAI would be.
         "EMBEDDINGS_BASE_URL": info.embeddings_url,
         "EMBEDDINGS_MODEL": LOCAL_EMBEDDINGS_MODEL,
+        // The relay (the local stand-in for the pg_net webhook) sends it.
+        "EMBED_WEBHOOK_SECRET": info.embed_webhook_secret,
     });
     let mut configs = Vec::new();
     // The gateway first: wrangler serves only the first config on the port.
@@ -621,27 +724,18 @@ fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> {
         }
     }
     let configs = wrangler_configs(paths, info)?;
-    let tools_node = node_for(info)?;
-    let mut cmd = Command::new(&tools_node.0);
-    cmd.arg(&tools_node.1).arg("dev");
-    for c in &configs {
-        cmd.arg("-c").arg(c);
-    }
     let home = info.stack_dir.join("wrangler-home");
-    std::fs::create_dir_all(&home)?;
-    cmd.args(["--ip", "127.0.0.1", "--port", &info.ports.functions.to_string()])
-        .args(["--inspector-port", &info.ports.inspector.to_string()])
-        .args(["--show-interactive-dev-session=false", "--log-level", "info"])
-        .current_dir(info.stack_dir.join("wrangler"))
-        .env("CI", "true")
-        .env("WRANGLER_SEND_METRICS", "false")
-        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
-        .env("WRANGLER_LOG_PATH", info.logs_dir.join("wrangler-debug"))
-        // A private dev registry: another stack's Workers of the same names must not
-        // answer this stack's service bindings.
-        .env("XDG_CONFIG_HOME", &home);
     let log = info.logs_dir.join("wrangler.log");
-    info.pids.wrangler = procs::spawn(cmd, &log, None)?;
+    info.pids.wrangler = spawn_wrangler(info, &configs, info.ports.functions, info.ports.inspector, &home, &log)?;
+    // The Cron Workers' own processes start meanwhile (see `CronWorker`).
+    let mut crons = std::mem::take(&mut info.crons);
+    for c in &mut crons {
+        let config = info.stack_dir.join("wrangler").join(format!("{}.toml", c.worker));
+        let home = info.stack_dir.join(format!("wrangler-home-{}", c.worker));
+        let log = info.logs_dir.join(format!("wrangler-cron-{}.log", c.worker));
+        c.pid = spawn_wrangler(info, std::slice::from_ref(&config), c.port, c.inspector, &home, &log)?;
+    }
+    info.crons = crons;
     let pid = info.pids.wrangler;
     let url = format!("{}/health", info.functions_url);
     wait_for("wrangler dev to serve /health", Duration::from_secs(180), || {
@@ -650,7 +744,49 @@ fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> {
         }
         // 200 or 503: either way the gateway and the health Worker answered.
         Ok(http_status(&url).filter(|s| *s == 200 || *s == 503).map(|_| ()))
-    })
+    })?;
+    for c in &info.crons {
+        let log = info.logs_dir.join(format!("wrangler-cron-{}.log", c.worker));
+        let probe = format!("http://127.0.0.1:{}/", c.port);
+        wait_for(&format!("wrangler dev for {}'s Cron Trigger", c.worker), Duration::from_secs(180), || {
+            if !procs::alive(c.pid) {
+                bail!("wrangler dev ({}) exited:\n{}", c.worker, tail(&log, 30));
+            }
+            // Any answer from the Worker (it has no route at /) means it is served.
+            Ok(http_status(&probe).map(|_| ()))
+        })?;
+    }
+    Ok(())
+}
+
+/// One `wrangler dev` process serving `configs` (the first one on `port`).
+fn spawn_wrangler(
+    info: &StackInfo,
+    configs: &[PathBuf],
+    port: u16,
+    inspector: u16,
+    home: &Path,
+    log: &Path,
+) -> Result<u32> {
+    let tools_node = node_for(info)?;
+    let mut cmd = Command::new(&tools_node.0);
+    cmd.arg(&tools_node.1).arg("dev");
+    for c in configs {
+        cmd.arg("-c").arg(c);
+    }
+    std::fs::create_dir_all(home)?;
+    cmd.args(["--ip", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--inspector-port", &inspector.to_string()])
+        .args(["--show-interactive-dev-session=false", "--log-level", "info"])
+        .current_dir(info.stack_dir.join("wrangler"))
+        .env("CI", "true")
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+        .env("WRANGLER_LOG_PATH", info.logs_dir.join("wrangler-debug"))
+        // A private dev registry: another stack's Workers of the same names must not
+        // answer this stack's service bindings.
+        .env("XDG_CONFIG_HOME", home);
+    procs::spawn(cmd, log, None)
 }
 
 /// Node and wrangler.js, recorded beside the PostgREST binary in the npm tool dir.
@@ -668,6 +804,7 @@ pub fn down(dir: &Path) -> Result<()> {
     };
     let mut failures = Vec::new();
     for (name, pid, signal) in [
+        ("webhook relay", info.pids.relay, libc::SIGTERM),
         ("wrangler", info.pids.wrangler, libc::SIGTERM),
         ("PostgREST", info.pids.postgrest, libc::SIGTERM),
         ("auth stand-in", info.pids.auth, libc::SIGTERM),
@@ -678,6 +815,12 @@ pub fn down(dir: &Path) -> Result<()> {
         if let Err(e) = procs::stop_group(pid, signal, Duration::from_secs(15)) {
             failures.push(format!("{name}: {e}"));
         }
+    }
+    for c in &mut info.crons {
+        if let Err(e) = procs::stop_group(c.pid, libc::SIGTERM, Duration::from_secs(15)) {
+            failures.push(format!("wrangler dev ({}): {e}", c.worker));
+        }
+        c.pid = 0;
     }
     info.pids = Pids::default();
     info.save()?;
@@ -718,6 +861,32 @@ pub fn status(dir: &Path) -> Result<String> {
             line("embedder", info.pids.embedder, &format!("http://127.0.0.1:{}/health", info.ports.embeddings))
         },
         line("wrangler", info.pids.wrangler, &format!("{}/health", info.functions_url)),
+        info.crons
+            .iter()
+            .map(|c| {
+                format!(
+                    "{:<10} pid {:<8} {:<8} {} ({}'s Cron Trigger)",
+                    "cron",
+                    c.pid,
+                    if procs::alive(c.pid) { "running" } else { "stopped" },
+                    c.scheduled_url(),
+                    c.worker
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        if info.embed_webhook_secret.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{:<10} pid {:<8} {:<8} LISTEN {} -> {}/embed_entry",
+                "relay",
+                info.pids.relay,
+                if procs::alive(info.pids.relay) { "running" } else { "stopped" },
+                crate::relay::CHANNEL,
+                info.functions_url
+            )
+        },
     ]
     .into_iter()
     .filter(|l| !l.is_empty())
@@ -804,7 +973,7 @@ mod tests {
         v.as_object_mut().unwrap().remove("embeddings");
         assert_eq!(serde_json::from_value::<Ports>(v).unwrap().embeddings, 54325);
         let pids: Pids = serde_json::from_str(r#"{"postgres":1,"postgrest":2,"wrangler":3,"auth":4}"#).unwrap();
-        assert_eq!(pids.all(), [1, 2, 3, 4, 0]);
+        assert_eq!(pids.all(), [1, 2, 3, 4, 0, 0]);
     }
 
     #[test]
