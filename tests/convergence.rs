@@ -139,7 +139,7 @@ impl Ctx {
     fn tick(&self) {
         let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
         let at = |pct: usize| n == self.total * pct / 100;
-        if self.total >= 10_000 && n % (self.total / 10) == 0 {
+        if self.total >= 10_000 && n.is_multiple_of(self.total / 10) {
             eprintln!("converge: {n} of {} operations", self.total);
         }
         if at(35) {

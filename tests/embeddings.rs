@@ -1,8 +1,21 @@
-//! The embedding job machinery (`sql/migrations/0004_embeddings.sql`) through the real
-//! PostgREST, and the `embed_entry` / `/search` Worker's refusals through wrangler dev.
+//! Embeddings end to end against the real stack: the job machinery
+//! (`sql/migrations/0004_embeddings.sql`) through PostgREST; the whole path — trigger →
+//! job → webhook (the stack's LISTEN/NOTIFY relay) → `embed_entry` in wrangler dev →
+//! the local all-MiniLM-L6-v2 server → write-back — with the real model; the Cron
+//! Trigger through wrangler dev's scheduled endpoint; an embeddings API that answers
+//! 429 or 500 (the local server's planned faults); semantic `/search`.
+//!
+//! Every test holds [`exclusive`]: some stop the relay, some plan faults on the shared
+//! embeddings server, and a Worker embedding in the background must not race the ones
+//! that drive the job table by hand.
 
 use edgesync_integration::*;
+use edgesync_shared::embed::{content_hash, embedding_text, EntryContent};
 use serde_json::{json, Value};
+use std::time::Duration;
+
+/// How long the whole path may take for one entry on a loaded 2-core machine.
+const EMBED_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn rpc(info: &StackInfo, name: &str, token: &str, args: Value) -> Answer {
     call("POST", &format!("{}/rpc/{name}", info.postgrest_url), Some(token), Some(&args))
@@ -45,7 +58,9 @@ fn complete(info: &StackInfo, entry: &str, generation: i64, embedding: &str, has
 
 #[test]
 fn content_changes_enqueue_a_job_and_other_edits_do_not() {
+    let _x = exclusive();
     let info = stack();
+    let _quiet = RelayStopped::new(&info);
     let (_, token) = new_user(&info);
     let mut db = db(&info);
     let id = uuid();
@@ -87,7 +102,9 @@ fn content_changes_enqueue_a_job_and_other_edits_do_not() {
 
 #[test]
 fn a_job_is_never_claimed_twice_and_a_change_while_embedding_is_not_lost() {
+    let _x = exclusive();
     let info = stack();
+    let _quiet = RelayStopped::new(&info);
     let (_, token) = new_user(&info);
     let mut db = db(&info);
     let id = uuid();
@@ -125,7 +142,9 @@ fn a_job_is_never_claimed_twice_and_a_change_while_embedding_is_not_lost() {
 
 #[test]
 fn failures_back_off_and_end_in_a_visible_failed_state() {
+    let _x = exclusive();
     let info = stack();
+    let _quiet = RelayStopped::new(&info);
     let (_, token) = new_user(&info);
     let mut db = db(&info);
     let id = uuid();
@@ -163,7 +182,10 @@ fn failures_back_off_and_end_in_a_visible_failed_state() {
 
 #[test]
 fn search_entries_runs_as_the_caller_best_first_without_deleted_rows() {
+    let _x = exclusive();
     let info = stack();
+    // The vectors below are written by hand; the Worker must not replace them.
+    let _quiet = RelayStopped::new(&info);
     let (me, token) = new_user(&info);
     let (them, their_token) = new_user(&info);
     let mut db = db(&info);
@@ -206,6 +228,7 @@ fn search_entries_runs_as_the_caller_best_first_without_deleted_rows() {
 
 #[test]
 fn embed_entry_refuses_everyone_but_the_database_and_the_service_role() {
+    let _x = exclusive();
     let info = stack();
     let (_, user) = new_user(&info);
     let url = format!("{}/embed_entry", info.functions_url);
@@ -239,6 +262,7 @@ fn embed_entry_refuses_everyone_but_the_database_and_the_service_role() {
 
 #[test]
 fn search_needs_a_user_and_a_well_formed_query() {
+    let _x = exclusive();
     let info = stack();
     let (_, user) = new_user(&info);
     let url = format!("{}/search", info.functions_url);
@@ -253,4 +277,314 @@ fn search_needs_a_user_and_a_well_formed_query() {
         call("POST", &url, Some(&user), Some(&bad)).assert_error(400, "invalid_search");
     }
     call("GET", &url, Some(&user), None).assert_error(405, "method_not_allowed");
+}
+
+// ---------------------------------------------------------------------------------
+// The whole path, with the real model.
+
+/// What `entries` holds about an entry's embedding: (embedding, model, hash).
+fn stored(db: &mut postgres::Client, id: &str) -> (Option<Vec<f32>>, Option<String>, Option<String>) {
+    let r = db
+        .query_one(
+            "select embedding::text, embedding_model, embedding_hash from public.entries where id = $1::text::uuid",
+            &[&id],
+        )
+        .unwrap();
+    let v: Option<String> = r.get(0);
+    let v = v.map(|t| t.trim_matches(['[', ']']).split(',').map(|x| x.parse::<f32>().unwrap()).collect());
+    (v, r.get(1), r.get(2))
+}
+
+/// How many times `entries.embedding` of `id` was written (an audit trigger this test
+/// binary installs; idempotent).
+fn embedding_writes(db: &mut postgres::Client, id: &str) -> i64 {
+    db.batch_execute(
+        "create schema if not exists edgesync_test;
+         create table if not exists edgesync_test.embedding_writes (entry_id uuid not null, at timestamptz default now());
+         create or replace function edgesync_test.count_embedding_write() returns trigger
+         language plpgsql security definer set search_path = '' as $$
+         begin insert into edgesync_test.embedding_writes (entry_id) values (new.id); return null; end $$;
+         create or replace trigger edgesync_test_embedding_writes after update of embedding on public.entries
+           for each row when (old.embedding is distinct from new.embedding)
+           execute function edgesync_test.count_embedding_write();",
+    )
+    .unwrap();
+    db.query_one("select count(*) from edgesync_test.embedding_writes where entry_id = $1::text::uuid", &[&id])
+        .unwrap()
+        .get(0)
+}
+
+/// The local model's vector for `text`, asked directly.
+fn model_vector(info: &StackInfo, text: &str) -> Vec<f32> {
+    let a = call(
+        "POST",
+        &format!("{}/embeddings", info.embeddings_url),
+        None,
+        Some(&json!({"input": text, "model": stack::LOCAL_EMBEDDINGS_MODEL})),
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.body["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// Wait until the entry's job is gone and an embedding made from `content` is stored.
+#[track_caller]
+fn wait_embedded(db: &mut postgres::Client, id: &str, content: &EntryContent) -> Vec<f32> {
+    let hash = content_hash(stack::LOCAL_EMBEDDINGS_MODEL, 1536, &embedding_text(content));
+    eventually(&format!("entry {id} to be embedded"), EMBED_TIMEOUT, || {
+        job(db, id).is_none() && stored(db, id).2.as_deref() == Some(hash.as_str())
+    });
+    let (v, model, _) = stored(db, id);
+    assert_eq!(model.as_deref(), Some(stack::LOCAL_EMBEDDINGS_MODEL));
+    v.expect("an embedding")
+}
+
+/// Plan faults on the stack's embeddings server (`None` clears them); returns its report.
+fn faults(info: &StackInfo, fault: Option<Value>) -> Value {
+    let url = format!("{}/_faults", info.embeddings_url.trim_end_matches("/v1"));
+    let a = match &fault {
+        Some(f) => call("PUT", &url, None, Some(f)),
+        None => call("DELETE", &url, None, None),
+    };
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.body
+}
+
+/// Clears planned faults when dropped, so a failing test leaves a working server.
+struct NoFaultsAfter<'a>(&'a StackInfo);
+
+impl Drop for NoFaultsAfter<'_> {
+    fn drop(&mut self) {
+        faults(self.0, None);
+    }
+}
+
+/// Run `embed_entry`'s Cron Trigger through wrangler dev's scheduled endpoint.
+fn run_cron(info: &StackInfo) {
+    let cron = info.cron("embed_entry").expect("the stack runs embed_entry's Cron Trigger");
+    let a = call("GET", &format!("{}?cron=*+*+*+*+*", cron.scheduled_url()), None, None);
+    assert_eq!(a.status, 200, "the scheduled handler: {}", a.text);
+}
+
+fn entry(title: &str, body: &str, tags: &[&str]) -> (Value, EntryContent) {
+    let content = EntryContent {
+        title: Some(title.into()),
+        body_markdown: Some(body.into()),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
+    };
+    (json!({"title": title, "body_markdown": body, "tags": tags}), content)
+}
+
+#[test]
+fn an_uploaded_entry_is_embedded_once_per_content_change_and_the_write_back_does_not_loop() {
+    let _x = exclusive();
+    let info = stack();
+    let (_, token) = new_user(&info);
+    let mut db = db(&info);
+    let id = uuid();
+    let client = uuid();
+    let (data, content) = entry("Morning run", "Five kilometres along the river before work.", &["health", "running"]);
+    assert_eq!(embedding_writes(&mut db, &id), 0);
+    let up = upload(&info, &token, &client, json!([put(1, &id, data)]));
+    assert_eq!(up.status, 200, "{}", up.text);
+    let txid = entry_txid(&mut db, &id);
+    // No manual step: the trigger, the relay's webhook and the Worker do it.
+    let v = wait_embedded(&mut db, &id, &content);
+    assert_eq!(v.len(), 1536);
+    // It is the model's vector for the seed-004 text, not something else's.
+    let expected = model_vector(&info, &embedding_text(&content));
+    assert!(cosine(&v, &expected) > 0.9999, "cosine {}", cosine(&v, &expected));
+    assert_eq!(embedding_writes(&mut db, &id), 1);
+    // The write-back changed neither the row version (clients do not re-download the
+    // entry) nor enqueued another job (it cannot loop).
+    assert_eq!(entry_txid(&mut db, &id), txid);
+    assert_eq!(job(&mut db, &id), None);
+
+    // A non-content edit: no job, so no embedding (the job is written in the same
+    // transaction as the edit, so its absence right after is proof).
+    let up = upload(
+        &info,
+        &token,
+        &client,
+        json!([{"op_id": 2, "op": "PATCH", "type": "entries", "id": id, "data": {"frontmatter": {"mood": "good"}}}]),
+    );
+    assert_eq!(up.status, 200, "{}", up.text);
+    assert_eq!(job(&mut db, &id), None);
+
+    // A content edit: embedded again, exactly once.
+    let (data, edited) = entry("Evening swim", "Thirty lengths at the pool after dinner.", &["health", "swimming"]);
+    upload(&info, &token, &client, json!([put(3, &id, data)]));
+    let w = wait_embedded(&mut db, &id, &edited);
+    assert!(cosine(&v, &w) < 0.99, "a different text gives a different vector");
+    assert_eq!(embedding_writes(&mut db, &id), 2);
+    assert_eq!(job(&mut db, &id), None, "nothing left to do: no third embedding can follow");
+}
+
+#[test]
+fn a_dropped_webhook_is_recovered_by_the_cron_trigger() {
+    let _x = exclusive();
+    let info = stack();
+    let (_, token) = new_user(&info);
+    let mut db = db(&info);
+    let id = uuid();
+    let (data, content) = entry("Dentist", "Check-up on Tuesday at nine.", &["appointments"]);
+    {
+        let _dropped = RelayStopped::new(&info);
+        upload(&info, &token, &uuid(), json!([put(1, &id, data)]));
+        assert_eq!(job(&mut db, &id).map(|j| j.0), Some("pending".into()));
+        assert_eq!(stored(&mut db, &id).0, None, "no webhook, no embedding yet");
+        // The Cron Trigger drains due jobs in batches, oldest first; earlier tests may
+        // have left some, so run it until this one is done.
+        eventually("the cron to embed the entry", EMBED_TIMEOUT, || {
+            run_cron(&info);
+            job(&mut db, &id).is_none()
+        });
+        wait_embedded(&mut db, &id, &content);
+    }
+}
+
+#[test]
+fn a_rate_limited_embeddings_api_is_waited_for_and_the_entry_embedded() {
+    let _x = exclusive();
+    let info = stack();
+    let _clean = NoFaultsAfter(&info);
+    let (_, token) = new_user(&info);
+    let mut db = db(&info);
+    let id = uuid();
+    let (data, content) = entry("Groceries", "Eggs, flour, milk and lemons.", &["shopping"]);
+    // The next request gets 429 with Retry-After: 1; the Worker waits and asks again.
+    faults(&info, Some(json!({"status": 429, "times": 1, "retry_after": 1})));
+    upload(&info, &token, &uuid(), json!([put(1, &id, data)]));
+    wait_embedded(&mut db, &id, &content);
+    assert_eq!(faults(&info, None)["answered"], 1, "the 429 was really answered");
+}
+
+#[test]
+fn an_embeddings_api_failing_for_good_ends_in_the_failed_state_with_its_error() {
+    let _x = exclusive();
+    let info = stack();
+    let _clean = NoFaultsAfter(&info);
+    // Attempts are driven by the Cron Trigger here, one per run.
+    let _quiet = RelayStopped::new(&info);
+    let (_, token) = new_user(&info);
+    let mut db = db(&info);
+    let id = uuid();
+    let (data, content) = entry("Taxes", "File the return before the deadline.", &["admin"]);
+    faults(&info, Some(json!({"status": 500})));
+    upload(&info, &token, &uuid(), json!([put(1, &id, data)]));
+    // EMBED_MAX_ATTEMPTS is 5 (the default).
+    for attempt in 1..=5 {
+        eventually(&format!("attempt {attempt}"), EMBED_TIMEOUT, || {
+            run_cron(&info);
+            job(&mut db, &id).is_some_and(|j| j.2 >= attempt)
+        });
+        let (status, _, attempts, error) = job(&mut db, &id).unwrap();
+        assert_eq!(attempts, attempt);
+        let error = error.unwrap_or_default();
+        assert!(error.contains("500"), "the error is recorded: {error}");
+        if attempt < 5 {
+            assert_eq!(status, "pending");
+            // Backoff is checked in failures_back_off_and_end_in_a_visible_failed_state;
+            // here the clock is moved on instead of waited for.
+            db.execute(
+                "update edgesync.embedding_jobs set next_attempt_at = now() where entry_id = $1::text::uuid",
+                &[&id],
+            )
+            .unwrap();
+        } else {
+            assert_eq!(status, "failed");
+        }
+    }
+    assert_eq!(stored(&mut db, &id).0, None);
+    // Once the API works again, a failed job stays failed until its entry changes (or
+    // an operator re-enqueues it): run the cron to show it is not retried.
+    faults(&info, None);
+    run_cron(&info);
+    assert_eq!(job(&mut db, &id).map(|j| j.0), Some("failed".into()));
+    db.execute(
+        "select edgesync.enqueue_embedding($1::text::uuid, user_id) from public.entries where id = $1::text::uuid",
+        &[&id],
+    )
+    .unwrap();
+    eventually("the re-enqueued job to be embedded", EMBED_TIMEOUT, || {
+        run_cron(&info);
+        job(&mut db, &id).is_none()
+    });
+    wait_embedded(&mut db, &id, &content);
+}
+
+#[test]
+fn semantic_search_ranks_the_paraphrased_entry_first_for_its_owner_only() {
+    let _x = exclusive();
+    let info = stack();
+    let (me, token) = new_user(&info);
+    let (_, their_token) = new_user(&info);
+    let mut db = db(&info);
+    let mine = [
+        ("Leg day", "Squats and deadlifts at the gym, three sets of five.", "fitness"),
+        ("Sourdough", "Fed the starter and baked two loaves of bread.", "cooking"),
+        ("Quarterly taxes", "Sent the VAT return to the accountant.", "finance"),
+        ("Mia's birthday", "Booked the bowling alley for the party on Saturday.", "family"),
+        ("Car service", "The mechanic replaced the brake pads and the oil.", "car"),
+    ];
+    let client = uuid();
+    let mut ids = Vec::new();
+    let mut ops = Vec::new();
+    for (i, (title, body, tag)) in mine.iter().enumerate() {
+        let id = uuid();
+        ops.push(put(i as u64 + 1, &id, entry(title, body, &[tag]).0));
+        ids.push((id, entry(title, body, &[tag]).1));
+    }
+    // A deleted entry that would match best, and another user's near-copy.
+    let deleted = uuid();
+    ops.push(put(10, &deleted, entry("Gym", "Weight training session: squats and deadlifts.", &["fitness"]).0));
+    assert_eq!(upload(&info, &token, &client, json!(ops)).status, 200);
+    let theirs = uuid();
+    let (their_data, their_content) = entry("Gym session", "Squats and deadlifts, heavy.", &["fitness"]);
+    assert_eq!(upload(&info, &their_token, &uuid(), json!([put(1, &theirs, their_data)])).status, 200);
+    for (id, content) in &ids {
+        wait_embedded(&mut db, id, content);
+    }
+    wait_embedded(&mut db, &theirs, &their_content);
+    upload(&info, &token, &client, json!([{"op_id": 11, "op": "DELETE", "type": "entries", "id": deleted}]));
+
+    let search = |token: &str, query: &str| -> Vec<(String, f64)> {
+        // MiniLM's similarities for paraphrases sit well below OpenAI's; 0.7 (the
+        // default, tuned for text-embedding-3-small) would hide them. See README.
+        let a = call(
+            "POST",
+            &format!("{}/search", info.functions_url),
+            Some(token),
+            Some(&json!({"query": query, "match_threshold": 0.1, "match_count": 10})),
+        );
+        assert_eq!(a.status, 200, "{}", a.text);
+        a.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["id"].as_str().unwrap().to_owned(), r["similarity"].as_f64().unwrap()))
+            .collect()
+    };
+    for (query, want) in [
+        ("lifting weights workout", 0),
+        ("making bread at home", 1),
+        ("paying tax to the government", 2),
+        ("planning a kid's celebration", 3),
+        ("vehicle maintenance at the garage", 4),
+    ] {
+        let results = search(&token, query);
+        assert_eq!(results.first().map(|r| r.0.as_str()), Some(ids[want].0.as_str()), "{query}: {results:?}");
+        assert!(results.windows(2).all(|w| w[0].1 >= w[1].1), "best first: {results:?}");
+        assert!(results.iter().all(|(id, _)| *id != theirs && *id != deleted), "{query}: {results:?}");
+    }
+    // The other user finds their own entry, and none of mine.
+    let results = search(&their_token, "lifting weights workout");
+    assert_eq!(results.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), [theirs.as_str()]);
+    let _ = me;
 }
