@@ -295,8 +295,8 @@ fn stored(db: &mut postgres::Client, id: &str) -> (Option<Vec<f32>>, Option<Stri
     (v, r.get(1), r.get(2))
 }
 
-/// How many times `entries.embedding` of `id` was written (an audit trigger this test
-/// binary installs; idempotent).
+/// How many times an embedding of `id` was written (vector or hash; an audit trigger
+/// this test binary installs; idempotent).
 fn embedding_writes(db: &mut postgres::Client, id: &str) -> i64 {
     db.batch_execute(
         "create schema if not exists edgesync_test;
@@ -304,8 +304,9 @@ fn embedding_writes(db: &mut postgres::Client, id: &str) -> i64 {
          create or replace function edgesync_test.count_embedding_write() returns trigger
          language plpgsql security definer set search_path = '' as $$
          begin insert into edgesync_test.embedding_writes (entry_id) values (new.id); return null; end $$;
-         create or replace trigger edgesync_test_embedding_writes after update of embedding on public.entries
-           for each row when (old.embedding is distinct from new.embedding)
+         create or replace trigger edgesync_test_embedding_writes
+           after update of embedding, embedding_hash on public.entries for each row
+           when (old.embedding is distinct from new.embedding or old.embedding_hash is distinct from new.embedding_hash)
            execute function edgesync_test.count_embedding_write();",
     )
     .unwrap();
@@ -587,4 +588,33 @@ fn semantic_search_ranks_the_paraphrased_entry_first_for_its_owner_only() {
     let results = search(&their_token, "lifting weights workout");
     assert_eq!(results.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), [theirs.as_str()]);
     let _ = me;
+}
+
+#[test]
+fn a_recheck_re_embeds_only_entries_whose_stored_hash_is_stale() {
+    let _x = exclusive();
+    let info = stack();
+    let (user, token) = new_user(&info);
+    let mut db = db(&info);
+    let (a, b) = (uuid(), uuid());
+    let (data_a, content_a) = entry("Piano", "Practised scales for twenty minutes.", &["music"]);
+    let (data_b, content_b) = entry("Garden", "Planted tulip bulbs by the fence.", &["home"]);
+    upload(&info, &token, &uuid(), json!([put(1, &a, data_a), put(2, &b, data_b)]));
+    wait_embedded(&mut db, &a, &content_a);
+    wait_embedded(&mut db, &b, &content_b);
+    let (writes_a, writes_b) = (embedding_writes(&mut db, &a), embedding_writes(&mut db, &b));
+    // A's stored hash no longer matches (as after text changed with the triggers off).
+    db.execute("update public.entries set embedding_hash = 'stale' where id = $1::text::uuid", &[&a]).unwrap();
+    assert_eq!(job(&mut db, &a), None, "a server-only column does not enqueue");
+    let _quiet = RelayStopped::new(&info);
+    let queued: i64 =
+        db.query_one("select edgesync.enqueue_embedding_recheck($1::text::uuid)", &[&user]).unwrap().get(0);
+    assert_eq!(queued, 2);
+    eventually("the recheck to be drained", EMBED_TIMEOUT, || {
+        run_cron(&info);
+        job(&mut db, &a).is_none() && job(&mut db, &b).is_none()
+    });
+    wait_embedded(&mut db, &a, &content_a);
+    assert_eq!(embedding_writes(&mut db, &a), writes_a + 2, "A: the test's write, then the re-embedding");
+    assert_eq!(embedding_writes(&mut db, &b), writes_b, "B was current: not written");
 }

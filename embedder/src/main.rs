@@ -83,6 +83,7 @@ fn main() -> ExitCode {
         api_key: args.api_key,
         default_dimensions: args.dimensions,
         faults: args.allow_faults.then(Faults::default),
+        inference: Default::default(),
     });
     let serving = {
         let state = state.clone();

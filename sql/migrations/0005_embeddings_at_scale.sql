@@ -11,6 +11,12 @@
 -- user_id filter runs after it, so a user whose entries are not among them got
 -- nothing. pgvector 0.8's iterative scan goes on until `match_count` rows pass the
 -- filter; relaxed order is re-sorted exactly in the outer query.
+--
+-- 3. enqueue_embedding_recheck(p_user): queue every live entry (of one user, or of
+-- all when null) that has no pending job. The
+-- Worker compares each stored hash (model, dimensions, text) with the current one and
+-- embeds only the stale ones, so this finds embeddings made from text that changed
+-- while the triggers were off, or with other settings, at no API cost for the rest.
 
 set local client_min_messages = warning;
 
@@ -95,6 +101,28 @@ as $$
    where 1 - n.distance > match_threshold
    order by n.distance
 $$;
+
+create or replace function edgesync.enqueue_embedding_recheck(p_user uuid default null)
+returns bigint
+language sql
+security definer
+set search_path = ''
+as $$
+  with ins as (
+    insert into edgesync.embedding_jobs as j (entry_id, user_id)
+    select e.id, e.user_id from public.entries e
+     where e.deleted_at is null
+       and (p_user is null or e.user_id = p_user)
+       and not exists (select from edgesync.embedding_jobs k where k.entry_id = e.id and k.status <> 'failed')
+    on conflict (entry_id) do update
+      set status = 'pending', generation = j.generation + 1, attempts = 0, next_attempt_at = now(),
+          last_error = null, updated_at = now()
+    returning 1
+  )
+  select count(*) from ins
+$$;
+revoke all on function edgesync.enqueue_embedding_recheck(uuid) from public, anon, authenticated;
+grant execute on function edgesync.enqueue_embedding_recheck(uuid) to service_role;
 
 insert into edgesync.schema_migrations (version, name) values (5, 'embeddings_at_scale')
   on conflict (version) do nothing;
