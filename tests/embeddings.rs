@@ -258,6 +258,25 @@ fn embed_entry_refuses_everyone_but_the_database_and_the_service_role() {
     assert_eq!(ignored.status, 200, "{}", ignored.text);
     assert!(ignored.body["ignored"].is_string());
     call("GET", &url, Some(&service), None).assert_error(405, "method_not_allowed");
+
+    // Refused calls do nothing: a real entry's job stays untouched.
+    let _quiet = RelayStopped::new(&info);
+    let mut db = db(&info);
+    let id = uuid();
+    upload(&info, &user, &uuid(), json!([put(1, &id, json!({"title": "untouched"}))]));
+    let payload = json!({"type": "INSERT", "table": "entries", "schema": "public",
+                         "record": {"id": id}, "old_record": null});
+    call("POST", &url, None, Some(&payload)).assert_error(401, "missing_token");
+    call_with_headers("POST", &url, &[("x-webhook-secret", "guess".into())], Some(&payload))
+        .assert_error(401, "invalid_webhook_secret");
+    call_with_headers("POST", &url, &[("x-webhook-secret", String::new())], Some(&payload))
+        .assert_error(401, "invalid_webhook_secret");
+    call("POST", &format!("{url}/drain"), Some(&user), None).assert_error(403, "forbidden_role");
+    assert_eq!(job(&mut db, &id), Some(("pending".into(), 1, 0, None)), "no attempt was made");
+    // The right secret does embed it (so the refusals above were about the secret).
+    let a = call_with_headers("POST", &url, &[("x-webhook-secret", info.embed_webhook_secret.clone())], Some(&payload));
+    assert_eq!(a.status, 202, "{}", a.text);
+    eventually("the accepted webhook to embed the entry", EMBED_TIMEOUT, || job(&mut db, &id).is_none());
 }
 
 #[test]
