@@ -147,20 +147,7 @@ fn search_latency_at_10k_entries() {
     // little noise each (so the index has 10,000 distinct points).
     let texts: Vec<String> =
         (0..200).map(|i| format!("Note {i} about topic {} and item {}", i % 37, i * 7919 % 1000)).collect();
-    let mut vectors = Vec::new();
-    for chunk in texts.chunks(50) {
-        let a = call(
-            "POST",
-            &format!("{}/embeddings", info.embeddings_url),
-            None,
-            Some(&json!({"input": chunk, "model": stack::LOCAL_EMBEDDINGS_MODEL})),
-        );
-        assert_eq!(a.status, 200, "{}", a.text);
-        for d in a.body["data"].as_array().unwrap() {
-            let v: Vec<f64> = d["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-            vectors.push(v);
-        }
-    }
+    let vectors: Vec<Vec<f32>> = texts.chunks(50).flat_map(|chunk| embed_locally(&info, chunk)).collect();
     let mut seed = 0x5eed_u64;
     let mut noise = move || {
         seed = seed.wrapping_add(0x9e3779b97f4a7c15);
@@ -174,7 +161,7 @@ fn search_latency_at_10k_entries() {
         let v: Vec<String> = vectors[i % vectors.len()]
             .iter()
             .enumerate()
-            .map(|(d, x)| if d < 384 { format!("{:.6}", x + noise()) } else { "0".into() })
+            .map(|(d, x)| if d < 384 { format!("{:.6}", *x as f64 + noise()) } else { "0".into() })
             .collect();
         tx.execute(
             "insert into public.entries (user_id, title, embedding) values ($1::text::uuid, $2, $3::text::extensions.vector)",

@@ -334,18 +334,6 @@ fn embedding_writes(db: &mut postgres::Client, id: &str) -> i64 {
         .get(0)
 }
 
-/// The local model's vector for `text`, asked directly.
-fn model_vector(info: &StackInfo, text: &str) -> Vec<f32> {
-    let a = call(
-        "POST",
-        &format!("{}/embeddings", info.embeddings_url),
-        None,
-        Some(&json!({"input": text, "model": stack::LOCAL_EMBEDDINGS_MODEL})),
-    );
-    assert_eq!(a.status, 200, "{}", a.text);
-    a.body["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -384,6 +372,16 @@ impl Drop for NoFaultsAfter<'_> {
     }
 }
 
+/// Run the Cron Trigger until `done`: it drains due jobs in batches, oldest first, and
+/// earlier tests may have left some.
+#[track_caller]
+fn cron_until(info: &StackInfo, what: &str, mut done: impl FnMut() -> bool) {
+    eventually(what, EMBED_TIMEOUT, || {
+        run_cron(info);
+        done()
+    });
+}
+
 /// Run `embed_entry`'s Cron Trigger through wrangler dev's scheduled endpoint.
 fn run_cron(info: &StackInfo) {
     let cron = info.cron("embed_entry").expect("the stack runs embed_entry's Cron Trigger");
@@ -418,7 +416,7 @@ fn an_uploaded_entry_is_embedded_once_per_content_change_and_the_write_back_does
     let v = wait_embedded(&mut db, &id, &content);
     assert_eq!(v.len(), 1536);
     // It is the model's vector for the seed-004 text, not something else's.
-    let expected = model_vector(&info, &embedding_text(&content));
+    let expected = embed_locally(&info, &[embedding_text(&content)]).remove(0);
     assert!(cosine(&v, &expected) > 0.9999, "cosine {}", cosine(&v, &expected));
     assert_eq!(embedding_writes(&mut db, &id), 1);
     // The write-back changed neither the row version (clients do not re-download the
@@ -459,12 +457,7 @@ fn a_dropped_webhook_is_recovered_by_the_cron_trigger() {
         upload(&info, &token, &uuid(), json!([put(1, &id, data)]));
         assert_eq!(job(&mut db, &id).map(|j| j.0), Some("pending".into()));
         assert_eq!(stored(&mut db, &id).0, None, "no webhook, no embedding yet");
-        // The Cron Trigger drains due jobs in batches, oldest first; earlier tests may
-        // have left some, so run it until this one is done.
-        eventually("the cron to embed the entry", EMBED_TIMEOUT, || {
-            run_cron(&info);
-            job(&mut db, &id).is_none()
-        });
+        cron_until(&info, "the cron to embed the entry", || job(&mut db, &id).is_none());
         wait_embedded(&mut db, &id, &content);
     }
 }
@@ -500,10 +493,7 @@ fn an_embeddings_api_failing_for_good_ends_in_the_failed_state_with_its_error() 
     upload(&info, &token, &uuid(), json!([put(1, &id, data)]));
     // EMBED_MAX_ATTEMPTS is 5 (the default).
     for attempt in 1..=5 {
-        eventually(&format!("attempt {attempt}"), EMBED_TIMEOUT, || {
-            run_cron(&info);
-            job(&mut db, &id).is_some_and(|j| j.2 >= attempt)
-        });
+        cron_until(&info, &format!("attempt {attempt}"), || job(&mut db, &id).is_some_and(|j| j.2 >= attempt));
         let (status, _, attempts, error) = job(&mut db, &id).unwrap();
         assert_eq!(attempts, attempt);
         let error = error.unwrap_or_default();
@@ -532,10 +522,7 @@ fn an_embeddings_api_failing_for_good_ends_in_the_failed_state_with_its_error() 
         &[&id],
     )
     .unwrap();
-    eventually("the re-enqueued job to be embedded", EMBED_TIMEOUT, || {
-        run_cron(&info);
-        job(&mut db, &id).is_none()
-    });
+    cron_until(&info, "the re-enqueued job to be embedded", || job(&mut db, &id).is_none());
     wait_embedded(&mut db, &id, &content);
 }
 
@@ -543,7 +530,7 @@ fn an_embeddings_api_failing_for_good_ends_in_the_failed_state_with_its_error() 
 fn semantic_search_ranks_the_paraphrased_entry_first_for_its_owner_only() {
     let _x = exclusive();
     let info = stack();
-    let (me, token) = new_user(&info);
+    let (_, token) = new_user(&info);
     let (_, their_token) = new_user(&info);
     let mut db = db(&info);
     let mine = [
@@ -606,7 +593,6 @@ fn semantic_search_ranks_the_paraphrased_entry_first_for_its_owner_only() {
     // The other user finds their own entry, and none of mine.
     let results = search(&their_token, "lifting weights workout");
     assert_eq!(results.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), [theirs.as_str()]);
-    let _ = me;
 }
 
 #[test]
@@ -629,10 +615,7 @@ fn a_recheck_re_embeds_only_entries_whose_stored_hash_is_stale() {
     let queued: i64 =
         db.query_one("select edgesync.enqueue_embedding_recheck($1::text::uuid)", &[&user]).unwrap().get(0);
     assert_eq!(queued, 2);
-    eventually("the recheck to be drained", EMBED_TIMEOUT, || {
-        run_cron(&info);
-        job(&mut db, &a).is_none() && job(&mut db, &b).is_none()
-    });
+    cron_until(&info, "the recheck to be drained", || job(&mut db, &a).is_none() && job(&mut db, &b).is_none());
     wait_embedded(&mut db, &a, &content_a);
     assert_eq!(embedding_writes(&mut db, &a), writes_a + 2, "A: the test's write, then the re-embedding");
     assert_eq!(embedding_writes(&mut db, &b), writes_b, "B was current: not written");

@@ -26,6 +26,23 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     STACK_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The stack's local model's vectors for `texts`, asked directly (1536 wide).
+pub fn embed_locally(info: &StackInfo, texts: &[String]) -> Vec<Vec<f32>> {
+    let a = call(
+        "POST",
+        &format!("{}/embeddings", info.embeddings_url),
+        None,
+        Some(&serde_json::json!({"input": texts, "model": stack::LOCAL_EMBEDDINGS_MODEL})),
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|d| d["embedding"].as_array().expect("embedding").iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect()
+}
+
 /// While alive, the stack's webhook relay is stopped: webhooks are dropped, as when
 /// pg_net fails. Tests of the Cron path, and of the job table without a Worker racing
 /// them, hold one (with [`exclusive`]). Dropping it starts the relay again.

@@ -39,23 +39,18 @@ impl Faults {
         }
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         *g = (Some(fault), 0);
-        Ok(self.describe(&g))
+        Ok(describe(&g))
     }
 
     pub fn clear(&self) -> Value {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.0 = None;
-        self.describe(&g)
+        describe(&g)
     }
 
     pub fn get(&self) -> Value {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        self.describe(&g)
-    }
-
-    fn describe(&self, g: &(Option<Fault>, u64)) -> Value {
-        let fault = g.0.as_ref().map(|f| json!({"status": f.status, "times": f.times, "retry_after": f.retry_after}));
-        json!({"fault": fault, "answered": g.1})
+        describe(&g)
     }
 
     /// The fault this request gets, if any (counting it down).
@@ -90,6 +85,12 @@ impl Faults {
         };
         Some((error, fault.retry_after))
     }
+}
+
+/// `{fault, answered}`: what is planned, and how many requests it has answered.
+fn describe(g: &(Option<Fault>, u64)) -> Value {
+    let fault = g.0.as_ref().map(|f| json!({"status": f.status, "times": f.times, "retry_after": f.retry_after}));
+    json!({"fault": fault, "answered": g.1})
 }
 
 #[cfg(test)]

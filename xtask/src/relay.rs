@@ -22,22 +22,19 @@ pub const APPLICATION_NAME: &str = "edgesync-embed-relay";
 
 /// Relay notifications to `target` until the process is killed; reconnect to the
 /// database when the connection drops.
-pub fn run(database_url: &str, target: &str, secret: &str) -> Result<()> {
+pub fn run(database_url: &str, target: &str, secret: &str) -> ! {
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
     let mut delay = Duration::from_millis(200);
     loop {
-        match listen(database_url, &agent, target, secret) {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                eprintln!("relay: {e}; reconnecting in {delay:?}");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+        let Err(e) = listen(database_url, &agent, target, secret);
+        eprintln!("relay: {e}; reconnecting in {delay:?}");
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
-fn listen(database_url: &str, agent: &ureq::Agent, target: &str, secret: &str) -> Result<()> {
+/// Deliver until the connection fails (it never ends otherwise).
+fn listen(database_url: &str, agent: &ureq::Agent, target: &str, secret: &str) -> Result<std::convert::Infallible> {
     let mut db = postgres::Client::connect(database_url, postgres::NoTls).context("relay: connect")?;
     // The application name, set once listening, is how the stack knows it is ready.
     db.batch_execute(&format!("LISTEN {CHANNEL}; SET application_name = '{APPLICATION_NAME}'"))

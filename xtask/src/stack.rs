@@ -1,7 +1,8 @@
 //! The local stack: Postgres + pgvector, the SQL in `sql/`, a stand-in for Supabase
 //! Auth's JWKS endpoint, PostgREST configured like Supabase, a local OpenAI-compatible
-//! embeddings server (`embedder/`, all-MiniLM-L6-v2), and `wrangler dev` serving every
-//! function behind the gateway on one URL.
+//! embeddings server (`embedder/`, all-MiniLM-L6-v2), `wrangler dev` serving every
+//! function behind the gateway on one URL (and each Cron Worker in one of its own, so
+//! its scheduled handler can be run), and the webhook relay (`crate::relay`).
 //!
 //! `up` starts each piece in the background, waits until it answers, and records
 //! everything in `<dir>/stack.json`; `down` stops every process group it recorded
@@ -118,6 +119,11 @@ pub struct CronWorker {
 }
 
 impl CronWorker {
+    /// Its wrangler dev log.
+    pub fn log(&self, logs_dir: &Path) -> PathBuf {
+        logs_dir.join(format!("wrangler-cron-{}.log", self.worker))
+    }
+
     /// GET this to run the Worker's scheduled handler once (`?cron=` optional).
     pub fn scheduled_url(&self) -> String {
         format!("http://127.0.0.1:{}/cdn-cgi/handler/scheduled", self.port)
@@ -221,13 +227,13 @@ impl StackInfo {
             && (self.embed_webhook_secret.is_empty() || procs::alive(p.relay))
     }
 
-    /// Stop the webhook relay: from now on, webhooks are dropped (tests of the Cron
-    /// path, and of the job machinery without a Worker racing them).
     /// The Cron Worker process of `worker`.
     pub fn cron(&self, worker: &str) -> Option<&CronWorker> {
         self.crons.iter().find(|c| c.worker == worker)
     }
 
+    /// Stop the webhook relay: from now on, webhooks are dropped (tests of the Cron
+    /// path, and of the job machinery without a Worker racing them).
     pub fn stop_relay(&mut self) -> Result<()> {
         procs::stop_group(self.pids.relay, libc::SIGTERM, Duration::from_secs(10))?;
         self.pids.relay = 0;
@@ -732,8 +738,8 @@ fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> {
     for c in &mut crons {
         let config = info.stack_dir.join("wrangler").join(format!("{}.toml", c.worker));
         let home = info.stack_dir.join(format!("wrangler-home-{}", c.worker));
-        let log = info.logs_dir.join(format!("wrangler-cron-{}.log", c.worker));
-        c.pid = spawn_wrangler(info, std::slice::from_ref(&config), c.port, c.inspector, &home, &log)?;
+        c.pid =
+            spawn_wrangler(info, std::slice::from_ref(&config), c.port, c.inspector, &home, &c.log(&info.logs_dir))?;
     }
     info.crons = crons;
     let pid = info.pids.wrangler;
@@ -746,7 +752,7 @@ fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> {
         Ok(http_status(&url).filter(|s| *s == 200 || *s == 503).map(|_| ()))
     })?;
     for c in &info.crons {
-        let log = info.logs_dir.join(format!("wrangler-cron-{}.log", c.worker));
+        let log = c.log(&info.logs_dir);
         let probe = format!("http://127.0.0.1:{}/", c.port);
         wait_for(&format!("wrangler dev for {}'s Cron Trigger", c.worker), Duration::from_secs(180), || {
             if !procs::alive(c.pid) {
@@ -833,65 +839,49 @@ pub fn down(dir: &Path) -> Result<()> {
 /// One line per component: pid, alive, and whether it answers.
 pub fn status(dir: &Path) -> Result<String> {
     let info = load(dir)?;
+    let row = |name: &str, pid: u32, rest: String| {
+        format!("{name:<10} pid {pid:<8} {:<8} {rest}", if procs::alive(pid) { "running" } else { "stopped" })
+    };
+    // A component with an HTTP endpoint: probed (not the scheduled endpoints: a GET
+    // there runs the Cron Trigger).
     let line = |name: &str, pid: u32, url: &str| {
-        let up = procs::alive(pid);
-        let answer = if up {
+        let answer = if procs::alive(pid) {
             http_status(url).map(|s| format!("HTTP {s}")).unwrap_or_else(|| "no answer".into())
         } else {
             "-".into()
         };
-        format!("{name:<10} pid {pid:<8} {:<8} {url} {answer}", if up { "running" } else { "stopped" })
+        row(name, pid, format!("{url} {answer}"))
     };
-    Ok([
+    let mut lines = vec![
         format!("stack      {}", stack_file(dir).display()),
-        format!(
-            "{:<10} pid {:<8} {:<8} 127.0.0.1:{} {}",
+        row(
             "postgres",
             info.pids.postgres,
-            if procs::alive(info.pids.postgres) { "running" } else { "stopped" },
-            info.ports.postgres,
-            if procs::port_open(info.ports.postgres) { "accepting connections" } else { "-" }
+            format!(
+                "127.0.0.1:{} {}",
+                info.ports.postgres,
+                if procs::port_open(info.ports.postgres) { "accepting connections" } else { "-" }
+            ),
         ),
         line("postgrest", info.pids.postgrest, &format!("http://127.0.0.1:{}/ready", info.ports.postgrest_admin)),
         line("auth", info.pids.auth, &info.jwks_url),
-        // A stack started before the embeddings server existed has none.
-        if info.embeddings_url.is_empty() {
-            String::new()
-        } else {
-            line("embedder", info.pids.embedder, &format!("http://127.0.0.1:{}/health", info.ports.embeddings))
-        },
-        line("wrangler", info.pids.wrangler, &format!("{}/health", info.functions_url)),
-        info.crons
-            .iter()
-            .map(|c| {
-                format!(
-                    "{:<10} pid {:<8} {:<8} {} ({}'s Cron Trigger)",
-                    "cron",
-                    c.pid,
-                    if procs::alive(c.pid) { "running" } else { "stopped" },
-                    c.scheduled_url(),
-                    c.worker
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-        if info.embed_webhook_secret.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "{:<10} pid {:<8} {:<8} LISTEN {} -> {}/embed_entry",
-                "relay",
-                info.pids.relay,
-                if procs::alive(info.pids.relay) { "running" } else { "stopped" },
-                crate::relay::CHANNEL,
-                info.functions_url
-            )
-        },
-    ]
-    .into_iter()
-    .filter(|l| !l.is_empty())
-    .collect::<Vec<_>>()
-    .join("\n"))
+    ];
+    // A stack started before the embeddings server or the relay existed has none.
+    if !info.embeddings_url.is_empty() {
+        lines.push(line("embedder", info.pids.embedder, &format!("http://127.0.0.1:{}/health", info.ports.embeddings)));
+    }
+    lines.push(line("wrangler", info.pids.wrangler, &format!("{}/health", info.functions_url)));
+    for c in &info.crons {
+        lines.push(row("cron", c.pid, format!("{} ({}'s Cron Trigger)", c.scheduled_url(), c.worker)));
+    }
+    if !info.embed_webhook_secret.is_empty() {
+        lines.push(row(
+            "relay",
+            info.pids.relay,
+            format!("LISTEN {} -> {}/embed_entry", crate::relay::CHANNEL, info.functions_url),
+        ));
+    }
+    Ok(lines.join("\n"))
 }
 
 /// Minimal HTTP server for the JWKS (the stand-in for Supabase Auth's
