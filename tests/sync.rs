@@ -854,7 +854,19 @@ fn a_cursor_older_than_the_purge_horizon_must_resync() {
     let stale = call("GET", &format!("{}/sync?since={old_cursor}", info.functions_url), Some(&token), None);
     stale.assert_error(410, "resync_required");
     // Starting over works, page by page through positions below the horizon (the
-    // rebuild began after the purge), and no longer shows the purged row.
+    // rebuild began after the purge), and no longer shows the purged row. A scan's
+    // origin is its first snapshot's xmin, so a transaction that began before the purge
+    // and is still running (another test's, or an embedding write-back) would date the
+    // rebuild before the purge: wait until every such transaction has ended.
+    eventually("transactions older than the purge to end", std::time::Duration::from_secs(30), || {
+        db.query_one(
+            "select pg_snapshot_xmin(pg_current_snapshot()) > h.purged_xid from edgesync.purge_horizons h
+              where h.user_id = $1::text::uuid",
+            &[&uid],
+        )
+        .unwrap()
+        .get(0)
+    });
     let mut fresh = Replica::new(&info, &token, None);
     assert!(fresh.drain(1) >= 2);
     let rebuilt = fresh.table("entries");
