@@ -237,7 +237,7 @@ impl StackInfo {
     pub fn stop_relay(&mut self) -> Result<()> {
         procs::stop_group(self.pids.relay, libc::SIGTERM, Duration::from_secs(10))?;
         self.pids.relay = 0;
-        self.save()
+        self.record_pid(|p| p.relay = 0)
     }
 
     /// Start the webhook relay and wait until it is listening.
@@ -260,14 +260,23 @@ impl StackInfo {
             let n = output(psql(self).args(["-tAc", &query]))?;
             Ok((n.trim() != "0").then_some(()))
         })?;
-        self.save()
+        self.record_pid(|p| p.relay = pid)
+    }
+
+    /// Record one process's pid in stack.json as it is now on disk, so that two copies
+    /// of the stack description (a test restarting PostgREST while another holds the
+    /// relay stopped) do not undo each other's changes.
+    fn record_pid(&self, change: impl FnOnce(&mut Pids)) -> Result<()> {
+        let mut saved = load(&self.stack_dir)?;
+        change(&mut saved.pids);
+        saved.save()
     }
 
     /// Stop PostgREST (tests use this to see `/health` report the outage).
     pub fn stop_postgrest(&mut self) -> Result<()> {
         procs::stop_group(self.pids.postgrest, libc::SIGTERM, Duration::from_secs(10))?;
         self.pids.postgrest = 0;
-        self.save()
+        self.record_pid(|p| p.postgrest = 0)
     }
 
     /// Start PostgREST again with the same settings and wait until it is ready.
@@ -304,7 +313,7 @@ impl StackInfo {
             }
             Ok(http_status(&ready).filter(|s| *s == 200).map(|_| ()))
         })?;
-        self.save()
+        self.record_pid(|p| p.postgrest = pid)
     }
 }
 
