@@ -620,3 +620,47 @@ fn a_recheck_re_embeds_only_entries_whose_stored_hash_is_stale() {
     assert_eq!(embedding_writes(&mut db, &a), writes_a + 2, "A: the test's write, then the re-embedding");
     assert_eq!(embedding_writes(&mut db, &b), writes_b, "B was current: not written");
 }
+
+#[test]
+fn upstream_outages_get_a_json_error_and_lose_no_job() {
+    let _x = exclusive();
+    let info = stack();
+    let _clean = NoFaultsAfter(&info);
+    let (_, token) = new_user(&info);
+    let mut db = db(&info);
+    let search = format!("{}/search", info.functions_url);
+    let query = json!({"query": "anything", "match_threshold": 0.1});
+    // The embeddings API failing: /search says so (502), no Worker error page.
+    faults(&info, Some(json!({"status": 500})));
+    call("POST", &search, Some(&token), Some(&query)).assert_error(502, "embeddings_unavailable");
+    faults(&info, None);
+
+    // PostgREST down: the drain and /search answer 502; the webhook is still accepted
+    // (its work happens after the answer) and the job waits, untouched.
+    let _quiet = RelayStopped::new(&info);
+    let id = uuid();
+    let (data, content) = entry("Outage", "Written just before the database API went away.", &["ops"]);
+    upload(&info, &token, &uuid(), json!([put(1, &id, data)]));
+    // A copy drives PostgREST (the guards above hold `info`).
+    let mut admin = info.clone();
+    admin.stop_postgrest().unwrap();
+    let drain = call("POST", &format!("{}/embed_entry/drain", info.functions_url), Some(&info.service_role_key), None);
+    let searched = call("POST", &search, Some(&token), Some(&query));
+    let payload =
+        json!({"type": "INSERT", "table": "entries", "schema": "public", "record": {"id": id}, "old_record": null});
+    let nudged = call_with_headers(
+        "POST",
+        &format!("{}/embed_entry", info.functions_url),
+        &[("x-webhook-secret", info.embed_webhook_secret.clone())],
+        Some(&payload),
+    );
+    // Restart before asserting, so a failure here does not break the other tests.
+    admin.start_postgrest().unwrap();
+    drain.assert_error(502, "upstream_unreachable");
+    searched.assert_error(502, "upstream_unreachable");
+    assert_eq!(nudged.status, 202, "{}", nudged.text);
+    assert_eq!(job(&mut db, &id), Some(("pending".into(), 1, 0, None)), "nothing was claimed");
+    // Once it is back, the Cron Trigger embeds it.
+    cron_until(&info, "the job to be embedded after the outage", || job(&mut db, &id).is_none());
+    wait_embedded(&mut db, &id, &content);
+}
