@@ -664,3 +664,67 @@ fn upstream_outages_get_a_json_error_and_lose_no_job() {
     cron_until(&info, "the job to be embedded after the outage", || job(&mut db, &id).is_none());
     wait_embedded(&mut db, &id, &content);
 }
+
+#[test]
+fn a_user_with_thousands_of_entries_is_searched_through_the_hnsw_index_and_sees_only_their_own() {
+    let _x = exclusive();
+    let info = stack();
+    // Vectors are written by hand here; the Worker must not replace them.
+    let _quiet = RelayStopped::new(&info);
+    let (me, token) = new_user(&info);
+    let (them, _) = new_user(&info);
+    let mut db = db(&info);
+    // A unit vector along axis `a` (1-based), tilted towards axis 1 by `w`.
+    let insert = |db: &mut postgres::Client, user: &str, n: i32, axis: &str, w: f64, title: &str, deleted: bool| {
+        db.execute(
+            &format!(
+                "insert into public.entries (user_id, title, embedding, deleted_at)
+                 select $1::text::uuid, $2 || g,
+                        ('[' || array_to_string(array(select case when d = 1 then $3::float8
+                                                                 when d = {axis} then sqrt(1 - $3::float8 * $3::float8)
+                                                                 else 0 end
+                                                        from generate_series(1, 1536) d), ',') || ']')::extensions.vector,
+                        case when $5 then now() end
+                   from generate_series(1, $4) g"
+            ),
+            &[&user, &title, &w, &n, &deleted],
+        )
+        .unwrap();
+    };
+    // 2,000 of mine far from the query, one close, one deleted that matches exactly;
+    // 50 of theirs that match exactly.
+    insert(&mut db, &me, 2000, "2 + g % 500", 0.0, "far ", false);
+    insert(&mut db, &me, 1, "2", 0.95, "close ", false);
+    insert(&mut db, &me, 1, "2", 1.0, "deleted ", true);
+    insert(&mut db, &them, 50, "2", 1.0, "theirs ", false);
+    db.execute(
+        "delete from edgesync.embedding_jobs where user_id = any($1::text[]::uuid[])",
+        &[&vec![me.clone(), them.clone()]],
+    )
+    .unwrap();
+    db.batch_execute("analyze public.entries").unwrap();
+    let index_scans = |db: &mut postgres::Client| -> i64 {
+        db.query_one("select idx_scan from pg_stat_user_indexes where indexrelname = 'entries_embedding_idx'", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = index_scans(&mut db);
+    let mut q = vec!["0"; 1536];
+    q[0] = "1";
+    let a = rpc(
+        &info,
+        "search_entries",
+        &token,
+        json!({"query_embedding": format!("[{}]", q.join(",")), "match_threshold": -1, "match_count": 5}),
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let titles: Vec<&str> = a.body.as_array().unwrap().iter().map(|r| r["title"].as_str().unwrap()).collect();
+    assert_eq!(titles.len(), 5, "{titles:?}");
+    assert_eq!(titles[0], "close 1", "{titles:?}");
+    assert!(titles[1..].iter().all(|t| t.starts_with("far ")), "only my live entries: {titles:?}");
+    let sims: Vec<f64> = a.body.as_array().unwrap().iter().map(|r| r["similarity"].as_f64().unwrap()).collect();
+    assert!(sims.windows(2).all(|w| w[0] >= w[1]), "best first: {sims:?}");
+    // The answer came through the HNSW index (statistics reach the view within a second
+    // or so of PostgREST's connection going idle).
+    eventually("the HNSW index scan to be counted", Duration::from_secs(10), || index_scans(&mut db) > before);
+}
