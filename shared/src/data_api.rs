@@ -102,11 +102,14 @@ impl DataApi {
 /// other hint is not passed on as a code.
 pub const SQL_ERROR_CODES: &[&str] = &[
     "client_id_taken",
+    "continuation_expired",
     "forbidden_row",
     "invalid_mutations",
     "invalid_request",
     "invalid_value",
+    "populate_in_progress",
     "resync_required",
+    "source_rate_limited",
     "unique_violation",
     "unknown_table",
     "user_id_mismatch",
