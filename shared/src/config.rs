@@ -126,7 +126,7 @@ pub fn postgrest_url_from_lookup(get: impl Fn(&str) -> Option<String>) -> Result
 }
 
 /// Accept `http(s)://host[:port][/path]`, return it without a trailing slash.
-fn http_url(setting: &'static str, value: &str) -> Result<String, ConfigError> {
+pub(crate) fn http_url(setting: &'static str, value: &str) -> Result<String, ConfigError> {
     let bad = |problem: &str| ConfigError { setting, problem: problem.to_owned() };
     let rest = value
         .strip_prefix("https://")

@@ -20,6 +20,7 @@ pub mod embed;
 pub mod embed_jobs;
 pub mod error;
 pub mod health;
+pub mod populate;
 pub mod request_id;
 pub mod sync;
 pub mod upload;
@@ -28,7 +29,7 @@ pub use error::ApiError;
 
 /// The database schema version this code expects; the migrations in `sql/migrations`
 /// record theirs in `edgesync.schema_migrations`, and `/health` compares the two.
-pub const EXPECTED_SCHEMA_VERSION: i64 = 5;
+pub const EXPECTED_SCHEMA_VERSION: i64 = 6;
 
 /// The version of the functions, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
