@@ -48,10 +48,6 @@ impl ApiError {
             .with_details(json!({ "allowed": allowed }))
     }
 
-    pub fn not_implemented(what: &str) -> Self {
-        Self::new(501, "not_implemented", format!("{what} is not implemented yet"))
-    }
-
     pub fn bad_gateway(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(502, code, message)
     }
@@ -108,9 +104,9 @@ mod tests {
 
     #[test]
     fn missing_details_serialise_as_null() {
-        let e = ApiError::not_implemented("/sync");
-        assert_eq!(e.status, 501);
+        let e = ApiError::unavailable("misconfigured", "setting X is not set");
+        assert_eq!(e.status, 503);
         assert_eq!(e.body("r")["error"]["details"], Value::Null);
-        assert_eq!(e.body("r")["error"]["message"], "/sync is not implemented yet");
+        assert_eq!(e.body("r")["error"]["message"], "setting X is not set");
     }
 }

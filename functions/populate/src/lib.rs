@@ -1,20 +1,133 @@
-//! `POST /populate`: bulk load from Neo4j or legacy records. Not implemented yet
-//! (issue #6): it verifies the token and answers 501, so callers get an honest error.
+//! `POST /populate`: bulk load from Neo4j or legacy records (SPEC §8).
+//!
+//! Thin: verify the token, decide whose data it is (a user populates their own; the
+//! service role names a user), parse the body, and hand over to
+//! `shared::populate::Populate`, which talks to Neo4j and to PostgREST — with the
+//! user's own token, so RLS applies, or with the service role for a named user.
+//!
+//! The Cron Trigger refreshes the users whose Neo4j sync is due
+//! (`edgesync_populate_due`): incrementally, resuming unfinished runs, within one
+//! invocation's subrequest and time budget.
 
-use edgesync_edge::{self as edge, edgesync_shared::ApiError};
-use worker::{event, Context, Env, Method, Request, Response};
+use edgesync_edge::{self as edge, edgesync_shared as shared};
+use serde_json::json;
+use shared::auth::Principal;
+use shared::config::{Config, ConfigError};
+use shared::data_api::Caller;
+use shared::populate::mapping::Mapping;
+use shared::populate::neo4j::Neo4jConfig;
+use shared::populate::{too_large_body, Mode, Populate, PopulateConfig, PopulateRequest, DUE_RPC, MAX_BODY_BYTES};
+use shared::ApiError;
+use worker::{
+    console_error, console_log, event, Context, Env, Method, Request, Response, ScheduleContext, ScheduledEvent,
+};
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
     let ctx = edge::begin(&req);
-    let outcome = handle(&req, &env).await;
+    let outcome = handle(&mut req, &env).await;
     edge::finish(ctx, outcome)
 }
 
-async fn handle(req: &Request, env: &Env) -> Result<Response, ApiError> {
+fn settings(env: &Env) -> Result<PopulateConfig, ConfigError> {
+    PopulateConfig::from_lookup(|k| edge::setting(env, k))
+}
+
+fn neo4j_settings(env: &Env) -> Result<(Neo4jConfig, Mapping), ApiError> {
+    let neo = Neo4jConfig::from_lookup(|k| edge::setting(env, k))?.ok_or_else(|| {
+        ApiError::unavailable("source_not_configured", "the neo4j source is not configured here (NEO4J_URL)")
+    })?;
+    Ok((neo, Mapping::from_setting(edge::setting(env, "NEO4J_MAPPING"))?))
+}
+
+async fn handle(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     edge::require_path(req, "/populate")?;
     edge::require_method(req, &[Method::Post])?;
     let config = edge::config(env)?;
-    edge::authenticate(req, &config).await?;
-    Err(ApiError::not_implemented("/populate"))
+    let verified = edge::authenticate(req, &config).await?;
+    let body = edge::json_body(req, MAX_BODY_BYTES, too_large_body).await?;
+    let request = PopulateRequest::parse(&body)?;
+    // Whose data: the caller's own, or — service role only — the named user's.
+    let (caller, user_id) = match &verified.principal {
+        Principal::User { user_id } => {
+            if request.user_id().is_some_and(|named| named != user_id) {
+                return Err(ApiError::forbidden("user_id_mismatch", "a user can populate only their own data"));
+            }
+            (Caller::User(&verified.token), None)
+        }
+        Principal::ServiceRole => {
+            let named = request.user_id().ok_or_else(|| {
+                ApiError::bad_request("invalid_request", "user_id is required when calling with the service role")
+            })?;
+            (Caller::ServiceRole(config.require_service_role_key()?), Some(named))
+        }
+    };
+    let populate_config = settings(env)?;
+    let api = edge::data_api(&config);
+    let populate = Populate { api: &api, caller, user_id, config: &populate_config, now_ms: &edge::now_ms };
+    match &request {
+        PopulateRequest::Neo4j { run, mode, max_pages, .. } => {
+            let (neo, mapping) = neo4j_settings(env)?;
+            let report = populate
+                .neo4j(&neo, &mapping, run.as_deref(), *mode, *max_pages, populate_config.max_subrequests)
+                .await?;
+            edge::private_json(&json!(report))
+        }
+        PopulateRequest::Legacy { records, .. } => edge::private_json(&populate.legacy(records).await?),
+    }
+}
+
+#[event(scheduled)]
+async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    match cron(&env).await {
+        Ok(summary) => console_log!("populate cron: {summary}"),
+        Err(e) => console_error!("populate cron failed: {} {}", e.code, e.message),
+    }
+}
+
+/// Refresh due users one after another until the invocation's budget is spent.
+async fn cron(env: &Env) -> Result<serde_json::Value, ApiError> {
+    let config: Config = edge::config(env)?;
+    let service_key = config.require_service_role_key()?.to_owned();
+    let populate_config = settings(env)?;
+    let (neo, mapping) = neo4j_settings(env)?;
+    let api = edge::data_api(&config);
+    let due = api
+        .rpc(
+            Caller::ServiceRole(&service_key),
+            DUE_RPC,
+            &json!({ "p_source": "neo4j", "p_stale_after_secs": populate_config.stale_after_secs,
+                     "p_limit": populate_config.cron_users }),
+        )
+        .await?;
+    let users: Vec<String> = due
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r.get("user_id").and_then(|u| u.as_str()).map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let mut budget = populate_config.max_subrequests.saturating_sub(1);
+    let mut results = Vec::new();
+    for user in &users {
+        if budget < 4 {
+            break;
+        }
+        let populate = Populate {
+            api: &api,
+            caller: Caller::ServiceRole(&service_key),
+            user_id: Some(user),
+            config: &populate_config,
+            now_ms: &edge::now_ms,
+        };
+        match populate.neo4j(&neo, &mapping, None, Mode::Auto, None, budget).await {
+            Ok(r) => {
+                budget = budget.saturating_sub(r.requests.source + r.requests.database);
+                results.push(json!({ "user_id": user, "status": r.status, "counts": r.counts }));
+            }
+            Err(e) => {
+                // Begin, a page and finish at least; the failure is recorded in sync_state.
+                budget = budget.saturating_sub(3);
+                results.push(json!({ "user_id": user, "error": e.code, "message": e.message }));
+            }
+        }
+    }
+    Ok(json!({ "due": users.len(), "refreshed": results }))
 }
