@@ -29,7 +29,7 @@ Options for dev and stack up:
   --dir DIR             stack directory (default target/stack)
   --fresh               start from an empty database
   --port-functions N --port-postgrest N --port-postgrest-admin N
-  --port-postgres N --port-auth N --port-inspector N --port-embeddings N
+  --port-postgres N --port-auth N --port-inspector N --port-embeddings N --port-neo4j N
   --free-ports          let the OS pick every port
 Options for test:
   --keep                leave the test stack running afterwards
@@ -112,6 +112,7 @@ fn up_options(paths: &Paths, flags: &mut Flags, default_dir: &str) -> Result<UpO
         auth: flags.port("--port-auth", base.auth)?,
         inspector: flags.port("--port-inspector", base.inspector)?,
         embeddings: flags.port("--port-embeddings", base.embeddings)?,
+        neo4j: flags.port("--port-neo4j", base.neo4j)?,
     };
     Ok(UpOptions { dir, ports, fresh })
 }
@@ -219,7 +220,7 @@ fn print_stack(info: &stack::StackInfo) -> Result<()> {
     let user = keys::random_uuid();
     let token = keys::sign_hs256(&info.jwt_secret, &keys::user_claims(&user, &info.jwt_issuer, 24 * 3600))?;
     println!(
-        "\nedgesync is up (in {:.1}s)\n\n  functions   {url}   (/health /sync /upload /populate /embed_entry)\n  postgrest   {}\n  database    {}\n  embeddings  {}/embeddings   (OpenAI-compatible, model {})\n  stack file  {}\n\n\
+        "\nedgesync is up (in {:.1}s)\n\n  functions   {url}   (/health /sync /upload /populate /embed_entry)\n  postgrest   {}\n  database    {}\n  embeddings  {}/embeddings   (OpenAI-compatible, model {})\n  neo4j       {}   (the populate source: NEO4J_URL, user {})\n  stack file  {}\n\n\
          A user token (user {user}, valid 24 h):\n\n  export TOKEN={token}\n  curl -s {url}/health\n  curl -s -H \"Authorization: Bearer $TOKEN\" {url}/sync\n\n\
          More tokens: cargo xtask token [--sub UUID] [--es256]\n",
         info.started_in_secs,
@@ -227,6 +228,8 @@ fn print_stack(info: &stack::StackInfo) -> Result<()> {
         info.database_url,
         info.embeddings_url,
         stack::LOCAL_EMBEDDINGS_MODEL,
+        info.neo4j_url,
+        info.neo4j_user,
         stack::stack_file(&info.stack_dir).display(),
         url = info.functions_url,
     );

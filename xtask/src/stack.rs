@@ -35,6 +35,15 @@ pub struct Ports {
     /// The embeddings server (default when absent: a stack.json written before it existed).
     #[serde(default = "default_embeddings_port")]
     pub embeddings: u16,
+    /// Where the populate Worker finds Neo4j's Query API: nothing runs there in the stack
+    /// itself (the tests serve a stand-in on it; `cargo xtask dev` points at a local
+    /// Neo4j's default port).
+    #[serde(default = "default_neo4j_port")]
+    pub neo4j: u16,
+}
+
+fn default_neo4j_port() -> u16 {
+    Ports::defaults().neo4j
 }
 
 fn default_embeddings_port() -> u16 {
@@ -52,6 +61,7 @@ impl Ports {
             inspector: 9787,
             auth: 54324,
             embeddings: 54325,
+            neo4j: 7474,
         }
     }
 
@@ -74,6 +84,7 @@ impl Ports {
             inspector: next()?,
             auth: next()?,
             embeddings: next()?,
+            neo4j: next()?,
         })
     }
 }
@@ -107,7 +118,7 @@ pub const LOCAL_EMBEDDINGS_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2
 /// in the main one; so each of these also runs in a `wrangler dev` of its own, whose
 /// scheduled endpoint is its Cron Trigger. (The same .wasm and settings as the copy
 /// behind the gateway.)
-pub const CRON_WORKERS: &[&str] = &["embed_entry"];
+pub const CRON_WORKERS: &[&str] = &["embed_entry", "populate"];
 
 /// A Cron Worker's own `wrangler dev` process.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -150,6 +161,15 @@ pub struct StackInfo {
     /// Workers as `EMBED_WEBHOOK_SECRET` and used by the relay. Empty in an older stack.json.
     #[serde(default)]
     pub embed_webhook_secret: String,
+    /// The Neo4j Query API the populate Worker is given (`NEO4J_URL`, `NEO4J_USER`,
+    /// `NEO4J_PASSWORD`): `EDGESYNC_NEO4J_URL`/`_USER`/`_PASSWORD` when set (a real local
+    /// Neo4j), else 127.0.0.1 on `ports.neo4j` with a password derived per stack.
+    #[serde(default)]
+    pub neo4j_url: String,
+    #[serde(default)]
+    pub neo4j_user: String,
+    #[serde(default)]
+    pub neo4j_password: String,
     /// This xtask binary, which the stack runs as the webhook relay.
     #[serde(default)]
     pub xtask_bin: PathBuf,
@@ -425,6 +445,11 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
         // Derived, so it changes with the data directory's other secrets.
         embed_webhook_secret: util::sha256_hex(format!("embed-webhook:{}", secrets.jwt_secret).as_bytes())[..32]
             .to_owned(),
+        neo4j_url: std::env::var("EDGESYNC_NEO4J_URL")
+            .unwrap_or_else(|_| format!("http://127.0.0.1:{}", opts.ports.neo4j)),
+        neo4j_user: std::env::var("EDGESYNC_NEO4J_USER").unwrap_or_else(|_| "neo4j".into()),
+        neo4j_password: std::env::var("EDGESYNC_NEO4J_PASSWORD")
+            .unwrap_or_else(|_| util::sha256_hex(format!("neo4j:{}", secrets.jwt_secret).as_bytes())[..24].to_owned()),
         xtask_bin: std::env::current_exe()?,
         jwt_secret: secrets.jwt_secret.clone(),
         jwks_url: format!("{issuer}/.well-known/jwks.json"),
@@ -702,6 +727,10 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
         "EMBEDDINGS_MODEL": LOCAL_EMBEDDINGS_MODEL,
         // The relay (the local stand-in for the pg_net webhook) sends it.
         "EMBED_WEBHOOK_SECRET": info.embed_webhook_secret,
+        // The populate Worker's Neo4j source.
+        "NEO4J_URL": info.neo4j_url,
+        "NEO4J_USER": info.neo4j_user,
+        "NEO4J_PASSWORD": info.neo4j_password,
     });
     let mut configs = Vec::new();
     // The gateway first: wrangler serves only the first config on the port.
@@ -959,10 +988,11 @@ mod tests {
     #[test]
     fn default_ports_are_distinct() {
         let p = Ports::defaults();
-        let mut all = vec![p.postgres, p.postgrest, p.postgrest_admin, p.functions, p.inspector, p.auth, p.embeddings];
+        let mut all =
+            vec![p.postgres, p.postgrest, p.postgrest_admin, p.functions, p.inspector, p.auth, p.embeddings, p.neo4j];
         all.sort();
         all.dedup();
-        assert_eq!(all.len(), 7);
+        assert_eq!(all.len(), 8);
     }
 
     #[test]
