@@ -242,3 +242,38 @@ fn search_latency_at_10k_entries() {
         }),
     );
 }
+
+/// `/populate` from Neo4j (the Query API stand-in) of 10,000 nodes and 20,000
+/// relationships for one user, with the Worker's default budget (pages of 1,000, 45
+/// subrequests per call), following continuations; then the same run again (all
+/// unchanged).
+#[test]
+#[ignore]
+fn populate_10k_nodes_and_20k_relationships() {
+    use edgesync_integration::neo4j_standin::Graph;
+    let info = stack();
+    let (uid, token) = new_user(&info);
+    neo4j(&info).put_graph(&uid, Graph::generate(&uid, 10_000, 20_000, 42));
+    for run in ["first", "second"] {
+        let started = Instant::now();
+        let mut calls = 0;
+        let mut body = json!({"source": "neo4j"});
+        let last = loop {
+            calls += 1;
+            let a = call("POST", &format!("{}/populate", info.functions_url), Some(&token), Some(&body));
+            assert_eq!(a.status, 200, "{}", a.text);
+            match a.body["continuation"].as_str() {
+                Some(c) => body = json!({"source": "neo4j", "continuation": c}),
+                None => break a,
+            }
+        };
+        let secs = started.elapsed().as_secs_f64();
+        let c = &last.body["run_counts"];
+        let rows = ["inserted", "updated", "unchanged"].iter().map(|k| c[*k].as_u64().unwrap()).sum::<u64>();
+        println!(
+            "populate ({run} run): {} source items, {rows} rows written or checked ({c}), {calls} calls, {secs:.2} s = {:.0} rows/s",
+            30_000,
+            rows as f64 / secs
+        );
+    }
+}

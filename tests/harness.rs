@@ -6,6 +6,7 @@
 //! `EDGESYNC_STACK_DIR=target/stack cargo test -p edgesync-integration`.
 
 pub mod faults;
+pub mod neo4j_standin;
 
 pub use postgres;
 use serde_json::Value;
@@ -64,6 +65,18 @@ impl Drop for RelayStopped {
     }
 }
 
+/// The Neo4j Query API stand-in, started once per test process on the port the stack
+/// gave the populate Worker as `NEO4J_URL`, with the stack's Neo4j credentials.
+pub fn neo4j(info: &StackInfo) -> std::sync::Arc<neo4j_standin::Neo4jStandin> {
+    static SERVER: std::sync::OnceLock<std::sync::Arc<neo4j_standin::Neo4jStandin>> = std::sync::OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            neo4j_standin::Neo4jStandin::start(info.ports.neo4j, &info.neo4j_user, &info.neo4j_password)
+                .unwrap_or_else(|e| panic!("serve the Neo4j stand-in on {}: {e}", info.ports.neo4j))
+        })
+        .clone()
+}
+
 /// The running stack. Panics with instructions when there is none: an integration
 /// test that silently passed without a stack would prove nothing.
 pub fn stack() -> StackInfo {
@@ -102,6 +115,7 @@ pub struct Answer {
     pub content_type: Option<String>,
     pub www_authenticate: Option<String>,
     pub allow: Option<String>,
+    pub retry_after: Option<String>,
 }
 
 impl Answer {
@@ -163,11 +177,16 @@ fn send(
     };
     let status = resp.status();
     let header = |name: &str| resp.header(name).map(str::to_owned);
-    let (request_id, content_type, www_authenticate, allow) =
-        (header("x-request-id"), header("content-type"), header("www-authenticate"), header("allow"));
+    let (request_id, content_type, www_authenticate, allow, retry_after) = (
+        header("x-request-id"),
+        header("content-type"),
+        header("www-authenticate"),
+        header("allow"),
+        header("retry-after"),
+    );
     let text = resp.into_string().unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer { status, body, text, request_id, content_type, www_authenticate, allow }
+    Answer { status, body, text, request_id, content_type, www_authenticate, allow, retry_after }
 }
 
 /// Poll until `check` holds, up to `timeout` (a readiness check, not a sleep).
