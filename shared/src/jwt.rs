@@ -9,7 +9,9 @@
 //! not match the key's type; HS256 tokens "signed" with a public key (HS256 only ever
 //! uses the configured secret, and `oct` keys in a JWKS are ignored); unknown or
 //! missing `kid`; expired and not-yet-valid tokens (with a small leeway); wrong `aud`
-//! or `iss`; missing or malformed `sub`; roles a user must not have; oversized tokens.
+//! or `iss`; missing or malformed `sub`; roles a user must not have (`service_role`
+//! is only ever the project's HS256 service-role key, which names no user); oversized
+//! tokens.
 
 use crate::ApiError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -76,6 +78,9 @@ pub enum AuthError {
     MissingSub,
     BadSub,
     ForbiddenRole(String),
+    /// `role: service_role` on a token that is not the project's service-role key: one
+    /// that names a user (`sub`) or is signed with a JWKS key (Supabase Auth's).
+    ServiceRoleNotGranted,
     KeysUnavailable(String),
 }
 
@@ -104,6 +109,9 @@ impl AuthError {
             AuthError::MissingSub => "the token has no sub claim".into(),
             AuthError::BadSub => "the token's sub is not a user id".into(),
             AuthError::ForbiddenRole(role) => format!("role {role:?} may not call this service"),
+            AuthError::ServiceRoleNotGranted => {
+                "only the project's service-role key (HS256, naming no user) acts as the service role".into()
+            }
             AuthError::KeysUnavailable(_) => "the signing keys could not be fetched; try again shortly".into(),
         }
     }
@@ -114,7 +122,9 @@ impl From<AuthError> for ApiError {
         let message = e.message();
         match e {
             AuthError::MissingToken => ApiError::unauthorized("missing_token", message),
-            AuthError::ForbiddenRole(_) => ApiError::forbidden("forbidden_role", message),
+            AuthError::ForbiddenRole(_) | AuthError::ServiceRoleNotGranted => {
+                ApiError::forbidden("forbidden_role", message)
+            }
             AuthError::KeysUnavailable(_) => ApiError::unavailable("jwks_unavailable", message),
             _ => ApiError::unauthorized("invalid_token", message),
         }
@@ -295,8 +305,17 @@ pub fn verify_token(token: &str, cfg: &AuthConfig, keys: Option<&KeySet>, now: u
             let sub = claims.get("sub").and_then(Value::as_str).ok_or(AuthError::MissingSub)?;
             Principal::User { user_id: parse_uuid(sub).ok_or(AuthError::BadSub)? }
         }
-        // Supabase's service-role API key: iss "supabase", no sub, no aud.
-        "service_role" => Principal::ServiceRole,
+        // Supabase's service-role API key: HS256 with the project secret, iss "supabase",
+        // no sub, no aud. A token that names a user, or one from Supabase Auth's signing
+        // keys (which only sign user sessions), is never the service role, whatever its
+        // `role` says: a custom-claims hook or a leaked signing path must not turn a
+        // user into the service role.
+        "service_role" => {
+            if alg != Algorithm::HS256 || claims.get("sub").is_some() {
+                return Err(AuthError::ServiceRoleNotGranted);
+            }
+            Principal::ServiceRole
+        }
         other => {
             return Err(AuthError::ForbiddenRole(if other.is_empty() {
                 "(none)".into()

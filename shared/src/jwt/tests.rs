@@ -160,6 +160,30 @@ fn every_rejection_has_its_reason() {
 }
 
 #[test]
+fn only_the_hs256_service_role_key_without_a_user_is_the_service_role() {
+    // Validly signed tokens that claim the service role but name a user, or come from
+    // the JWKS (Supabase Auth's session keys): refused, never the service role.
+    let svc = |c: Value| with(c, "role", json!("service_role"));
+    let key_shaped = json!({"iss": "supabase", "ref": "proj", "role": "service_role", "iat": NOW, "exp": NOW + 100});
+    let cases = [
+        ("HS256 user token with role service_role", hs256(&svc(user_claims()))),
+        ("ES256 user token with role service_role", es256(Some("test-ec-1"), EC_PRIVATE, &svc(user_claims()))),
+        ("RS256 user token with role service_role", rs256(Some("test-rsa-1"), &svc(user_claims()))),
+        ("HS256 service key that names a user", hs256(&with(key_shaped.clone(), "sub", json!(USER)))),
+        ("HS256 service key with an empty sub", hs256(&with(key_shaped.clone(), "sub", json!("")))),
+        ("ES256 service key", es256(Some("test-ec-1"), EC_PRIVATE, &key_shaped)),
+        ("RS256 service key", rs256(Some("test-rsa-1"), &key_shaped)),
+    ];
+    for (what, token) in cases {
+        let err = verify(&token).map(|v| v.principal).unwrap_err();
+        assert_eq!(err, AuthError::ServiceRoleNotGranted, "{what}");
+        let api = ApiError::from(err);
+        assert_eq!((api.status, api.code), (403, "forbidden_role"), "{what}");
+    }
+    assert_eq!(verify(&hs256(&key_shaped)).unwrap().principal, Principal::ServiceRole);
+}
+
+#[test]
 fn leeway_accepts_small_clock_skew() {
     let c = user_claims();
     assert!(verify(&hs256(&with(c.clone(), "exp", json!(NOW - 9)))).is_ok());
