@@ -101,6 +101,49 @@ fn content_changes_enqueue_a_job_and_other_edits_do_not() {
 }
 
 #[test]
+fn a_write_back_locks_the_entry_before_its_job_as_a_push_does() {
+    // A push locks an entry, then its job (the content trigger); a write-back that
+    // locked the job first and the entry second could deadlock with it (schema v7).
+    let _x = exclusive();
+    let info = stack();
+    let _quiet = RelayStopped::new(&info);
+    let (_, token) = new_user(&info);
+    let id = uuid();
+    upload(&info, &token, &uuid(), json!([put(1, &id, json!({"title": "t", "body_markdown": "b"}))]));
+    let generation = claim(&info, &id)[0]["generation"].as_i64().unwrap();
+    // Hold the entry as a push in progress does.
+    let mut holder = db(&info);
+    let mut tx = holder.transaction().unwrap();
+    tx.execute("select 1 from public.entries where id = $1::text::uuid for no key update", &[&id]).unwrap();
+    let write_back = {
+        let (info, id) = (info.clone(), id.clone());
+        std::thread::spawn(move || {
+            let zero = format!("[{}]", vec!["0"; 1535].join(",") + ",1");
+            complete(&info, &id, generation, &zero, "h")
+        })
+    };
+    let mut probe = db(&info);
+    eventually("the write-back to wait for the entry", EMBED_TIMEOUT, || {
+        probe
+            .query_one(
+                "select count(*) > 0 from pg_stat_activity
+                  where wait_event_type = 'Lock' and query ilike '%edgesync_complete_embedding_jobs%'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    });
+    // While it waits, it holds no lock on the job: a push could take it.
+    let free = probe
+        .query("select 1 from edgesync.embedding_jobs where entry_id = $1::text::uuid for update skip locked", &[&id])
+        .unwrap();
+    assert_eq!(free.len(), 1, "the write-back holds the job while it waits for the entry");
+    tx.rollback().unwrap();
+    let done = write_back.join().unwrap();
+    assert_eq!(done.body, json!(1), "{}", done.text);
+}
+
+#[test]
 fn a_job_is_never_claimed_twice_and_a_change_while_embedding_is_not_lost() {
     let _x = exclusive();
     let info = stack();

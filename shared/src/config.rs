@@ -42,6 +42,26 @@ pub struct Config {
     /// Service-role key: used only where no user is involved; never sent to a client.
     pub service_role_key: Option<String>,
     pub auth: AuthConfig,
+    /// How long one PostgREST exchange may take (`UPSTREAM_TIMEOUT_MS`, default 10 s).
+    pub upstream_timeout_ms: u64,
+}
+
+/// Default of `UPSTREAM_TIMEOUT_MS`.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 10_000;
+
+/// A timeout setting in milliseconds, 100 ms to 2 minutes.
+pub fn timeout_ms(
+    get: impl Fn(&str) -> Option<String>,
+    setting: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match get(setting).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => v.parse::<u64>().ok().filter(|ms| (100..=120_000).contains(ms)).ok_or(ConfigError {
+            setting,
+            problem: "must be a whole number of milliseconds from 100 to 120000".into(),
+        }),
+    }
 }
 
 impl Config {
@@ -94,7 +114,9 @@ impl Config {
                 problem: "must be a whole number of seconds between 0 and 300".into(),
             })?,
         };
+        let upstream_timeout_ms = timeout_ms(get, "UPSTREAM_TIMEOUT_MS", DEFAULT_UPSTREAM_TIMEOUT_MS)?;
         Ok(Config {
+            upstream_timeout_ms,
             postgrest_url,
             anon_key: get("SUPABASE_ANON_KEY"),
             service_role_key: get("SUPABASE_SERVICE_ROLE_KEY"),

@@ -5,6 +5,7 @@
 //! service role is used only where no user is involved. PostgREST's answers are
 //! mapped to [`ApiError`]s here, in one place, without leaking internals.
 
+use crate::deadline::{within, Deadline};
 use crate::ApiError;
 use serde_json::Value;
 
@@ -24,13 +25,17 @@ pub enum Caller<'a> {
 pub struct DataApi {
     base_url: String,
     anon_key: Option<String>,
+    /// How long one exchange (request and answer) may take.
+    deadline: Option<Deadline<'static>>,
 }
 
 /// What went wrong talking to PostgREST.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UpstreamError {
-    /// No HTTP answer at all (connection refused, DNS, TLS, timeout).
+    /// No HTTP answer at all (connection refused, DNS, TLS).
     Unreachable(String),
+    /// No complete answer within this many milliseconds.
+    Timeout(u64),
     /// PostgREST answered with an error status. `code`, `message`, `hint` and
     /// `details` come from its JSON error body when there is one.
     Status { status: u16, code: Option<String>, message: Option<String>, hint: Option<String>, details: Option<String> },
@@ -42,7 +47,13 @@ pub enum UpstreamError {
 
 impl DataApi {
     pub fn new(base_url: impl Into<String>, anon_key: Option<String>) -> Self {
-        DataApi { base_url: base_url.into(), anon_key }
+        DataApi { base_url: base_url.into(), anon_key, deadline: None }
+    }
+
+    /// Give up on an exchange after `deadline` (the Worker's timer).
+    pub fn with_deadline(mut self, deadline: Deadline<'static>) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     pub fn base_url(&self) -> &str {
@@ -86,15 +97,17 @@ impl DataApi {
     }
 
     async fn rpc_text(&self, caller: Caller<'_>, function: &str, args: &Value) -> Result<(u16, String), UpstreamError> {
-        let response = self
-            .client(caller)?
-            .rpc(function, args.to_string())
-            .execute()
+        let request = self.client(caller)?.rpc(function, args.to_string());
+        let exchange = async {
+            let response =
+                request.execute().await.map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
+            let status = response.status().as_u16();
+            let body = response.text().await.map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
+            Ok((status, body))
+        };
+        within(self.deadline, exchange)
             .await
-            .map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
-        let status = response.status().as_u16();
-        let body = response.text().await.map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
-        Ok((status, body))
+            .unwrap_or_else(|| Err(UpstreamError::Timeout(self.deadline.map_or(0, |d| d.ms))))
     }
 }
 
@@ -162,6 +175,7 @@ impl UpstreamError {
     pub fn describe(&self) -> String {
         match self {
             UpstreamError::Unreachable(why) => format!("unreachable: {why}"),
+            UpstreamError::Timeout(ms) => format!("no answer within {ms} ms"),
             UpstreamError::Status { status, code, message, .. } => format!(
                 "HTTP {status}{}{}",
                 code.as_deref().map(|c| format!(" {c}")).unwrap_or_default(),
@@ -180,6 +194,13 @@ impl From<UpstreamError> for ApiError {
             UpstreamError::Unreachable(_) => {
                 ApiError::bad_gateway("upstream_unreachable", "the database API could not be reached")
             }
+            UpstreamError::Timeout(ms) => ApiError::new(
+                504,
+                "upstream_timeout",
+                format!(
+                    "the database API did not answer within {ms} ms; a write may still complete, so retry it as it was"
+                ),
+            ),
             UpstreamError::BadBody(_) => {
                 ApiError::bad_gateway("upstream_bad_response", "the database API gave an unexpected answer")
             }
@@ -209,7 +230,21 @@ impl From<UpstreamError> for ApiError {
                         "upstream_rejected_token",
                         "the database API rejected a token this service accepted; check that both use the same JWT keys",
                     ),
+                    // Aborted to break a deadlock or a serialisation conflict: nothing was
+                    // written, and the same request will very likely pass.
+                    (_, "40P01") | (_, "40001") => ApiError::unavailable(
+                        "database_busy",
+                        "the database aborted this request to resolve a conflict with another one; nothing was applied, retry it",
+                    )
+                    .with_details(serde_json::json!({ "retry_after_secs": 1 })),
                     (409, _) => ApiError::new(409, "conflict", "the change conflicts with existing data"),
+                    // The role's statement_timeout (Supabase: 8 s for users) cancelled it:
+                    // the transaction was rolled back, so a retry is safe.
+                    (_, "57014") => ApiError::new(
+                        504,
+                        "database_timeout",
+                        "the database cancelled the request after its time limit; nothing was applied, retry it",
+                    ),
                     (503, _) | (_, "PGRST000") | (_, "PGRST001") | (_, "PGRST002") => {
                         ApiError::unavailable("database_unavailable", "the database is unavailable")
                     }
@@ -305,6 +340,8 @@ mod tests {
             (status(401, Some("PGRST301"), Some("JWT expired")), 502, "upstream_rejected_token"),
             (status(409, Some("23505"), Some("duplicate key value violates unique constraint \"x\"")), 409, "conflict"),
             (status(503, Some("PGRST001"), Some("Database client error")), 503, "database_unavailable"),
+            (status(500, Some("57014"), Some("canceling statement due to statement timeout")), 504, "database_timeout"),
+            (status(500, Some("40P01"), Some("deadlock detected")), 503, "database_busy"),
             (status(404, Some("PGRST202"), Some("Could not find the function")), 502, "schema_mismatch"),
             (status(500, Some("XX000"), Some("internal: relation pg_secret")), 502, "upstream_error"),
         ];
@@ -328,6 +365,25 @@ mod tests {
         let api = DataApi::new("http://127.0.0.1:1", None);
         assert!(matches!(api.client(Caller::User("a b")), Err(UpstreamError::BadRequest(_))));
         assert!(api.client(Caller::User("aaa.bbb.ccc")).is_ok());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_postgrest_that_never_answers_times_out() {
+        // Accepts connections and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let _hold = std::thread::spawn(move || {
+            let conns: Vec<_> = listener.incoming().take(1).collect();
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            drop(conns);
+        });
+        const SLEEP: crate::deadline::Sleep<'static> =
+            &|ms| Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms)));
+        let api = DataApi::new(url, None).with_deadline(Deadline { ms: 200, sleep: SLEEP });
+        let err = api.rpc(Caller::Anonymous, "edgesync_health", &json!({})).await.unwrap_err();
+        assert_eq!(err, UpstreamError::Timeout(200));
+        let e: ApiError = err.into();
+        assert_eq!((e.status, e.code), (504, "upstream_timeout"));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -77,6 +77,8 @@ pub struct EmbeddingsConfig {
     pub model: String,
     pub dimensions: u32,
     pub api_key: Option<String>,
+    /// How long one embeddings request may take (`EMBEDDINGS_TIMEOUT_MS`, default 30 s).
+    pub timeout_ms: u64,
 }
 
 impl EmbeddingsConfig {
@@ -103,6 +105,7 @@ impl EmbeddingsConfig {
             });
         }
         Ok(EmbeddingsConfig {
+            timeout_ms: crate::config::timeout_ms(get, "EMBEDDINGS_TIMEOUT_MS", 30_000)?,
             base_url: base_url.trim_end_matches('/').to_owned(),
             model: get("EMBEDDINGS_MODEL").unwrap_or_else(|| DEFAULT_MODEL.into()),
             dimensions,
@@ -316,7 +319,13 @@ mod tests {
     }
 
     fn cfg() -> EmbeddingsConfig {
-        EmbeddingsConfig { base_url: "http://x/v1".into(), model: "m".into(), dimensions: 3, api_key: None }
+        EmbeddingsConfig {
+            base_url: "http://x/v1".into(),
+            model: "m".into(),
+            dimensions: 3,
+            api_key: None,
+            timeout_ms: 1000,
+        }
     }
 
     #[test]

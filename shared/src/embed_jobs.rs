@@ -5,6 +5,7 @@
 //! PostgREST RPCs with the service role (`sql/migrations/0004_embeddings.sql`).
 
 use crate::data_api::{Caller, DataApi};
+use crate::deadline::{within, Deadline};
 use crate::embed::{
     content_hash, embedding_text, retry_after_secs, vector_literal, EmbeddingsConfig, EntryContent, BATCH,
     MAX_INLINE_WAIT_SECS,
@@ -12,8 +13,6 @@ use crate::embed::{
 use crate::ApiError;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::future::Future;
-use std::pin::Pin;
 
 pub const CLAIM_RPC: &str = "edgesync_claim_embedding_jobs";
 pub const COMPLETE_RPC: &str = "edgesync_complete_embedding_jobs";
@@ -87,8 +86,7 @@ pub struct DrainReport {
     pub last_error: Option<String>,
 }
 
-/// A sleep the caller provides (the Worker's timer).
-pub type Sleep<'a> = &'a dyn Fn(u64) -> Pin<Box<dyn Future<Output = ()>>>;
+pub use crate::deadline::Sleep;
 
 pub struct Drain<'a> {
     pub api: &'a DataApi,
@@ -133,14 +131,24 @@ pub async fn embed_texts(
         if let Some(key) = &cfg.api_key {
             req = req.bearer_auth(key);
         }
-        let resp = req.send().await.map_err(|e| ApiFailure {
-            status: None,
-            message: format!("embeddings API unreachable: {}", crate::data_api::describe_reqwest_error(&e)),
-            retry_after: 0,
-        })?;
-        let status = resp.status().as_u16();
-        let retry_after = retry_after_secs(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()));
-        let text = resp.text().await.unwrap_or_default();
+        let exchange = async {
+            let resp = req.send().await.map_err(|e| ApiFailure {
+                status: None,
+                message: format!("embeddings API unreachable: {}", crate::data_api::describe_reqwest_error(&e)),
+                retry_after: 0,
+            })?;
+            let status = resp.status().as_u16();
+            let retry_after = retry_after_secs(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()));
+            Ok((status, retry_after, resp.text().await.unwrap_or_default()))
+        };
+        let (status, retry_after, text) =
+            within(Some(Deadline { ms: cfg.timeout_ms, sleep }), exchange).await.unwrap_or_else(|| {
+                Err(ApiFailure {
+                    status: None,
+                    message: format!("embeddings API did not answer within {} ms", cfg.timeout_ms),
+                    retry_after: 0,
+                })
+            })?;
         if status == 200 {
             return cfg.vectors(&text, n).map_err(|e| ApiFailure {
                 status: Some(200),
@@ -215,7 +223,13 @@ mod tests {
     use super::*;
 
     fn cfg() -> EmbeddingsConfig {
-        EmbeddingsConfig { base_url: "http://x/v1".into(), model: "m".into(), dimensions: 1536, api_key: None }
+        EmbeddingsConfig {
+            base_url: "http://x/v1".into(),
+            model: "m".into(),
+            dimensions: 1536,
+            api_key: None,
+            timeout_ms: 1000,
+        }
     }
 
     #[test]

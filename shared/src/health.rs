@@ -111,6 +111,7 @@ pub fn report(config: Result<(), &ConfigError>, probe: Option<&Probe>, expected_
 fn summarise(e: &UpstreamError) -> (&'static str, String) {
     match e {
         UpstreamError::Unreachable(_) => ("postgrest", "not reachable".into()),
+        UpstreamError::Timeout(ms) => ("postgrest", format!("no answer within {ms} ms")),
         UpstreamError::BadRequest(_) => ("config", "a credential is not a valid header value".into()),
         UpstreamError::BadBody(_) => ("postgrest", "answered with something that is not JSON".into()),
         UpstreamError::Status { status, code, .. } => {

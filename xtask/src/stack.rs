@@ -731,6 +731,8 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
         "NEO4J_URL": info.neo4j_url,
         "NEO4J_USER": info.neo4j_user,
         "NEO4J_PASSWORD": info.neo4j_password,
+        // Local Neo4j answers fast; a stand-in that holds an answer is given up on sooner.
+        "NEO4J_TIMEOUT_MS": "5000",
     });
     let mut configs = Vec::new();
     // The gateway first: wrangler serves only the first config on the port.

@@ -21,7 +21,6 @@ use shared::data_api::Caller;
 use shared::embed::{parse_webhook, secrets_equal, EmbeddingsConfig, SearchRequest, WebhookAction, SEARCH_RPC};
 use shared::embed_jobs::{embed_texts, Drain, DrainReport, Sleep, DEFAULT_MAX_ATTEMPTS};
 use shared::ApiError;
-use std::time::Duration;
 use worker::{
     console_error, console_log, event, Context, Env, Method, Request, Response, ScheduleContext, ScheduledEvent,
 };
@@ -78,10 +77,8 @@ impl Settings {
     }
 }
 
-/// The Worker's timer, for waits the embeddings API asks for.
-const SLEEP: Sleep<'static> = &|ms: u64| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
-    Box::pin(worker::Delay::from(Duration::from_millis(ms)))
-};
+/// The Worker's timer, for waits the embeddings API asks for and for deadlines.
+const SLEEP: Sleep<'static> = edge::SLEEP;
 
 #[event(fetch)]
 async fn fetch(mut req: Request, env: Env, ctx: Context) -> worker::Result<Response> {

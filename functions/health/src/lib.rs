@@ -24,7 +24,9 @@ async fn handle(req: &Request, env: &Env, request_id: &str) -> Result<Response, 
     let report = match &config {
         Err(e) => health::report(Err(e), None, shared::EXPECTED_SCHEMA_VERSION, shared::VERSION),
         Ok(url) => {
-            let api = DataApi::new(url.clone(), edge::setting(env, "SUPABASE_ANON_KEY"));
+            // A probe must answer even when PostgREST hangs.
+            let api =
+                DataApi::new(url.clone(), edge::setting(env, "SUPABASE_ANON_KEY")).with_deadline(edge::deadline(5_000));
             let started = edge::now_ms();
             let outcome = api.rpc(Caller::Anonymous, health::HEALTH_RPC, &serde_json::json!({})).await;
             let probe = Probe { outcome, latency_ms: edge::now_ms().saturating_sub(started) };

@@ -64,7 +64,8 @@ async fn handle(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     };
     let populate_config = settings(env)?;
     let api = edge::data_api(&config);
-    let populate = Populate { api: &api, caller, user_id, config: &populate_config, now_ms: &edge::now_ms };
+    let populate =
+        Populate { api: &api, caller, user_id, config: &populate_config, now_ms: &edge::now_ms, sleep: edge::SLEEP };
     match &request {
         PopulateRequest::Neo4j { run, mode, max_pages, .. } => {
             let (neo, mapping) = neo4j_settings(env)?;
@@ -116,6 +117,7 @@ async fn cron(env: &Env) -> Result<serde_json::Value, ApiError> {
             user_id: Some(user),
             config: &populate_config,
             now_ms: &edge::now_ms,
+            sleep: edge::SLEEP,
         };
         match populate.neo4j(&neo, &mapping, None, Mode::Auto, None, budget).await {
             Ok(r) => {

@@ -3,6 +3,7 @@
 //! them (`{"data": {"fields", "values"}}` on 202; `{"errors": [{"code", "message"}]}`).
 
 use crate::config::{http_url, ConfigError};
+use crate::deadline::{within, Deadline, Sleep};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
@@ -41,6 +42,8 @@ pub struct Neo4jConfig {
     pub url: String,
     pub database: String,
     pub auth: Neo4jAuth,
+    /// How long one query may take (`NEO4J_TIMEOUT_MS`, default 15 s).
+    pub timeout_ms: u64,
 }
 
 impl Neo4jConfig {
@@ -74,7 +77,8 @@ impl Neo4jConfig {
                 })
             }
         };
-        Ok(Some(Neo4jConfig { url, database, auth }))
+        let timeout_ms = crate::config::timeout_ms(get, "NEO4J_TIMEOUT_MS", 15_000)?;
+        Ok(Some(Neo4jConfig { url, database, auth, timeout_ms }))
     }
 
     pub fn query_url(&self) -> String {
@@ -198,26 +202,37 @@ pub fn parse_answer(status: u16, retry_after: Option<&str>, body: &str) -> Resul
     })
 }
 
-/// Run one statement.
-pub async fn query(cfg: &Neo4jConfig, statement: &str, parameters: Value) -> Result<Rows, SourceFailure> {
-    let response = reqwest::Client::new()
+/// Run one statement, giving up after the configured timeout.
+pub async fn query(
+    cfg: &Neo4jConfig,
+    statement: &str,
+    parameters: Value,
+    sleep: Sleep<'_>,
+) -> Result<Rows, SourceFailure> {
+    let request = reqwest::Client::new()
         .post(cfg.query_url())
         .header("authorization", cfg.authorization())
         .header("accept", "application/json")
-        .json(&query_body(statement, parameters))
-        .send()
-        .await
-        .map_err(|e| SourceFailure::Failed {
+        .json(&query_body(statement, parameters));
+    let exchange = async {
+        let response = request.send().await.map_err(|e| SourceFailure::Failed {
             status: None,
             message: format!("Neo4j could not be reached: {}", crate::data_api::describe_reqwest_error(&e)),
         })?;
-    let status = response.status().as_u16();
-    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body = response.text().await.map_err(|e| SourceFailure::Failed {
-        status: Some(status),
-        message: format!("Neo4j's answer could not be read: {}", crate::data_api::describe_reqwest_error(&e)),
-    })?;
-    parse_answer(status, retry_after.as_deref(), &body)
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = response.text().await.map_err(|e| SourceFailure::Failed {
+            status: Some(status),
+            message: format!("Neo4j's answer could not be read: {}", crate::data_api::describe_reqwest_error(&e)),
+        })?;
+        parse_answer(status, retry_after.as_deref(), &body)
+    };
+    within(Some(Deadline { ms: cfg.timeout_ms, sleep }), exchange).await.unwrap_or_else(|| {
+        Err(SourceFailure::Failed {
+            status: None,
+            message: format!("Neo4j did not answer within {} ms", cfg.timeout_ms),
+        })
+    })
 }
 
 #[cfg(test)]
