@@ -72,6 +72,26 @@ impl ApiError {
     }
 }
 
+/// Accept a request whose method is exactly one of `allowed`, else 405 with the
+/// allowed list (the `Allow` header). `method` is the method as received: the Workers
+/// crate maps methods it does not know (`QUERY`, `FOO`) to GET, so judging by its enum
+/// would let them through as GET.
+pub fn require_method(method: &str, allowed: &[&str]) -> Result<(), ApiError> {
+    if allowed.contains(&method) {
+        Ok(())
+    } else {
+        let shown: String = method.chars().take(32).collect();
+        Err(ApiError::method_not_allowed(&shown, allowed))
+    }
+}
+
+/// Whether a request with this method may carry a body when it is forwarded: fetch
+/// refuses a GET or HEAD with one (and such a body has no meaning), so the gateway
+/// drops it and the function answers as for any GET or HEAD.
+pub fn method_allows_body(method: &str) -> bool {
+    !matches!(method, "GET" | "HEAD")
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     code: &'a str,
@@ -100,6 +120,28 @@ mod tests {
             json!({"error": {"code": "bad_cursor", "message": "cursor is malformed",
                              "details": {"at": 3}, "request_id": "req-1"}})
         );
+    }
+
+    #[test]
+    fn only_the_exact_allowed_methods_pass() {
+        assert_eq!(require_method("GET", &["GET", "HEAD"]), Ok(()));
+        assert_eq!(require_method("HEAD", &["GET", "HEAD"]), Ok(()));
+        // Unknown methods (which the Workers crate would call GET) and other spellings.
+        for method in ["QUERY", "FOO", "get", "POST", ""] {
+            let e = require_method(method, &["GET", "HEAD"]).unwrap_err();
+            assert_eq!((e.status, e.code), (405, "method_not_allowed"), "{method}");
+            assert_eq!(e.details, Some(json!({"allowed": ["GET", "HEAD"]})));
+        }
+        let e = require_method(&"X".repeat(100), &["POST"]).unwrap_err();
+        assert!(e.message.len() < 80, "{}", e.message);
+    }
+
+    #[test]
+    fn bodies_of_get_and_head_are_not_forwarded() {
+        assert!(!method_allows_body("GET") && !method_allows_body("HEAD"));
+        for method in ["POST", "PUT", "PATCH", "DELETE", "QUERY", "OPTIONS"] {
+            assert!(method_allows_body(method), "{method}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub use jwt as auth;
 pub mod config;
 pub mod cursor;
 pub mod data_api;
+pub mod deadline;
 pub mod embed;
 pub mod embed_jobs;
 pub mod error;
@@ -27,9 +28,27 @@ pub mod upload;
 
 pub use error::ApiError;
 
+/// Does a string or an object key anywhere in `v` contain U+0000? Postgres `text` and
+/// `jsonb` cannot store it, so input carrying one is refused here, per item, instead of
+/// failing a whole batch in the database.
+pub fn has_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(m) => object_has_nul(m),
+        _ => false,
+    }
+}
+
+/// [`has_nul`] for an object's keys and values.
+pub fn object_has_nul(m: &serde_json::Map<String, serde_json::Value>) -> bool {
+    m.iter().any(|(k, v)| k.contains('\0') || has_nul(v))
+}
+
 /// The database schema version this code expects; the migrations in `sql/migrations`
 /// record theirs in `edgesync.schema_migrations`, and `/health` compares the two.
-pub const EXPECTED_SCHEMA_VERSION: i64 = 6;
+pub const EXPECTED_SCHEMA_VERSION: i64 = 7;
 
 /// The version of the functions, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

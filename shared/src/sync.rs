@@ -162,9 +162,12 @@ impl PullRequest {
         if !page.changes.get().starts_with('{') {
             return Err(bad("changes"));
         }
-        let txid: u64 = page.next_txid.parse().map_err(|_| bad("next_txid"))?;
+        // A position the cursor cannot carry (above i64::MAX, as `Cursor::decode` checks)
+        // would hand out a cursor the next pull refuses.
+        let position = |text: &str| text.parse::<u64>().ok().filter(|p| *p <= i64::MAX as u64);
+        let txid = position(&page.next_txid).ok_or_else(|| bad("next_txid"))?;
         let id = crate::auth::parse_uuid(&page.next_id).ok_or_else(|| bad("next_id"))?;
-        let origin: u64 = page.origin.parse().map_err(|_| bad("origin"))?;
+        let origin = position(&page.origin).ok_or_else(|| bad("origin"))?;
         let cursor = Cursor { txid, id, tables: tables_fingerprint(self.tables.as_deref()), origin };
         // Only strings we made (base64url, digits) are spliced in; no escaping needed.
         Ok(format!(
@@ -309,6 +312,28 @@ mod tests {
         let ok = r.response(&json!({"changes": {"a": {"upserted": [], "deleted": []}}, "has_more": false, "next_txid": "1", "next_id": NIL_ID, "origin": "1"}).to_string());
         let ok: Value = serde_json::from_str(&ok.unwrap()).unwrap();
         assert_eq!(ok["changes"]["a"]["deleted"], json!([]));
+    }
+
+    /// Found by the `sync_query` fuzz target (fuzz/regressions/sync_query/): an answer
+    /// whose `origin` (or `next_txid`) is above i64::MAX was turned into a cursor that
+    /// `Cursor::decode` refuses, so the client's next pull failed with `invalid_cursor`.
+    #[test]
+    fn positions_the_cursor_cannot_carry_are_upstream_errors() {
+        let r = PullRequest::from_query("tables=entries").unwrap();
+        let page = |txid: &str, origin: &str| {
+            json!({"changes": {}, "has_more": true, "next_txid": txid, "next_id": NIL_ID, "origin": origin}).to_string()
+        };
+        for (txid, origin, field) in
+            [("3028193781282852157", "16855260271263054336", "origin"), ("9223372036854775808", "1", "next_txid")]
+        {
+            let e = r.response(&page(txid, origin)).unwrap_err();
+            assert_eq!((e.status, e.code), (502, "upstream_bad_response"), "{txid} {origin}");
+            assert!(e.message.contains(field), "{e:?}");
+        }
+        let max = i64::MAX.to_string();
+        let body: Value = serde_json::from_str(&r.response(&page(&max, &max)).unwrap()).unwrap();
+        let c = Cursor::decode(body["cursor"].as_str().unwrap()).unwrap();
+        assert_eq!((c.txid, c.origin), (i64::MAX as u64, i64::MAX as u64));
     }
 
     #[test]

@@ -167,6 +167,14 @@ fn check_mutation(index: usize, m: Value, user_id: &str, seen: &mut HashSet<u64>
         Some(Value::Object(d)) => d,
         Some(_) => return Err(fail("invalid_data", "data must be a JSON object".into())),
     };
+    // Postgres text and jsonb cannot hold U+0000: the database would refuse the batch
+    // with an error that is not about a mutation.
+    if crate::object_has_nul(&data) {
+        return Err(fail(
+            "invalid_value",
+            "data contains the NUL character (U+0000), which the database cannot store".into(),
+        ));
+    }
     if let Some(named) = data.get("user_id") {
         if named.as_str().and_then(parse_uuid).as_deref() != Some(user_id) {
             return Err(fail("user_id_mismatch", "data.user_id names another user; leave it out".into()));
@@ -277,6 +285,29 @@ mod tests {
             ]
         );
         assert_eq!(e.details.unwrap()["errors"][8]["index"], 8);
+    }
+
+    #[test]
+    fn nul_characters_in_data_are_refused_here_not_by_the_database() {
+        // As it arrives on the wire: JSON escapes.
+        let mutations: Value = serde_json::from_str(&format!(
+            r#"[{{"op_id": 1, "op": "PUT", "type": "t", "id": "{ROW}", "data": {{"title\u0000": "v"}}}},
+                {{"op_id": 2, "op": "PUT", "type": "t", "id": "{ROW}", "data": {{"title": "a\u0000b"}}}},
+                {{"op_id": 3, "op": "PATCH", "type": "t", "id": "{ROW}", "data": {{"tags": ["ok", {{"k\u0000": 1}}]}}}},
+                {{"op_id": 4, "op": "PUT", "type": "t", "id": "{ROW}", "data": {{"title": "fine", "n": [1, {{"k": "\u0001"}}]}}}}]"#
+        ))
+        .unwrap();
+        let body = batch(mutations);
+        let e = UploadBatch::parse(&body, USER).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "invalid_mutations"));
+        let errors = e.details.unwrap()["errors"].clone();
+        let found: Vec<(u64, &str)> = errors
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x["op_id"].as_u64().unwrap(), x["code"].as_str().unwrap()))
+            .collect();
+        assert_eq!(found, [(1, "invalid_value"), (2, "invalid_value"), (3, "invalid_value")]);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use edgesync_shared::auth::{self, Principal, Verified};
 use edgesync_shared::config::{Config, ConfigError};
 use edgesync_shared::data_api::DataApi;
+use edgesync_shared::deadline::{Deadline, Sleep};
 use edgesync_shared::{request_id, ApiError};
 use serde_json::Value;
 use worker::{console_error, console_log, Date, Env, Method, Request, Response};
@@ -115,15 +116,11 @@ pub async fn authenticate(req: &Request, config: &Config) -> Result<Verified, Ap
     auth::authenticate(header.as_deref(), &config.auth, now_secs()).await.map_err(ApiError::from)
 }
 
-/// Reject methods other than `allowed` with 405 and an `Allow` header.
+/// Reject methods other than `allowed` with 405 and an `Allow` header. Judged by the
+/// method as received: `req.method()` reads an unknown method (`QUERY`) as GET.
 pub fn require_method(req: &Request, allowed: &[Method]) -> Result<(), ApiError> {
-    let method = req.method();
-    if allowed.contains(&method) {
-        Ok(())
-    } else {
-        let names: Vec<&str> = allowed.iter().map(|m| m.as_ref()).collect();
-        Err(ApiError::method_not_allowed(method.as_ref(), &names))
-    }
+    let names: Vec<&str> = allowed.iter().map(|m| m.as_ref()).collect();
+    edgesync_shared::error::require_method(&req.inner().method(), &names)
 }
 
 /// The common shape of a function that is routed at one path.
@@ -174,9 +171,20 @@ pub async fn json_body(
     Ok(body)
 }
 
-/// The PostgREST client for this deployment.
+/// The PostgREST client for this deployment, bounded by `UPSTREAM_TIMEOUT_MS`.
 pub fn data_api(config: &Config) -> DataApi {
     DataApi::new(config.postgrest_url.clone(), config.anon_key.clone())
+        .with_deadline(deadline(config.upstream_timeout_ms))
+}
+
+/// The runtime's timer, for upstream deadlines and waits an upstream asks for.
+pub const SLEEP: Sleep<'static> = &|ms: u64| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+    Box::pin(worker::Delay::from(std::time::Duration::from_millis(ms)))
+};
+
+/// A deadline of `ms` on the runtime's timer.
+pub fn deadline(ms: u64) -> Deadline<'static> {
+    Deadline { ms, sleep: SLEEP }
 }
 
 /// A JSON response that no cache may keep (per-user data).

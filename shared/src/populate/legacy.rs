@@ -125,7 +125,7 @@ fn key_of(record: &Value) -> (Option<String>, Option<String>) {
 
 fn entry_row(index: usize, record: &Value) -> Result<Value, String> {
     let Value::Object(fields) = record else { return Err("a record must be a JSON object".into()) };
-    if super::mapping::has_nul(record) {
+    if crate::has_nul(record) {
         return Err("a field contains a NUL character (\\u0000), which Postgres cannot store".into());
     }
     let legacy_type = match fields.get("legacyType") {

@@ -163,7 +163,7 @@ impl Mapping {
     ) -> Result<MappedNode, String> {
         let Some(rule) = self.rule(labels) else { return Ok(MappedNode::Unmapped) };
         let key = natural_key(rule, props)?;
-        if props.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        if crate::object_has_nul(props) {
             return Err(NUL_REASON.into());
         }
         let mut used: Vec<&str> = vec![self.tenant_property.as_str(), rule.key.as_str()];
@@ -237,6 +237,11 @@ fn natural_key(rule: &NodeRule, props: &Map<String, Value>) -> Result<String, St
     if key.len() > MAX_KEY_LEN {
         return Err(format!("its {} is longer than {MAX_KEY_LEN} bytes", rule.key));
     }
+    // A relationship carries its ends' keys into its row: one with NUL would make
+    // Postgres refuse the whole page.
+    if key.contains('\0') {
+        return Err(NUL_REASON.into());
+    }
     Ok(key)
 }
 
@@ -259,16 +264,6 @@ fn rest(props: &Map<String, Value>, used: &[&str]) -> Value {
 
 /// Why an item with a NUL character is refused.
 pub const NUL_REASON: &str = "a property contains a NUL character (\\u0000), which Postgres cannot store";
-
-/// Does any string (or key) in `v` contain NUL? Postgres `text` and `jsonb` refuse it.
-pub fn has_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
 
 /// Does `a` come after `b` (both change markers: numbers or strings of one kind)?
 pub fn later(a: &Value, b: &Value) -> bool {
@@ -349,11 +344,13 @@ fn check_iso(s: &str) -> Result<(), String> {
     match &b[i..] {
         [] | [b'Z'] | [b'z'] => Ok(()),
         [b'+' | b'-', ..] => {
+            // Postgres refuses offsets beyond 15:59 ("time zone displacement out of range").
+            const MAX_HOURS: u32 = 15;
             let off = &s[i + 1..];
             let ok = match off.len() {
-                2 => num(i + 1, 2)? <= 23,
-                4 => num(i + 1, 2)? <= 23 && num(i + 3, 2)? <= 59,
-                5 => off.as_bytes()[2] == b':' && num(i + 1, 2)? <= 23 && num(i + 4, 2)? <= 59,
+                2 => num(i + 1, 2)? <= MAX_HOURS,
+                4 => num(i + 1, 2)? <= MAX_HOURS && num(i + 3, 2)? <= 59,
+                5 => off.as_bytes()[2] == b':' && num(i + 1, 2)? <= MAX_HOURS && num(i + 4, 2)? <= 59,
                 _ => false,
             };
             if ok {
@@ -523,6 +520,28 @@ mod tests {
         assert!(m.endpoint(&labels(&["Person"]), &props(json!({}))).is_err());
     }
 
+    /// Found by the `populate` fuzz target (fuzz/regressions/populate/): a relationship
+    /// whose end's natural key held NUL became a row with that key, and Postgres would
+    /// refuse the whole page (the end node itself is refused for its NUL).
+    #[test]
+    fn an_endpoint_key_with_nul_is_refused() {
+        let m = Mapping::default_mapping();
+        let err = m.endpoint(&labels(&["Concept"]), &props(json!({"name": "n\u{0}"}))).unwrap_err();
+        assert!(err.contains("NUL character"), "{err}");
+        assert!(m.endpoint(&labels(&["Person"]), &props(json!({"email": "\u{0}a"}))).is_err());
+        let page = super::super::Page::of_relationships(
+            &m,
+            [props(json!({
+                "id": "5:a:1", "type": "RELATED", "properties": {},
+                "from_labels": ["Concept"], "from_properties": {"name": "n\u{0}"},
+                "to_labels": ["Concept"], "to_properties": {"name": "m"},
+            }))]
+            .into_iter(),
+        );
+        assert_eq!((page.relationships.len(), page.rejected.len()), (0, 1));
+        assert!(page.rejected[0].reason.contains("NUL character"), "{:?}", page.rejected);
+    }
+
     #[test]
     fn timestamps() {
         let ok = |v: Value| timestamp(Some(&v)).unwrap().unwrap();
@@ -537,6 +556,7 @@ mod tests {
             "2026-03-04 10:00:00.123456+05:30",
             "2026-03-04T10:00:00-0800",
             "2026-03-04T10:00:00+01",
+            "2026-03-04T10:00:00-15:59",
         ] {
             assert_eq!(ok(json!(s)), s);
         }
@@ -550,6 +570,10 @@ mod tests {
             "2026-01-01T10:00:00.Z",
             "2026-01-01X",
             "0000-01-01",
+            // Offsets Postgres refuses (found by schemathesis through /populate).
+            "2533-03-13T16:15:52+18:30",
+            "2026-01-01T10:00:00-16",
+            "2026-01-01T10:00:00+2300",
         ] {
             assert!(timestamp(Some(&json!(bad))).is_err(), "{bad}");
         }

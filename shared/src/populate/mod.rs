@@ -15,6 +15,7 @@ pub mod neo4j;
 use crate::auth::parse_uuid;
 use crate::config::ConfigError;
 use crate::data_api::{Caller, DataApi};
+use crate::deadline::Sleep;
 use crate::ApiError;
 use legacy::{LegacyBatch, RecordReport, MAX_RECORDS};
 use mapping::{later, MappedNode, Mapping, Table};
@@ -377,7 +378,7 @@ impl Page {
                 (Err(e), _) | (_, Err(e)) => page.reject(&id, format!("an end cannot be identified: {e}")),
                 (Ok(None), _) | (_, Ok(None)) => page.skipped += 1,
                 _ if rel_type.is_empty() => page.reject(&id, "it has no type".into()),
-                _ if mapping::has_nul(&Value::Object(props.clone())) => page.reject(&id, mapping::NUL_REASON.into()),
+                _ if crate::object_has_nul(props) => page.reject(&id, mapping::NUL_REASON.into()),
                 (Ok(Some(from)), Ok(Some(to))) => page.relationships.push(json!({
                     "ref": id, "type": rel_type,
                     "from_table": from.table.name(), "from_type": from.entity_type, "from_key": from.key,
@@ -435,6 +436,8 @@ pub struct Populate<'a> {
     pub config: &'a PopulateConfig,
     /// Milliseconds on the runtime's clock.
     pub now_ms: &'a dyn Fn() -> u64,
+    /// The runtime's timer (for the Neo4j deadline).
+    pub sleep: Sleep<'a>,
 }
 
 /// How a call's run ended, for the error answers.
@@ -553,7 +556,7 @@ impl Populate<'_> {
                 "user_id": begun.user_id, "after": pos.after, "since": since, "limit": self.config.page_size,
             });
             req.source += 1;
-            let rows = match neo4j::query(neo, statement, params).await {
+            let rows = match neo4j::query(neo, statement, params, self.sleep).await {
                 Ok(rows) => rows,
                 Err(SourceFailure::Gone { .. }) if !restarted => {
                     self.finish("neo4j", &lease, "restart", None, None, &mut req).await?;
