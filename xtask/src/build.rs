@@ -45,6 +45,13 @@ fn fingerprint(paths: &Paths, krate: &WorkerCrate, tools: &Tools) -> Result<Stri
         files.push(paths.root.join(f));
     }
     files.push(krate.dir.join("Cargo.toml"));
+    if krate.dir.join("build.rs").is_file() {
+        files.push(krate.dir.join("build.rs"));
+    }
+    if krate.name == "gateway" {
+        // Baked into the gateway by its build.rs (served at /openapi.json).
+        files.push(paths.root.join("openapi.yaml"));
+    }
     files.sort();
     let mut hasher_input = Vec::new();
     for f in &files {
@@ -98,7 +105,60 @@ pub fn build(paths: &Paths, tools: &Tools, only: &[String]) -> Result<usize> {
         ));
         rebuilt += 1;
     }
+    check_budgets(paths, only)?;
     Ok(rebuilt)
+}
+
+/// The size budgets: the most each Worker's `.wasm` may weigh after `gzip -9`, in
+/// bytes. `cargo xtask build` (and so `dev`, `test` and CI) fails when a Worker is
+/// over its budget.
+///
+/// Cloudflare's own limit is 3 MB per Worker after compression on the free plan
+/// (10 MB on paid plans); these budgets are far below it on purpose: each is about 10%
+/// above the Worker's size when it was set, so growth is a decision, not an accident.
+/// To raise one, change it here in the same commit as the growth, and say why.
+/// `cargo xtask bench` reports every Worker's size against its budget.
+pub const GZIP_BUDGETS: &[(&str, u64)] = &[
+    // name          budget      size when set (gzip -9)
+    ("health", 210_000),      // 189,303
+    ("sync", 440_000),        // 396,343
+    ("upload", 440_000),      // 396,759
+    ("populate", 510_000),    // 461,016
+    ("embed_entry", 490_000), // 441,994
+    ("gateway", 185_000),     // 167,187
+];
+
+/// Cloudflare's compressed-size limit for one Worker on the free plan (3 MB).
+pub const CLOUDFLARE_FREE_LIMIT_BYTES: u64 = 3_000_000;
+
+/// The gzip budget of a Worker, if it has one.
+pub fn gzip_budget(worker: &str) -> Option<u64> {
+    GZIP_BUDGETS.iter().find(|(name, _)| *name == worker).map(|(_, b)| *b)
+}
+
+/// Fail when a built Worker (of `only`, or any) is over its gzip budget.
+pub fn check_budgets(paths: &Paths, only: &[String]) -> Result<()> {
+    let mut over = Vec::new();
+    for krate in all_workers(paths) {
+        if !only.is_empty() && !only.contains(&krate.name) {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(krate.wasm()) else { continue };
+        let budget = gzip_budget(&krate.name)
+            .context(format!("{} has no size budget: add it to GZIP_BUDGETS in xtask/src/build.rs", krate.name))?;
+        let gzipped = gzipped_len(&bytes).context("gzip is needed to check the Workers' size budgets")? as u64;
+        if gzipped > budget {
+            over.push(format!("{} is {gzipped} bytes gzipped, over its budget of {budget}", krate.name));
+        }
+    }
+    if !over.is_empty() {
+        crate::util::bail!(
+            "size budget exceeded: {}. Make it smaller, or raise the budget in GZIP_BUDGETS \
+             (xtask/src/build.rs) and say why",
+            over.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// The cargo profile of native binaries that must be fast (see the workspace Cargo.toml).
@@ -154,4 +214,19 @@ pub fn gzipped_len(bytes: &[u8]) -> Option<usize> {
     let out = child.wait_with_output().ok()?;
     writer.join().ok()?.ok()?;
     out.status.success().then_some(out.stdout.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_worker_has_a_budget_below_cloudflares_limit() {
+        let paths = Paths::discover().unwrap();
+        for w in all_workers(&paths) {
+            let budget = gzip_budget(&w.name).unwrap_or_else(|| panic!("{} has no size budget", w.name));
+            assert!(budget < CLOUDFLARE_FREE_LIMIT_BYTES, "{}", w.name);
+        }
+        assert_eq!(GZIP_BUDGETS.len(), all_workers(&paths).len());
+    }
 }
