@@ -363,3 +363,161 @@ pub fn upload(info: &StackInfo, token: &str, client_id: &str, mutations: Value) 
         Some(&serde_json::json!({ "client_id": client_id, "mutations": mutations })),
     )
 }
+
+/// How [`call_raw_http`] sends a body.
+#[derive(Debug, Clone, Copy)]
+pub enum RawBody<'a> {
+    None,
+    /// With a truthful `Content-Length`.
+    Sized(&'a [u8]),
+    /// `Transfer-Encoding: chunked`, no `Content-Length`.
+    Chunked(&'a [u8]),
+}
+
+/// A request written on a fresh connection exactly as given — repeated headers, huge
+/// headers, a chunked body — which ureq will not send. `Host` and `Connection: close`
+/// are added. Err when the server closed the connection without a whole answer.
+pub fn call_raw_http(method: &str, url: &str, headers: &[(&str, String)], body: RawBody) -> Result<Answer, String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http:// URL: {url}"))?;
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+    let mut stream = std::net::TcpStream::connect(authority).map_err(|e| format!("connect {authority}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let mut payload = Vec::new();
+    match body {
+        RawBody::None => {}
+        RawBody::Sized(b) => {
+            head.push_str(&format!("content-length: {}\r\n", b.len()));
+            payload.extend_from_slice(b);
+        }
+        RawBody::Chunked(b) => {
+            head.push_str("transfer-encoding: chunked\r\n");
+            for chunk in b.chunks(64 * 1024) {
+                payload.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                payload.extend_from_slice(chunk);
+                payload.extend_from_slice(b"\r\n");
+            }
+            payload.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(&payload);
+
+    // Write from another thread: a server may answer (413, 431) before reading it all.
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let sending = std::thread::spawn(move || {
+        let _ = writer.write_all(&request);
+        let _ = writer.flush();
+    });
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let answer = loop {
+        if let Some(answer) = parse_raw_answer(&received) {
+            break Ok(answer);
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break Err(format!("{method} {url}: connection closed after {} bytes", received.len())),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(format!("{method} {url}: {e} after {} bytes", received.len())),
+        }
+    };
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = sending.join();
+    answer
+}
+
+/// A whole HTTP/1.1 answer from the bytes received so far, or None if more must come.
+fn parse_raw_answer(bytes: &[u8]) -> Option<Answer> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&bytes[..end]);
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let rest = &bytes[end + 4..];
+    let body = if header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        let mut out = Vec::new();
+        let mut at = 0;
+        loop {
+            let line_end = at + rest[at..].windows(2).position(|w| w == b"\r\n")?;
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[at..line_end]).trim(), 16).ok()?;
+            at = line_end + 2;
+            if size == 0 {
+                break out;
+            }
+            out.extend_from_slice(rest.get(at..at + size)?);
+            at += size + 2;
+        }
+    } else {
+        match header("content-length").and_then(|l| l.parse::<usize>().ok()) {
+            Some(len) => rest.get(..len)?.to_vec(),
+            None => return None,
+        }
+    };
+    let text = String::from_utf8_lossy(&body).into_owned();
+    Some(Answer {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+        request_id: header("x-request-id"),
+        content_type: header("content-type"),
+        www_authenticate: header("www-authenticate"),
+        allow: header("allow"),
+        retry_after: header("retry-after"),
+    })
+}
+
+/// PostgREST's request log (`<logs_dir>/postgrest.log`; the stack runs it at `info`,
+/// one line per request), read between markers: requests only the marker makes (a
+/// fresh path, answered 404), so a count does not depend on how soon a line is
+/// written. Only meaningful while no other test of the binary talks to PostgREST
+/// (hold [`exclusive`]) and the webhook relay is stopped ([`RelayStopped`]).
+pub struct PostgrestLog {
+    path: PathBuf,
+    postgrest_url: String,
+}
+
+impl PostgrestLog {
+    pub fn new(info: &StackInfo) -> PostgrestLog {
+        PostgrestLog { path: info.logs_dir.join("postgrest.log"), postgrest_url: info.postgrest_url.clone() }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let bytes = std::fs::read(&self.path).unwrap_or_else(|e| panic!("read {}: {e}", self.path.display()));
+        String::from_utf8_lossy(&bytes).lines().map(str::to_owned).collect()
+    }
+
+    /// Make a marker request, wait until PostgREST has logged it, and return the
+    /// number of log lines up to and including it: a position for [`Self::requests_since`].
+    pub fn mark(&self) -> usize {
+        let marker = format!("edgesync_log_marker_{}", uuid().replace('-', ""));
+        let a = call("GET", &format!("{}/{marker}", self.postgrest_url), None, None);
+        assert!(a.status < 500, "PostgREST answered the marker with {}: {}", a.status, a.text);
+        let mut at = None;
+        eventually("PostgREST to log the marker request", Duration::from_secs(10), || {
+            at = self.lines().iter().position(|l| l.contains(&marker));
+            at.is_some()
+        });
+        at.unwrap() + 1
+    }
+
+    /// The request lines PostgREST logged after position `from` (from [`Self::mark`]),
+    /// up to a new marker; marker requests themselves are left out.
+    pub fn requests_since(&self, from: usize) -> Vec<String> {
+        let to = self.mark();
+        self.lines()[from..to]
+            .iter()
+            .filter(|l| l.contains(" HTTP/1.") && !l.contains("edgesync_log_marker_"))
+            .cloned()
+            .collect()
+    }
+}

@@ -13,6 +13,10 @@ macro_rules! bail {
 }
 use xtask::{build, keys};
 
+mod schemathesis;
+
+mod fuzz;
+
 const HELP: &str = "\
 cargo xtask <task>
 
@@ -24,6 +28,11 @@ cargo xtask <task>
   stack up|down|status  the local stack in the background (target/stack/stack.json)
   token [--sub UUID] [--es256] [--ttl SECS] [--role service_role|anon]
                         print a token for the running stack
+  schemathesis [--dir DIR] [--examples N]
+                        schemathesis against the running stack's /openapi.json (as in test)
+  fuzz [--seconds N] [--target NAME]
+                        replay fuzz/regressions, then fuzz each cargo-fuzz target in fuzz/
+                        (or only NAME) for N seconds (default 15); fails on any crash
 
 Options for dev and stack up:
   --dir DIR             stack directory (default target/stack)
@@ -33,6 +42,10 @@ Options for dev and stack up:
   --free-ports          let the OS pick every port
 Options for test:
   --keep                leave the test stack running afterwards
+  --schemathesis-examples N
+                        schemathesis test cases per operation and phase (default 60; also
+                        EDGESYNC_SCHEMATHESIS_EXAMPLES); 0 skips it. Skipped by default when
+                        a test filter is given after --
   -- ARGS               passed to the integration tests' harness (e.g. a test name filter)
 ";
 
@@ -177,8 +190,17 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
         }
         "test" => {
             let keep = flags.flag("--keep");
+            let examples = match flags
+                .value("--schemathesis-examples")?
+                .or_else(|| std::env::var(schemathesis::EXAMPLES_ENV).ok().filter(|v| !v.trim().is_empty()))
+            {
+                Some(v) => Some(v.trim().parse::<u32>().context("--schemathesis-examples must be a number")?),
+                // A filtered run is for one test; fuzzing every endpoint is not asked for.
+                None if !flags.passthrough.is_empty() => Some(0),
+                None => None,
+            };
             flags.done()?;
-            return test(&paths, keep, &flags.passthrough);
+            return test(&paths, keep, &flags.passthrough, examples.unwrap_or(schemathesis::DEFAULT_EXAMPLES));
         }
         "token" => {
             let dir = flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
@@ -209,6 +231,29 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             let secret = std::env::var(xtask::relay::SECRET_ENV)
                 .context(format!("{} must carry the webhook secret", xtask::relay::SECRET_ENV))?;
             xtask::relay::run(&database_url, &target, &secret);
+        }
+        "fuzz" => {
+            let seconds = match flags.value("--seconds")? {
+                Some(v) => v.parse().context("--seconds must be a whole number of seconds")?,
+                None => fuzz::DEFAULT_SECONDS,
+            };
+            let mut only = Vec::new();
+            while let Some(name) = flags.value("--target")? {
+                only.push(name);
+            }
+            flags.done()?;
+            return fuzz::run(&paths, seconds, &only);
+        }
+        "schemathesis" => {
+            let dir = flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
+            let examples = match flags.value("--examples")? {
+                Some(v) => v.parse().context("--examples must be a number")?,
+                None => schemathesis::DEFAULT_EXAMPLES,
+            };
+            flags.done()?;
+            let o = schemathesis::run_all(&paths, &stack::load(&dir)?, examples)?;
+            step(format!("schemathesis: {} test cases in {:.0}s", o.cases, o.elapsed.as_secs_f64()));
+            return Ok(if o.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         "help" | "--help" | "-h" => print!("{HELP}"),
         other => bail!("unknown task {other:?}\n\n{HELP}"),
@@ -270,9 +315,12 @@ fn dev(paths: &Paths, opts: UpOptions) -> Result<ExitCode> {
 
 /// Every test: native unit tests, then the integration tests against a fresh stack on
 /// free ports. The stack is always stopped afterwards (unless --keep).
-fn test(paths: &Paths, keep: bool, passthrough: &[String]) -> Result<ExitCode> {
+fn test(paths: &Paths, keep: bool, passthrough: &[String], st_examples: u32) -> Result<ExitCode> {
     let started = Instant::now();
     let t = tools::ensure(paths)?;
+    if st_examples > 0 {
+        schemathesis::ensure(paths)?;
+    }
     step("unit tests (native)");
     let mut counts = Counts::default();
     let unit = cargo_test(
@@ -324,8 +372,27 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String]) -> Result<ExitCode> {
             .current_dir(&paths.root),
         &mut counts,
     );
+    // Hostile input while the stack is still up: schemathesis against /openapi.json.
+    let fuzzed = match st_examples {
+        0 => Ok(true),
+        n => schemathesis::run_all(paths, &info, n).map(|o| {
+            step(format!(
+                "schemathesis: {} test cases in {:.0}s, {}",
+                o.cases,
+                o.elapsed.as_secs_f64(),
+                if o.ok { "no failures" } else { "FAILURES (see above)" }
+            ));
+            if o.ok {
+                counts.passed += 1
+            } else {
+                counts.failed += 1
+            }
+            o.ok
+        }),
+    };
     let stopped = if keep { Ok(()) } else { stack::down(&dir) };
     let integration = integration?;
+    let integration = fuzzed? && integration;
     stopped?;
     step(format!("all tests finished in {:.0}s", started.elapsed().as_secs_f64()));
     counts.summary(integration);
