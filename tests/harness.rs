@@ -354,6 +354,21 @@ impl Replica {
     }
 }
 
+/// A PUT mutation (PowerSync `CrudEntry` shape; `tx_id` = `op_id`).
+pub fn put(op_id: u64, table: &str, id: &str, data: Value) -> Value {
+    serde_json::json!({"op_id": op_id, "op": "PUT", "type": table, "id": id, "tx_id": op_id, "data": data})
+}
+
+/// A PATCH mutation.
+pub fn patch(op_id: u64, table: &str, id: &str, data: Value) -> Value {
+    serde_json::json!({"op_id": op_id, "op": "PATCH", "type": table, "id": id, "data": data})
+}
+
+/// A DELETE mutation.
+pub fn delete(op_id: u64, table: &str, id: &str) -> Value {
+    serde_json::json!({"op_id": op_id, "op": "DELETE", "type": table, "id": id})
+}
+
 /// `POST /upload` of `mutations` for `client_id`.
 pub fn upload(info: &StackInfo, token: &str, client_id: &str, mutations: Value) -> Answer {
     call(

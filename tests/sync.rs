@@ -8,18 +8,6 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Duration;
 
-fn put(op_id: u64, table: &str, id: &str, data: Value) -> Value {
-    json!({"op_id": op_id, "op": "PUT", "type": table, "id": id, "tx_id": op_id, "data": data})
-}
-
-fn patch(op_id: u64, table: &str, id: &str, data: Value) -> Value {
-    json!({"op_id": op_id, "op": "PATCH", "type": table, "id": id, "data": data})
-}
-
-fn delete(op_id: u64, table: &str, id: &str) -> Value {
-    json!({"op_id": op_id, "op": "DELETE", "type": table, "id": id})
-}
-
 fn statuses(answer: &Answer) -> Vec<String> {
     answer.body["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap().to_owned()).collect()
 }

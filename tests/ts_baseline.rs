@@ -47,18 +47,6 @@ fn both() -> Option<Both> {
     Some(Both { info, rust, ts })
 }
 
-fn put(op_id: u64, table: &str, id: &str, data: Value) -> Value {
-    json!({"op_id": op_id, "op": "PUT", "type": table, "id": id, "tx_id": op_id, "data": data})
-}
-
-fn patch(op_id: u64, table: &str, id: &str, data: Value) -> Value {
-    json!({"op_id": op_id, "op": "PATCH", "type": table, "id": id, "data": data})
-}
-
-fn delete(op_id: u64, table: &str, id: &str) -> Value {
-    json!({"op_id": op_id, "op": "DELETE", "type": table, "id": id})
-}
-
 /// `POST {base}/upload`.
 fn upload_to(base: &str, token: &str, client_id: &str, mutations: Value) -> Answer {
     let body = json!({ "client_id": client_id, "mutations": mutations });

