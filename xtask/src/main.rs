@@ -17,6 +17,8 @@ mod schemathesis;
 
 mod fuzz;
 
+mod bench;
+
 const HELP: &str = "\
 cargo xtask <task>
 
@@ -33,6 +35,9 @@ cargo xtask <task>
   fuzz [--seconds N] [--target NAME]
                         replay fuzz/regressions, then fuzz each cargo-fuzz target in fuzz/
                         (or only NAME) for N seconds (default 15); fails on any crash
+  bench [--smoke] [--keep]
+                        edgesync against PostgREST direct and the TypeScript Worker on a stack
+                        of its own: BENCHMARKS.md + bench/plots/ (--smoke: tiny, into target/)
 
 Options for dev and stack up:
   --dir DIR             stack directory (default target/stack)
@@ -254,6 +259,11 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             let o = schemathesis::run_all(&paths, &stack::load(&dir)?, examples)?;
             step(format!("schemathesis: {} test cases in {:.0}s", o.cases, o.elapsed.as_secs_f64()));
             return Ok(if o.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        "bench" => {
+            let opts = bench::Options { smoke: flags.flag("--smoke"), keep: flags.flag("--keep") };
+            flags.done()?;
+            return bench::run(&paths, opts);
         }
         "help" | "--help" | "-h" => print!("{HELP}"),
         other => bail!("unknown task {other:?}\n\n{HELP}"),

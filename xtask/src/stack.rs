@@ -725,6 +725,9 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
         // The local embeddings server, asked exactly as OpenAI would be.
         "EMBEDDINGS_BASE_URL": info.embeddings_url,
         "EMBEDDINGS_MODEL": LOCAL_EMBEDDINGS_MODEL,
+        // The local model embeds one batch at a time on the CPU: a burst of webhooks
+        // queues for longer than an API's 30 s would take, and should wait, not fail.
+        "EMBEDDINGS_TIMEOUT_MS": "120000",
         // The relay (the local stand-in for the pg_net webhook) sends it.
         "EMBED_WEBHOOK_SECRET": info.embed_webhook_secret,
         // The populate Worker's Neo4j source.

@@ -1,0 +1,773 @@
+//! `BENCHMARKS.md`: the machine, how to reproduce, and every figure with edgesync's
+//! ratios to its two baselines.
+
+use super::plots::Plot;
+use super::{Results, Row, Target, WorkerCpu};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use xtask::build;
+use xtask::tools::{Paths, Tools};
+use xtask::util::{output, Result};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub os: String,
+    pub kernel: String,
+    pub postgres: String,
+    pub pgvector: String,
+    pub postgrest: String,
+    pub wrangler: String,
+    pub workerd: String,
+    pub node: String,
+    pub rustc: String,
+    pub commit: String,
+    pub date: String,
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+fn try_output(cmd: &mut Command) -> String {
+    output(cmd).map(|s| first_line(&s)).unwrap_or_else(|_| "unknown".into())
+}
+
+impl Machine {
+    pub fn describe(paths: &Paths, t: &Tools) -> Result<Machine> {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+        let mem_kib: f64 = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        let os = std::fs::read_to_string("/etc/os-release")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_owned()))
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+        let modules = t.wrangler_js.parent().and_then(Path::parent).and_then(Path::parent);
+        let workerd = modules
+            .map(|m| try_output(Command::new(m.join("@cloudflare/workerd-linux-64/bin/workerd")).arg("--version")))
+            .unwrap_or_else(|| "unknown".into());
+        // pgvector: the version of the extension files shipped with this Postgres.
+        let pgvector = std::fs::read_dir(t.pg_bin.join("../share/extension"))
+            .or_else(|_| std::fs::read_dir(t.pg_bin.join("../share/postgresql/extension")))
+            .ok()
+            .and_then(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter_map(|n| n.strip_prefix("vector--")?.strip_suffix(".sql").map(str::to_owned))
+                    .filter(|v| !v.contains("--"))
+                    .max_by(|a, b| version_key(a).cmp(&version_key(b)))
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let dirty = output(Command::new("git").args(["status", "--porcelain"]).current_dir(&paths.root))
+            .map(|s| !s.trim().is_empty())
+            .unwrap_or(false);
+        let commit = try_output(Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(&paths.root));
+        Ok(Machine {
+            cpu,
+            cores,
+            memory_gib: mem_kib / 1024.0 / 1024.0,
+            os,
+            kernel,
+            postgres: try_output(Command::new(t.pg_bin.join("postgres")).arg("--version")),
+            pgvector,
+            postgrest: try_output(Command::new(&t.postgrest).arg("--version")),
+            wrangler: try_output(
+                Command::new(&t.node).arg(&t.wrangler_js).arg("--version").env("WRANGLER_SEND_METRICS", "false"),
+            ),
+            workerd,
+            node: try_output(Command::new(&t.node).arg("--version")),
+            rustc: try_output(Command::new("rustc").arg("--version")),
+            commit: if dirty { format!("{commit} with uncommitted changes") } else { commit },
+            date: try_output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        })
+    }
+}
+
+fn version_key(v: &str) -> Vec<u64> {
+    v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+pub fn size(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn num(v: f64) -> String {
+    if !v.is_finite() {
+        "–".into()
+    } else if v >= 100.0 {
+        size(v.round() as u64)
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(num).unwrap_or_else(|| "–".into())
+}
+
+fn find<'a>(r: &'a Results, workload: &str, param: u64, t: Target) -> Option<&'a Row> {
+    r.rows.iter().find(|row| row.workload == workload && row.param == param && row.target == t)
+}
+
+/// The params of a workload, in the order measured.
+fn params(r: &Results, workload: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = Vec::new();
+    for row in r.rows.iter().filter(|row| row.workload == workload) {
+        if !v.contains(&row.param) {
+            v.push(row.param);
+        }
+    }
+    v
+}
+
+fn describe_param(workload: &str, p: u64) -> String {
+    match workload {
+        "sync_full" | "sync_page" => format!("{} rows", size(p)),
+        "sync_incremental" => format!("{} users", size(p)),
+        "upload" => format!("batch of {p}"),
+        "search" => format!("{} entries", size(p)),
+        "model" => format!("batches of {p}"),
+        "fixed" => match p {
+            1 => "unknown path (404)".into(),
+            2 => "`/sync`, no token (401)".into(),
+            _ => "`/sync`, a user with no rows".into(),
+        },
+        _ => p.to_string(),
+    }
+}
+
+/// The table of absolute figures of one workload.
+fn figures_table(md: &mut String, r: &Results, workload: &str, unit: &str) {
+    // Requests are their own unit in some workloads: no second column for them.
+    let units = unit != "requests";
+    let _ = writeln!(
+        md,
+        "| | target | requests | {}requests/s | p50 ms | p90 ms | p99 ms | Worker CPU s / 1k req (runtime / + proxy / all) | PostgREST | Postgres | all servers |",
+        if units { format!("{unit}/s | ") } else { String::new() }
+    );
+    let _ = writeln!(md, "|---|---|---:|{}---:|---:|---:|---:|---:|---:|---:|---:|", if units { "---:|" } else { "" });
+    for p in params(r, workload) {
+        for row in r.rows.iter().filter(|row| row.workload == workload && row.param == p) {
+            let worker = match (
+                row.worker_cpu_per_1000(WorkerCpu::Runtime),
+                row.worker_cpu_per_1000(WorkerCpu::Workerd),
+                row.worker_cpu_per_1000(WorkerCpu::All),
+            ) {
+                (Some(r), Some(w), Some(a)) => format!("{} / {} / {}", num(r), num(w), num(a)),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} |",
+                describe_param(workload, p),
+                row.target.title(),
+                size(row.m.requests),
+                if units { format!("{} | ", num(row.m.units_per_sec())) } else { String::new() },
+                num(row.m.requests_per_sec()),
+                num(row.p50_ms),
+                num(row.p90_ms),
+                num(row.p99_ms),
+                worker,
+                opt(row.m.cpu_per_1000("postgrest")),
+                opt(row.m.cpu_per_1000("postgres")),
+                num(row.stack_cpu_per_1000()),
+            );
+        }
+    }
+    md.push('\n');
+}
+
+/// edgesync's figures as ratios to `bases`.
+fn ratios_table(md: &mut String, r: &Results, workload: &str, bases: &[Target]) {
+    let bases: Vec<Target> = bases.iter().copied().filter(|b| r.rows.iter().any(|row| row.target == *b)).collect();
+    if bases.is_empty() {
+        return;
+    }
+    let mut head = String::from("| edgesync ÷ |");
+    let mut rule = String::from("|---|");
+    for b in &bases {
+        for what in ["throughput", "p50", "p99", "Worker CPU", "all servers' CPU"] {
+            if what == "Worker CPU" && b.worker_group().is_none() {
+                continue;
+            }
+            let _ = write!(head, " {what} ÷ {} |", b.title());
+            rule.push_str("---:|");
+        }
+    }
+    let _ = writeln!(md, "{head}\n{rule}");
+    for p in params(r, workload) {
+        let Some(e) = find(r, workload, p, Target::Edgesync) else { continue };
+        let mut line = format!("| {} |", describe_param(workload, p));
+        for b in &bases {
+            let base = find(r, workload, p, *b);
+            let get = |f: &dyn Fn(&Row) -> f64| base.map(f).unwrap_or(f64::NAN);
+            let _ = write!(line, " {} |", ratio(e.throughput(), get(&|x| x.throughput())));
+            let _ = write!(line, " {} |", ratio(e.p50_ms, get(&|x| x.p50_ms)));
+            let _ = write!(line, " {} |", ratio(e.p99_ms, get(&|x| x.p99_ms)));
+            if b.worker_group().is_some() {
+                let _ = write!(
+                    line,
+                    " {} |",
+                    ratio(
+                        e.worker_cpu_per_1000(WorkerCpu::Runtime).unwrap_or(f64::NAN),
+                        get(&|x| x.worker_cpu_per_1000(WorkerCpu::Runtime).unwrap_or(f64::NAN))
+                    )
+                );
+            }
+            let _ = write!(line, " {} |", ratio(e.stack_cpu_per_1000(), get(&|x| x.stack_cpu_per_1000())));
+        }
+        let _ = writeln!(md, "{line}");
+    }
+    md.push('\n');
+}
+
+fn relative(path: &Path, base: &Path) -> String {
+    path.strip_prefix(base).map(|p| p.display().to_string()).unwrap_or_else(|_| path.display().to_string())
+}
+
+pub fn markdown(r: &Results, plots: &[Plot], out_dir: &Path) -> String {
+    let m = &r.machine;
+    let mut md = String::new();
+    let _ = writeln!(md, "# edgesync benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Generated by `cargo xtask bench{}` on {} from commit {}; the whole run after the build (stack start, \
+         loads, every workload) took {:.1} minutes. Do not edit by hand: run the command again.\n",
+        if r.smoke { " --smoke" } else { "" },
+        m.date,
+        m.commit,
+        r.total_secs / 60.0
+    );
+    if r.smoke {
+        let _ = writeln!(
+            md,
+            "> **Smoke run**: tiny sizes and a few requests, to prove the bench works end to end. \
+             The figures mean nothing; see the repository's `BENCHMARKS.md` for a real run.\n"
+        );
+    }
+
+    let _ = writeln!(md, "## Summary\n");
+    summary(&mut md, r);
+
+    let _ = writeln!(md, "## Machine and versions\n");
+    let _ = writeln!(md, "| | |\n|---|---|");
+    for (k, v) in [
+        ("CPU", format!("{} ({} cores)", m.cpu, m.cores)),
+        ("Memory", format!("{:.1} GiB", m.memory_gib)),
+        ("OS", format!("{} (Linux {})", m.os, m.kernel)),
+        ("Postgres", format!("{} (pgvector {})", m.postgres, m.pgvector)),
+        ("PostgREST", m.postgrest.clone()),
+        ("wrangler / workerd", format!("{} / {}", m.wrangler, m.workerd)),
+        ("Node (compile timings)", m.node.clone()),
+        ("rustc", m.rustc.clone()),
+        ("Load average (1, 5, 15 min) before / after", format!("{} / {}", r.load_avg_before, r.load_avg_after)),
+    ] {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    let _ = writeln!(
+        md,
+        "\nEverything (Postgres, PostgREST, wrangler dev, the embeddings server and the load \
+         generator's {} client threads) shares these {} cores, so throughput is bounded by the \
+         machine, not by any one component; compare the targets with each other, not with a \
+         production deployment. CPU seconds per request are read from the kernel per process and \
+         are much less sensitive to the rest of the machine's load than wall-clock figures.\n",
+        r.plan.clients, m.cores
+    );
+
+    let _ = writeln!(md, "## Reproduce\n");
+    let full_time =
+        if r.smoke { String::new() } else { format!(" (about {:.0} minutes here)", (r.total_secs / 60.0).ceil()) };
+    let _ = writeln!(
+        md,
+        "```sh\ncargo xtask bench           # BENCHMARKS.md and bench/plots/*.png{full_time}\n\
+         cargo xtask bench --smoke   # tiny sizes, a few requests: target/bench-smoke/BENCHMARKS.md (for CI)\n\
+         cargo xtask bench --keep    # leave the bench's stack and the TypeScript Worker running afterwards\n```\n"
+    );
+    let _ = writeln!(
+        md,
+        "The bench installs what is missing like every xtask command, builds the Workers, starts \
+         a stack of its own on free ports (`target/stack-bench`), serves the TypeScript Worker \
+         (`bench/ts-worker/serve.sh`, after `npm ci` of its lockfile) in a wrangler dev of its own, \
+         loads the data, measures, stops everything and writes this file. Raw figures: \
+         `target/{}/results.json`.\n",
+        if r.smoke { "bench-smoke" } else { "bench" }
+    );
+
+    let _ = writeln!(md, "## Method\n");
+    let _ = writeln!(
+        md,
+        "- **Targets.** *edgesync*: the Rust Workers (.wasm) behind the gateway Worker in `wrangler dev` \
+         (a request is two Worker invocations: gateway, then the function through a service binding). \
+         *PostgREST direct*: the same RPC (`edgesync_pull`, `edgesync_push`, `search_entries`) \
+         called on PostgREST with the same user token: the floor, no Worker at all. \
+         *TypeScript Worker*: `bench/ts-worker` (supabase-js), `/sync` and `/upload`, calling the same RPCs, \
+         in a wrangler dev of its own{}. In `wrangler dev` every request to a Worker first passes wrangler's \
+         proxy Worker (a workerd process of its own): both Workers' figures include that local hop, \
+         which production does not have.\n\
+         - **Load.** {} client threads, each a blocking HTTP client with keep-alive, taking jobs from a \
+         shared counter. Latency runs from sending a request to the last byte of its answer. Each \
+         workload runs in {} round(s); within a round the targets take turns, starting with a different \
+         one each round, and figures are summed over the rounds. Any answer that is not 2xx, or is wrong \
+         (a pull missing rows, a mutation not applied, a search finding nothing), fails the run.\n\
+         - **CPU.** utime + stime of every process of a server's process group and its descendants, \
+         plus cutime + cstime (what they used in children that ended), from `/proc/<pid>/stat`, before \
+         and after each run. *Worker CPU* has three figures: *runtime*, the workerd process \
+         that runs the Workers (what Cloudflare would bill as CPU time; the figure compared and \
+         plotted); *+ proxy*, both workerd processes (wrangler's local proxy forwards every request and \
+         answer); *all*, the whole `wrangler dev` (also its Node processes, which print the request \
+         logs, and esbuild). *All servers*: the target's whole `wrangler dev` (if any) + PostgREST + \
+         Postgres + the embeddings server. Idle Worker CPU (nothing asked) was {}.\n\
+         - **Data.** Rows are inserted with SQL (`insert … select generate_series`) through the real \
+         triggers (row versions, embedding jobs), with the webhook relay stopped; the embedding jobs \
+         they create are deleted, then the tables are vacuumed and analysed. The big user's rows are \
+         ~0.5 kB of JSON each; `/sync` pages are {} rows.",
+        if r.ts_worker.is_some() { "" } else { " (**not available in this run**)" },
+        r.plan.clients,
+        r.plan.rounds,
+        if r.idle_cpu_per_sec.is_empty() {
+            "not measured".to_owned()
+        } else {
+            r.idle_cpu_per_sec.iter().map(|(k, v)| format!("{k} {:.3} CPU-s/s", v)).collect::<Vec<_>>().join(", ")
+        },
+        r.plan.page_limit
+    );
+    md.push('\n');
+    if !r.loads.is_empty() {
+        let _ = writeln!(md, "Data loaded (through the triggers, before measuring):\n");
+        let _ = writeln!(md, "| what | rows | seconds | rows/s |\n|---|---:|---:|---:|");
+        for l in &r.loads {
+            let _ = writeln!(md, "| {} | {} | {:.1} | {} |", l.what, size(l.rows), l.secs, num(l.rows as f64 / l.secs));
+        }
+        md.push('\n');
+    }
+
+    if !params(r, "fixed").is_empty() {
+        let _ = writeln!(
+            md,
+            "## The fixed cost of a request\n\nThe cheapest answers, to show what every request costs before \
+             any work: a path no Worker serves (for edgesync the gateway answers the 404 alone; the \
+             TypeScript Worker answers its own), `/sync` without a token (edgesync: the gateway, then the \
+             sync Worker through the service binding, which answers 401 without calling PostgREST), and \
+             `/sync` of a user with no rows (the whole path: token check, one RPC, the answer).\n"
+        );
+        figures_table(&mut md, r, "fixed", "requests");
+        ratios_table(&mut md, r, "fixed", &[Target::Ts]);
+    }
+    let sync_bases = [Target::Direct, Target::Ts];
+    let sections: [(&str, &str, &str, String); 4] = [
+        (
+            "sync_full",
+            "`/sync`: full initial pull of one user",
+            "rows",
+            format!(
+                "Each of the {} clients pulls the big user's whole table from the beginning (pages of {}, \
+                 following `has_more`); every pull must deliver exactly the table's rows. A request is one \
+                 page; throughput is rows delivered per second over all clients.",
+                r.plan.clients, r.plan.page_limit
+            ),
+        ),
+        (
+            "sync_page",
+            "`/sync`: page latency as the table grows",
+            "rows",
+            format!(
+                "One full page of {} rows from a random position in the big user's table (cursors spread \
+                 over the whole table). The cost is per page, so the figures should not depend on the \
+                 table's size.",
+                r.plan.page_limit
+            ),
+        ),
+        (
+            "sync_incremental",
+            "`/sync`: incremental pulls with few changes",
+            "rows",
+            "Each request is one of the many users pulling from their own latest cursor, while a writer \
+             changes a few of their rows a second: most pulls bring nothing or a row or two. This is the \
+             steady state of a synced device."
+                .to_owned(),
+        ),
+        (
+            "upload",
+            "`/upload`: batches of new entries",
+            "mutations",
+            "Each client is a device (its own `client_id`) of its own user, sending `PUT`s of new entries; \
+             every mutation must come back `applied`."
+                .to_owned(),
+        ),
+    ];
+    for (workload, title, unit, text) in &sections {
+        if params(r, workload).is_empty() {
+            continue;
+        }
+        let _ = writeln!(md, "## {title}\n\n{text}\n");
+        figures_table(&mut md, r, workload, unit);
+        ratios_table(&mut md, r, workload, &sync_bases);
+    }
+    if !params(r, "search").is_empty() {
+        let _ = writeln!(
+            md,
+            "## `/search`\n\nOne user's entries carry real all-MiniLM-L6-v2 vectors of 200 texts (with a \
+             little noise each, so every point is distinct); each request searches for one of the texts \
+             (`match_threshold` {}). *edgesync*: `POST /search` (the Worker embeds the query with the \
+             local model, then calls `search_entries` as the user). *model + PostgREST*: the same two \
+             steps from the client. *PostgREST direct*: `search_entries` with the query's vector given \
+             (the floor: no model). The TypeScript Worker has no search.\n",
+            super::SEARCH_THRESHOLD
+        );
+        figures_table(&mut md, r, "search", "results");
+        ratios_table(&mut md, r, "search", &[Target::DirectModel, Target::Direct]);
+    }
+    pipeline(&mut md, r);
+    memory(&mut md, r);
+    sizes(&mut md, r);
+
+    if !plots.is_empty() {
+        let _ = writeln!(md, "## Plots\n");
+        for p in plots {
+            let _ = writeln!(md, "### {}\n\n![{}]({})\n", p.title, p.title, relative(&p.file, out_dir));
+        }
+    }
+    let resent: Vec<String> = r
+        .rows
+        .iter()
+        .filter(|row| row.m.resent > 0)
+        .map(|row| {
+            format!(
+                "{} ({}, {}): {}",
+                row.workload,
+                describe_param(&row.workload, row.param),
+                row.target.title(),
+                row.m.resent
+            )
+        })
+        .collect();
+    if !r.notes.is_empty() || !resent.is_empty() {
+        let _ = writeln!(md, "## Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(md, "- {n}");
+        }
+        if !resent.is_empty() {
+            let _ = writeln!(
+                md,
+                "- POSTs sent again because the connection closed without an answer (the server \
+                 closed a kept-alive connection without answering; the latency includes the failed attempt): {}.",
+                resent.join("; ")
+            );
+        }
+        md.push('\n');
+    }
+    md
+}
+
+fn summary(md: &mut String, r: &Results) {
+    let _ = writeln!(
+        md,
+        "| figure | edgesync | PostgREST direct | TypeScript Worker | edgesync ÷ direct | edgesync ÷ TS |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let mut line = |label: String, workload: &str, p: u64, f: &dyn Fn(&Row) -> Option<f64>| {
+        let get = |t| find(r, workload, p, t).and_then(f);
+        let (e, d, t) = (get(Target::Edgesync), get(Target::Direct), get(Target::Ts));
+        let nan = f64::NAN;
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} |",
+            opt(e),
+            opt(d),
+            opt(t),
+            ratio(e.unwrap_or(nan), d.unwrap_or(nan)),
+            ratio(e.unwrap_or(nan), t.unwrap_or(nan))
+        );
+    };
+    let full = params(r, "sync_full").into_iter().max();
+    if let Some(p) = full {
+        line(format!("`/sync` full pull of {} rows: rows/s", size(p)), "sync_full", p, &|x| Some(x.m.units_per_sec()));
+        line(format!("`/sync` full pull of {} rows: page p50 ms", size(p)), "sync_full", p, &|x| Some(x.p50_ms));
+    }
+    for p in params(r, "sync_page") {
+        line(format!("`/sync` page at {} rows: p50 ms", size(p)), "sync_page", p, &|x| Some(x.p50_ms));
+    }
+    if let Some(p) = params(r, "sync_page").into_iter().max() {
+        line(format!("`/sync` page at {} rows: p99 ms", size(p)), "sync_page", p, &|x| Some(x.p99_ms));
+        line(format!("`/sync` page at {} rows: rows/s", size(p)), "sync_page", p, &|x| Some(x.m.units_per_sec()));
+    }
+    for p in params(r, "sync_incremental") {
+        line("`/sync` incremental: p50 ms".into(), "sync_incremental", p, &|x| Some(x.p50_ms));
+    }
+    for p in params(r, "upload") {
+        line(format!("`/upload` batch of {p}: mutations/s"), "upload", p, &|x| Some(x.m.units_per_sec()));
+    }
+    for p in params(r, "search") {
+        line(
+            format!("`/search` at {} entries: p50 ms (direct: the vector given, no model)", size(p)),
+            "search",
+            p,
+            &|x| Some(x.p50_ms),
+        );
+    }
+    for (w, p) in [
+        ("sync_page", params(r, "sync_page").into_iter().max()),
+        ("sync_incremental", params(r, "sync_incremental").first().copied()),
+    ] {
+        if let Some(p) = p {
+            line(
+                format!(
+                    "{}: Worker CPU s per 1,000 requests",
+                    if w == "sync_page" { "`/sync` page" } else { "`/sync` incremental" }
+                ),
+                w,
+                p,
+                &|x| x.worker_cpu_per_1000(WorkerCpu::Runtime),
+            );
+        }
+    }
+    for p in params(r, "upload") {
+        line(format!("`/upload` batch of {p}: Worker CPU s per 1,000 requests"), "upload", p, &|x| {
+            x.worker_cpu_per_1000(WorkerCpu::Runtime)
+        });
+    }
+    md.push('\n');
+    // The per-page cost, at the smallest and the largest table.
+    let pages = params(r, "sync_page");
+    if let (Some(lo), Some(hi)) = (pages.iter().min(), pages.iter().max()) {
+        if lo != hi {
+            if let (Some(a), Some(b)) =
+                (find(r, "sync_page", *lo, Target::Edgesync), find(r, "sync_page", *hi, Target::Edgesync))
+            {
+                let _ = writeln!(
+                    md,
+                    "edgesync's `/sync` page p50 at {} rows is {} its p50 at {} rows ({} the table).\n",
+                    size(*hi),
+                    ratio(b.p50_ms, a.p50_ms),
+                    size(*lo),
+                    ratio(*hi as f64, *lo as f64)
+                );
+            }
+        }
+    }
+    if let Some(w) = r.wasm.iter().map(|w| w.gzip_bytes).max() {
+        let _ = writeln!(
+            md,
+            "The largest Worker is {} bytes gzipped: {:.1}% of Cloudflare's 3 MB free-plan limit (see \"Size and start-up\").\n",
+            size(w),
+            w as f64 * 100.0 / build::CLOUDFLARE_FREE_LIMIT_BYTES as f64
+        );
+    }
+}
+
+fn pipeline(md: &mut String, r: &Results) {
+    let model = r.rows.iter().find(|row| row.workload == "model");
+    let Some(p) = &r.pipeline else { return };
+    let _ = writeln!(
+        md,
+        "## Embedding pipeline\n\n{} entries are uploaded through `/upload` (batches of 50, one client: a \
+         device sending its outbox), then embedded by the real pipeline: trigger → job → the webhook relay \
+         (one `POST /embed_entry` per entry) → the local model (all-MiniLM-L6-v2 on the CPU) → write-back. \
+         When the webhooks stop making progress (nothing new for {} s), the rest is drained the way the \
+         Cron Trigger does it (`POST /embed_entry/drain`, back to back, as if the cron fired at once; \
+         `wrangler dev` runs no cron by itself). Timed from the first upload to the last embedding stored. \
+         *Model alone*: the embeddings server asked directly with batches of 16 texts (what the Worker \
+         sends), one client.\n",
+        p.entries,
+        super::WEBHOOK_QUIET.as_secs()
+    );
+    let _ = writeln!(
+        md,
+        "| | entries | seconds | entries/s | CPU s per 1,000 entries: Worker (all) / embeddings server / Postgres / PostgREST |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
+    let per = |label: &str| p.cpu.get(label).map(|s| s * 1000.0 / p.entries as f64);
+    let _ = writeln!(
+        md,
+        "| pipeline (upload + embed) | {} | {:.1} | {} | {} / {} / {} / {} |",
+        size(p.entries as u64),
+        p.total_secs,
+        num(p.entries as f64 / p.total_secs),
+        opt(per("edge.all")),
+        opt(per("embedder")),
+        opt(per("postgres")),
+        opt(per("postgrest"))
+    );
+    let _ = writeln!(
+        md,
+        "| … of which: the uploads | {} | {:.1} | {} | |",
+        size(p.entries as u64),
+        p.upload_secs,
+        num(p.entries as f64 / p.upload_secs)
+    );
+    let _ = writeln!(
+        md,
+        "| … of which: embedded by the webhooks | {} | {:.1} | {} | |",
+        size(p.by_webhooks as u64),
+        p.webhook_secs,
+        num(p.by_webhooks as f64 / p.webhook_secs)
+    );
+    if p.drain_calls > 0 {
+        let rest = p.entries.saturating_sub(p.by_webhooks);
+        let _ = writeln!(
+            md,
+            "| … of which: embedded by the drain ({} calls) | {} | {:.1} | {} | |",
+            p.drain_calls,
+            size(rest as u64),
+            p.drain_secs,
+            num(rest as f64 / p.drain_secs)
+        );
+    }
+    if let Some(m) = model {
+        let per_m = |label: &str| m.m.cpu.get(label).map(|s| s * 1000.0 / m.m.units.max(1) as f64);
+        let _ = writeln!(
+            md,
+            "| model alone (batches of 16) | {} | {:.1} | {} | – / {} / – / – |",
+            size(m.m.units),
+            m.m.wall_secs,
+            num(m.m.units_per_sec()),
+            opt(per_m("embedder"))
+        );
+        let _ = writeln!(
+            md,
+            "\nThe pipeline as a whole runs at {} the model's own rate.",
+            ratio(p.entries as f64 / p.total_secs, m.m.units_per_sec())
+        );
+    }
+    if p.failed_attempts > 0 {
+        let _ = writeln!(
+            md,
+            "\nDuring the webhook phase {} job(s) failed an attempt (last error: \"{}\") and waited for the drain.",
+            size(p.failed_attempts),
+            p.last_error.as_deref().unwrap_or("?")
+        );
+    }
+    md.push('\n');
+}
+
+/// The Workers' resident memory after each workload: the runtime, and wrangler's proxy.
+fn memory(md: &mut String, r: &Results) {
+    let rss = |row: &Row, which: &str| {
+        row.target.worker_group().and_then(|g| row.m.rss_mib.get(&format!("{g}.{which}")).copied())
+    };
+    // (runtime, proxy = both workerd processes - runtime)
+    let both = |row: Option<&Row>| {
+        let row = row?;
+        let runtime = rss(row, "runtime")?;
+        Some((runtime, rss(row, "workerd").map(|w| w - runtime)))
+    };
+    let cell = |v: Option<(f64, Option<f64>)>| match v {
+        Some((r, Some(p))) => format!("{} / {}", num(r), num(p)),
+        Some((r, None)) => num(r),
+        None => "–".into(),
+    };
+    let mut lines = Vec::new();
+    for w in ["fixed", "sync_full", "sync_page", "sync_incremental", "upload"] {
+        for p in params(r, w) {
+            let e = both(find(r, w, p, Target::Edgesync));
+            let t = both(find(r, w, p, Target::Ts));
+            if e.is_some() || t.is_some() {
+                lines.push(format!("| {} | {} | {} | {} |", w, describe_param(w, p), cell(e), cell(t)));
+            }
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Worker memory\n\nResident memory (MiB) at the end of each workload (the largest over its rounds) \
+         of the workerd process that runs the Workers, and of wrangler's proxy in front of it. edgesync's \
+         runtime holds all six Workers (the gateway and five functions); the TypeScript Worker's holds one. \
+         The proxy in front of the TypeScript Worker grows with every `/sync` page it forwards and also \
+         uses several times the Worker's own CPU (the *+ proxy* CPU figures); in earlier runs of this bench \
+         it ran out of JavaScript heap (\"Reached heap limit … JavaScript heap out of memory\") after a few \
+         minutes and dropped connections. That is local tooling, not the Worker: so the TypeScript Worker is \
+         served afresh (a new `wrangler dev`) before each workload it takes part in, and the Workers are \
+         compared by their *runtime* CPU.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| workload | | edgesync: runtime / proxy | TypeScript Worker: runtime / proxy |\n|---|---|---:|---:|"
+    );
+    for l in lines {
+        let _ = writeln!(md, "{l}");
+    }
+    md.push('\n');
+}
+
+fn sizes(md: &mut String, r: &Results) {
+    if r.wasm.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Size and start-up\n\nEach Worker's `.wasm` (after `wasm-opt`), raw and `gzip -9`, against its budget in \
+         `xtask/src/build.rs` (`GZIP_BUDGETS`: `cargo xtask build`, and so CI, fails above it) and against \
+         Cloudflare's 3 MB compressed limit of the free plan (which counts the whole upload: the bundle column \
+         adds the JS shim). Compile and instantiate times are medians of {} fresh Node {} processes each \
+         (V8, as in workerd): *compile* is `WebAssembly.compile` with V8's defaults (lazy: a function \
+         is compiled when first called), *eager* compiles every function up front \
+         (`--no-wasm-lazy-compilation`). *Instantiate* is `WebAssembly.instantiate` with every import \
+         stubbed (a no-op function; the exception tag is `WebAssembly.JSTag`): Node cannot load the \
+         wasm-bindgen shim (it imports `cloudflare:workers`), so the shim's JS and the Rust start \
+         function are not included.\n",
+        r.plan.startup_runs, r.machine.node
+    );
+    let _ = writeln!(
+        md,
+        "| Worker | .wasm bytes | gzip -9 | budget | of budget | bundle gzip | of 3 MB | imports | compile ms | eager compile ms | instantiate ms |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for w in &r.wasm {
+        let budget = w.budget_gzip_bytes.map(size).unwrap_or_else(|| "none".into());
+        let of_budget =
+            w.budget_gzip_bytes.map(|b| format!("{:.0}%", w.gzip_bytes as f64 * 100.0 / b as f64)).unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {:.1}% | {} | {:.1} | {:.1} | {:.2} |",
+            w.worker,
+            size(w.raw_bytes),
+            size(w.gzip_bytes),
+            budget,
+            of_budget,
+            size(w.bundle_gzip_bytes),
+            w.bundle_gzip_bytes as f64 * 100.0 / build::CLOUDFLARE_FREE_LIMIT_BYTES as f64,
+            w.imports,
+            w.compile_ms,
+            w.compile_eager_ms,
+            w.instantiate_ms
+        );
+    }
+    md.push('\n');
+}
