@@ -773,39 +773,97 @@ fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> {
         }
     }
     let configs = wrangler_configs(paths, info)?;
-    let home = info.stack_dir.join("wrangler-home");
-    let log = info.logs_dir.join("wrangler.log");
-    info.pids.wrangler = spawn_wrangler(info, &configs, info.ports.functions, info.ports.inspector, &home, &log)?;
-    // The Cron Workers' own processes start meanwhile (see `CronWorker`).
-    let mut crons = std::mem::take(&mut info.crons);
-    for c in &mut crons {
-        let config = info.stack_dir.join("wrangler").join(format!("{}.toml", c.worker));
-        let home = info.stack_dir.join(format!("wrangler-home-{}", c.worker));
-        c.pid =
-            spawn_wrangler(info, std::slice::from_ref(&config), c.port, c.inspector, &home, &c.log(&info.logs_dir))?;
-    }
-    info.crons = crons;
-    let pid = info.pids.wrangler;
-    let url = format!("{}/health", info.functions_url);
-    wait_for("wrangler dev to serve /health", Duration::from_secs(180), || {
-        if !procs::alive(pid) {
-            bail!("wrangler dev exited:\n{}", tail(&log, 30));
-        }
+    let main = WranglerProcess {
+        what: "wrangler dev".into(),
+        configs,
+        port: info.ports.functions,
+        inspector: info.ports.inspector,
+        home: info.stack_dir.join("wrangler-home"),
+        log: info.logs_dir.join("wrangler.log"),
         // 200 or 503: either way the gateway and the health Worker answered.
-        Ok(http_status(&url).filter(|s| *s == 200 || *s == 503).map(|_| ()))
-    })?;
-    for c in &info.crons {
-        let log = c.log(&info.logs_dir);
-        let probe = format!("http://127.0.0.1:{}/", c.port);
-        wait_for(&format!("wrangler dev for {}'s Cron Trigger", c.worker), Duration::from_secs(180), || {
-            if !procs::alive(c.pid) {
-                bail!("wrangler dev ({}) exited:\n{}", c.worker, tail(&log, 30));
-            }
+        probe: format!("{}/health", info.functions_url),
+        ready: |s| s == 200 || s == 503,
+    };
+    // The Cron Workers' own processes (see `CronWorker`) start meanwhile.
+    let crons: Vec<WranglerProcess> = info
+        .crons
+        .iter()
+        .map(|c| WranglerProcess {
+            what: format!("wrangler dev ({})", c.worker),
+            configs: vec![info.stack_dir.join("wrangler").join(format!("{}.toml", c.worker))],
+            port: c.port,
+            inspector: c.inspector,
+            home: info.stack_dir.join(format!("wrangler-home-{}", c.worker)),
+            log: c.log(&info.logs_dir),
             // Any answer from the Worker (it has no route at /) means it is served.
-            Ok(http_status(&probe).map(|_| ()))
-        })?;
+            probe: format!("http://127.0.0.1:{}/", c.port),
+            ready: |_| true,
+        })
+        .collect();
+    info.pids.wrangler = main.spawn(info)?;
+    for (i, c) in crons.iter().enumerate() {
+        info.crons[i].pid = c.spawn(info)?;
+    }
+    // (The pids are recorded as they change, so `down` stops them whatever happens.)
+    info.pids.wrangler = main.wait(info, info.pids.wrangler)?;
+    for (i, c) in crons.iter().enumerate() {
+        info.crons[i].pid = c.wait(info, info.crons[i].pid)?;
     }
     Ok(())
+}
+
+/// One `wrangler dev` of the stack, and how to tell it is serving.
+struct WranglerProcess {
+    what: String,
+    configs: Vec<PathBuf>,
+    port: u16,
+    inspector: u16,
+    home: PathBuf,
+    log: PathBuf,
+    probe: String,
+    ready: fn(u16) -> bool,
+}
+
+impl WranglerProcess {
+    /// How many times a `wrangler dev` that exits before serving is started again.
+    /// On a loaded machine its runtime occasionally fails to start ("The Workers
+    /// runtime failed to start", with nothing else logged); a second start works.
+    const RESTARTS: usize = 2;
+
+    fn spawn(&self, info: &StackInfo) -> Result<u32> {
+        spawn_wrangler(info, &self.configs, self.port, self.inspector, &self.home, &self.log)
+    }
+
+    /// Wait until it serves; start it again (keeping each failed attempt's log beside
+    /// the log, as `<log>.attempt-N`) if it exits first. Returns the serving pid.
+    fn wait(&self, info: &StackInfo, mut pid: u32) -> Result<u32> {
+        for attempt in 1.. {
+            let served = wait_for(&format!("{} to serve {}", self.what, self.probe), Duration::from_secs(180), || {
+                if !procs::alive(pid) {
+                    return Ok(Some(false));
+                }
+                Ok(http_status(&self.probe).filter(|s| (self.ready)(*s)).map(|_| true))
+            })?;
+            if served {
+                return Ok(pid);
+            }
+            let kept = self.log.with_extension(format!("log.attempt-{attempt}"));
+            let _ = std::fs::rename(&self.log, &kept);
+            if attempt > Self::RESTARTS {
+                bail!("{} exited {attempt} times before serving; the last time:\n{}", self.what, tail(&kept, 30));
+            }
+            step(&format!(
+                "{} exited before serving (log kept in {}); starting it again:\n{}",
+                self.what,
+                kept.display(),
+                tail(&kept, 10)
+            ));
+            // The group may still hold the ports for a moment.
+            let _ = procs::stop_group(pid, libc::SIGTERM, Duration::from_secs(15));
+            pid = self.spawn(info)?;
+        }
+        unreachable!("the loop returns or fails")
+    }
 }
 
 /// One `wrangler dev` process serving `configs` (the first one on `port`).
