@@ -852,7 +852,7 @@ impl WranglerProcess {
             if attempt > Self::RESTARTS {
                 bail!("{} exited {attempt} times before serving; the last time:\n{}", self.what, tail(&kept, 30));
             }
-            step(&format!(
+            step(format!(
                 "{} exited before serving (log kept in {}); starting it again:\n{}",
                 self.what,
                 kept.display(),
