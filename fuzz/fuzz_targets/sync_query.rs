@@ -107,7 +107,8 @@ fn check(query: &str, answer: &str) {
     assert_eq!(args["lim"], Value::from(req.limit));
     assert!(args["since_txid"].as_str().is_some_and(|t| t.parse::<u64>().is_ok()), "{args}");
 
-    if let Ok(body) = req.response(answer) {
+    if let Ok(body) = req.response(answer.as_bytes()) {
+        let body = String::from_utf8(body).expect("a response is UTF-8");
         let page: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("response is not JSON ({e}): {body}"));
         assert!(page["changes"].is_object() && page["has_more"].is_boolean(), "{body}");
         let cursor = page["cursor"].as_str().expect("a cursor string");

@@ -146,7 +146,7 @@ impl PullRequest {
     /// transaction id below it has been delivered once this page is applied. An
     /// `/upload`'s `write_checkpoint` is reached when `checkpoint >= write_checkpoint`
     /// (compared as integers).
-    pub fn response(&self, answer: &str) -> Result<String, ApiError> {
+    pub fn response(&self, answer: &[u8]) -> Result<Vec<u8>, ApiError> {
         #[derive(serde::Deserialize)]
         struct Page<'a> {
             #[serde(borrow)]
@@ -158,8 +158,9 @@ impl PullRequest {
         }
         let bad =
             |what: &str| ApiError::bad_gateway("upstream_bad_response", format!("the pull answer has no valid {what}"));
-        let page: Page = serde_json::from_str(answer).map_err(|_| bad("page"))?;
-        if !page.changes.get().starts_with('{') {
+        let page: Page = serde_json::from_slice(answer).map_err(|_| bad("page"))?;
+        let changes = page.changes.get();
+        if !changes.starts_with('{') {
             return Err(bad("changes"));
         }
         // A position the cursor cannot carry (above i64::MAX, as `Cursor::decode` checks)
@@ -169,14 +170,14 @@ impl PullRequest {
         let id = crate::auth::parse_uuid(&page.next_id).ok_or_else(|| bad("next_id"))?;
         let origin = position(&page.origin).ok_or_else(|| bad("origin"))?;
         let cursor = Cursor { txid, id, tables: tables_fingerprint(self.tables.as_deref()), origin };
-        // Only strings we made (base64url, digits) are spliced in; no escaping needed.
-        Ok(format!(
-            r#"{{"changes":{},"cursor":"{}","has_more":{},"checkpoint":"{}"}}"#,
-            page.changes.get(),
-            cursor.encode(),
-            page.has_more,
-            txid
-        ))
+        // The rows are copied once, as they came; only strings we made (base64url,
+        // digits) are spliced around them, so no escaping is needed.
+        let tail = format!(r#","cursor":"{}","has_more":{},"checkpoint":"{}"}}"#, cursor.encode(), page.has_more, txid);
+        let mut out = Vec::with_capacity(changes.len() + tail.len() + 12);
+        out.extend_from_slice(br#"{"changes":"#);
+        out.extend_from_slice(changes.as_bytes());
+        out.extend_from_slice(tail.as_bytes());
+        Ok(out)
     }
 }
 
@@ -283,7 +284,7 @@ mod tests {
             "has_more": true, "next_txid": "42", "next_id": "0A1B2C3D-0000-4000-8000-00000000ABCD", "watermark": "50",
             "origin": "40"
         });
-        let body: Value = serde_json::from_str(&r.response(&answer.to_string()).unwrap()).unwrap();
+        let body: Value = serde_json::from_slice(&r.response(answer.to_string().as_bytes()).unwrap()).unwrap();
         assert_eq!(body["has_more"], true);
         assert_eq!(body["checkpoint"], "42");
         assert_eq!(body["changes"]["entries"]["upserted"][0]["id"], "x");
@@ -306,11 +307,11 @@ mod tests {
             json!({"changes": {}, "has_more": false, "next_txid": "1", "next_id": NIL_ID}),
             json!({"changes": {}, "has_more": false, "next_txid": "1", "next_id": NIL_ID, "origin": "-1"}),
         ] {
-            assert_eq!(r.response(&answer.to_string()).unwrap_err().status, 502);
+            assert_eq!(r.response(answer.to_string().as_bytes()).unwrap_err().status, 502);
         }
-        assert_eq!(r.response("not json").unwrap_err().status, 502);
-        let ok = r.response(&json!({"changes": {"a": {"upserted": [], "deleted": []}}, "has_more": false, "next_txid": "1", "next_id": NIL_ID, "origin": "1"}).to_string());
-        let ok: Value = serde_json::from_str(&ok.unwrap()).unwrap();
+        assert_eq!(r.response(b"not json").unwrap_err().status, 502);
+        let ok = r.response(&json!({"changes": {"a": {"upserted": [], "deleted": []}}, "has_more": false, "next_txid": "1", "next_id": NIL_ID, "origin": "1"}).to_string().as_bytes());
+        let ok: Value = serde_json::from_slice(&ok.unwrap()).unwrap();
         assert_eq!(ok["changes"]["a"]["deleted"], json!([]));
     }
 
@@ -326,12 +327,12 @@ mod tests {
         for (txid, origin, field) in
             [("3028193781282852157", "16855260271263054336", "origin"), ("9223372036854775808", "1", "next_txid")]
         {
-            let e = r.response(&page(txid, origin)).unwrap_err();
+            let e = r.response(page(txid, origin).as_bytes()).unwrap_err();
             assert_eq!((e.status, e.code), (502, "upstream_bad_response"), "{txid} {origin}");
             assert!(e.message.contains(field), "{e:?}");
         }
         let max = i64::MAX.to_string();
-        let body: Value = serde_json::from_str(&r.response(&page(&max, &max)).unwrap()).unwrap();
+        let body: Value = serde_json::from_slice(&r.response(page(&max, &max).as_bytes()).unwrap()).unwrap();
         let c = Cursor::decode(body["cursor"].as_str().unwrap()).unwrap();
         assert_eq!((c.txid, c.origin), (i64::MAX as u64, i64::MAX as u64));
     }

@@ -189,13 +189,15 @@ pub fn deadline(ms: u64) -> Deadline<'static> {
 
 /// A JSON response that no cache may keep (per-user data).
 pub fn private_json(body: &Value) -> Result<Response, ApiError> {
-    private_json_text(body.to_string())
+    private_json_bytes(
+        serde_json::to_vec(body).map_err(|e| ApiError::internal(format!("could not build the response: {e}")))?,
+    )
 }
 
-/// [`private_json`] for a body that is already JSON text.
-pub fn private_json_text(body: String) -> Result<Response, ApiError> {
+/// [`private_json`] for a body that is already JSON.
+pub fn private_json_bytes(body: Vec<u8>) -> Result<Response, ApiError> {
     let mut response =
-        Response::ok(body).map_err(|e| ApiError::internal(format!("could not build the response: {e}")))?;
+        Response::from_bytes(body).map_err(|e| ApiError::internal(format!("could not build the response: {e}")))?;
     let headers = response.headers_mut();
     let _ = headers.set("content-type", "application/json");
     let _ = headers.set("cache-control", "no-store");
