@@ -310,7 +310,7 @@ mod tests {
             assert_eq!(r.response(answer.to_string().as_bytes()).unwrap_err().status, 502);
         }
         assert_eq!(r.response(b"not json").unwrap_err().status, 502);
-        let ok = r.response(&json!({"changes": {"a": {"upserted": [], "deleted": []}}, "has_more": false, "next_txid": "1", "next_id": NIL_ID, "origin": "1"}).to_string().as_bytes());
+        let ok = r.response(json!({"changes": {"a": {"upserted": [], "deleted": []}}, "has_more": false, "next_txid": "1", "next_id": NIL_ID, "origin": "1"}).to_string().as_bytes());
         let ok: Value = serde_json::from_slice(&ok.unwrap()).unwrap();
         assert_eq!(ok["changes"]["a"]["deleted"], json!([]));
     }
