@@ -81,13 +81,14 @@ impl DataApi {
 
     /// Call `POST /rpc/<function>` with JSON arguments and return the JSON answer.
     pub async fn rpc(&self, caller: Caller<'_>, function: &str, args: &Value) -> Result<Value, UpstreamError> {
-        let (status, body) = self.rpc_bytes(caller, function, args).await?;
+        let (status, body) = self.rpc_bytes(caller, function, args.to_string()).await?;
         parse_answer(status, &body)
     }
 
-    /// Like [`DataApi::rpc`], but a success comes back as the raw JSON bytes, for
-    /// answers too large to be worth building a `Value` tree for (a `/sync` page).
-    pub async fn rpc_raw(&self, caller: Caller<'_>, function: &str, args: &Value) -> Result<Vec<u8>, UpstreamError> {
+    /// Like [`DataApi::rpc`], but the arguments go as the JSON text given and a success
+    /// comes back as the raw JSON bytes, for requests and answers too large to be worth
+    /// building `Value` trees for (an `/upload` batch, a `/sync` page).
+    pub async fn rpc_raw(&self, caller: Caller<'_>, function: &str, args: String) -> Result<Vec<u8>, UpstreamError> {
         let (status, body) = self.rpc_bytes(caller, function, args).await?;
         if (200..300).contains(&status) {
             Ok(body)
@@ -103,9 +104,9 @@ impl DataApi {
         &self,
         caller: Caller<'_>,
         function: &str,
-        args: &Value,
+        args: String,
     ) -> Result<(u16, Vec<u8>), UpstreamError> {
-        let request = self.client(caller)?.rpc(function, args.to_string());
+        let request = self.client(caller)?.rpc(function, args);
         let exchange = async {
             let response =
                 request.execute().await.map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;

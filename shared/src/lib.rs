@@ -22,6 +22,7 @@ pub mod embed_jobs;
 pub mod error;
 pub mod health;
 pub mod populate;
+pub mod raw_json;
 pub mod request_id;
 pub mod sync;
 pub mod upload;

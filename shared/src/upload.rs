@@ -6,11 +6,14 @@
 //! column's type refuses, another user's row) come back from `edgesync_push`, which
 //! rejects the whole batch the same way. Either way nothing of a bad batch is written.
 
-use serde_json::{json, Map, Value};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use std::collections::HashSet;
+use std::fmt::Write;
 
 use crate::auth::parse_uuid;
 use crate::cursor::Cursor;
+use crate::raw_json::{self, as_str, fields, non_null};
 use crate::sync::valid_table_name;
 use crate::ApiError;
 
@@ -22,11 +25,17 @@ pub const MAX_MUTATIONS: usize = 1000;
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// A validated batch, ready for the database.
+///
+/// The mutations are not kept as `Value` trees: each one's `data` is passed on as the
+/// JSON text it arrived as (checked, never rebuilt), spliced into the RPC's arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UploadBatch {
     pub client_id: String,
-    /// Normalised mutations: `{op_id, op, type, id, data, base_txid?, base_id?}`.
-    pub mutations: Vec<Value>,
+    /// How many mutations the batch holds.
+    pub len: usize,
+    /// The `edgesync_push` arguments as JSON text: `{client_id, mutations}`, each
+    /// mutation normalised to `{op_id, op, type, id, data, base_txid?, base_id?}`.
+    args: String,
 }
 
 impl UploadBatch {
@@ -35,19 +44,31 @@ impl UploadBatch {
         if body.len() > MAX_BODY_BYTES {
             return Err(too_large_body(body.len()));
         }
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
-        let Value::Object(mut top) = value else {
-            return Err(ApiError::bad_request("invalid_request", "the body must be a JSON object"));
+        let invalid_json = |e: &dyn std::fmt::Display| {
+            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
         };
-        let client_id = top
-            .get("client_id")
-            .and_then(Value::as_str)
-            .and_then(parse_uuid)
+        let text = std::str::from_utf8(body).map_err(|e| invalid_json(&e))?;
+        // Reading the two fields validates the whole text (without building anything).
+        // Nesting is then checked in one pass, since Postgres would refuse deep `jsonb`.
+        let top = fields(text, ["client_id", "mutations"]);
+        let scan = raw_json::scan(body);
+        if scan.max_depth > raw_json::MAX_DEPTH {
+            return Err(invalid_json(&format_args!("nested deeper than {} levels", raw_json::MAX_DEPTH)));
+        }
+        let [client_id, mutations] = top.map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                ApiError::bad_request("invalid_request", "the body must be a JSON object")
+            }
+            _ => invalid_json(&e),
+        })?;
+        let client_id = client_id
+            .and_then(as_str)
+            .and_then(|s| parse_uuid(&s))
             .ok_or_else(|| ApiError::bad_request("invalid_request", "`client_id` must be a UUID string"))?;
-        let Some(Value::Array(raw)) = top.remove("mutations") else {
-            return Err(ApiError::bad_request("invalid_request", "`mutations` must be an array"));
-        };
+        let raw: Vec<&RawValue> = mutations
+            .filter(|m| m.get().starts_with('['))
+            .and_then(|m| serde_json::from_str(m.get()).ok())
+            .ok_or_else(|| ApiError::bad_request("invalid_request", "`mutations` must be an array"))?;
         if raw.len() > MAX_MUTATIONS {
             return Err(ApiError::new(
                 413,
@@ -59,17 +80,26 @@ impl UploadBatch {
 
         let mut errors = Vec::new();
         let mut other_user = false;
-        let mut seen = HashSet::new();
-        let mut mutations = Vec::with_capacity(raw.len());
-        for (index, m) in raw.into_iter().enumerate() {
-            match check_mutation(index, m, user_id, &mut seen) {
-                Ok(m) => mutations.push(m),
+        let mut seen = HashSet::with_capacity(raw.len());
+        let mut args = String::with_capacity(body.len() + 64 * raw.len() + 64);
+        let _ = write!(args, r#"{{"client_id":"{client_id}","mutations":["#);
+        for (index, m) in raw.iter().enumerate() {
+            let check = Check { index, user_id, may_have_nul: scan.has_nul };
+            match check.mutation(m, &mut seen) {
+                Ok(m) if errors.is_empty() => {
+                    if index > 0 {
+                        args.push(',');
+                    }
+                    m.write(&mut args);
+                }
+                Ok(_) => {}
                 Err(problem) => {
                     other_user |= problem.code == "user_id_mismatch";
                     errors.push(problem.to_json());
                 }
             }
         }
+        args.push_str("]}");
         if !errors.is_empty() {
             let details = json!({ "errors": errors });
             return Err(if other_user {
@@ -83,31 +113,61 @@ impl UploadBatch {
                 .with_details(details)
             });
         }
-        Ok(UploadBatch { client_id, mutations })
+        Ok(UploadBatch { client_id, len: raw.len(), args })
     }
 
-    pub fn rpc_args(&self) -> Value {
-        json!({ "client_id": self.client_id, "mutations": self.mutations })
+    /// The `edgesync_push` arguments, as JSON text.
+    pub fn rpc_args(&self) -> &str {
+        &self.args
+    }
+
+    /// [`UploadBatch::rpc_args`], without a copy.
+    pub fn into_rpc_args(self) -> String {
+        self.args
     }
 
     /// The `/upload` response from the RPC's answer. `write_checkpoint` is one past
     /// the pushing transaction's id: a `/sync` whose `checkpoint` has reached it
-    /// contains this batch's writes.
-    pub fn response(&self, answer: Value) -> Result<Value, ApiError> {
+    /// contains this batch's writes. The per-mutation results are passed on as they came.
+    pub fn response(answer: &[u8]) -> Result<Vec<u8>, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Answer<'a> {
+            #[serde(borrow)]
+            results: &'a RawValue,
+            last_op_id: u64,
+            checkpoint: String,
+        }
         let bad =
             |what: &str| ApiError::bad_gateway("upstream_bad_response", format!("the push answer has no valid {what}"));
-        let results = answer.get("results").filter(|r| r.is_array()).ok_or_else(|| bad("results"))?;
-        let last_op_id = answer.get("last_op_id").filter(|v| v.is_u64()).ok_or_else(|| bad("last_op_id"))?;
-        let checkpoint: u64 = answer
-            .get("checkpoint")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("checkpoint"))?;
-        Ok(json!({
-            "results": results,
-            "last_op_id": last_op_id,
-            "write_checkpoint": (checkpoint + 1).to_string(),
-        }))
+        if !answer.trim_ascii_start().starts_with(b"{") {
+            return Err(bad("results"));
+        }
+        let answer: Answer = serde_json::from_slice(answer).map_err(|_| bad("results, last_op_id or checkpoint"))?;
+        if !answer.results.get().starts_with('[') {
+            return Err(bad("results"));
+        }
+        let checkpoint: u64 = answer.checkpoint.parse().map_err(|_| bad("checkpoint"))?;
+        let results = answer.results.get();
+        let mut out = Vec::with_capacity(results.len() + 80);
+        out.extend_from_slice(br#"{"results":"#);
+        out.extend_from_slice(results.as_bytes());
+        let _ = write!(
+            Tail(&mut out),
+            r#","last_op_id":{},"write_checkpoint":"{}"}}"#,
+            answer.last_op_id,
+            checkpoint.saturating_add(1)
+        );
+        Ok(out)
+    }
+}
+
+/// `write!` into a byte buffer.
+struct Tail<'a>(&'a mut Vec<u8>);
+
+impl Write for Tail<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -135,67 +195,109 @@ impl Problem {
     }
 }
 
-fn check_mutation(index: usize, m: Value, user_id: &str, seen: &mut HashSet<u64>) -> Result<Value, Problem> {
-    let op_id_value = m.get("op_id").cloned().unwrap_or(Value::Null);
-    let fail = |code: &'static str, message: String| Problem { index, op_id: op_id_value.clone(), code, message };
-    let Value::Object(mut m) = m else {
-        return Err(fail("invalid_mutation", "a mutation must be a JSON object".into()));
-    };
-    let op_id = match m.get("op_id").and_then(Value::as_u64) {
-        Some(n) if n >= 1 && n <= i64::MAX as u64 => n,
-        _ => return Err(fail("invalid_op_id", "op_id must be a positive integer".into())),
-    };
-    if !seen.insert(op_id) {
-        return Err(fail("duplicate_op_id", format!("op_id {op_id} appears twice in this batch")));
+/// A checked mutation: everything it says, normalised, with `data` as it came.
+struct Mutation<'a> {
+    op_id: u64,
+    op: &'static str,
+    table: std::borrow::Cow<'a, str>,
+    id: String,
+    data: &'a str,
+    base: Option<Cursor>,
+}
+
+impl Mutation<'_> {
+    /// As the RPC takes it. `type` is an identifier and `id` a UUID (checked), the
+    /// data is valid JSON text: nothing needs escaping.
+    fn write(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            r#"{{"op_id":{},"op":"{}","type":"{}","id":"{}","data":{}"#,
+            self.op_id, self.op, self.table, self.id, self.data
+        );
+        if let Some(base) = &self.base {
+            let _ = write!(out, r#","base_txid":"{}","base_id":"{}""#, base.txid, base.id);
+        }
+        out.push('}');
     }
-    let op = match m.get("op").and_then(Value::as_str).map(str::to_ascii_uppercase) {
-        Some(op) if matches!(op.as_str(), "PUT" | "PATCH" | "DELETE") => op,
-        _ => return Err(fail("invalid_op", "op must be PUT, PATCH or DELETE".into())),
-    };
-    let table = match m.get("type").and_then(Value::as_str) {
-        Some(t) if valid_table_name(t) => t.to_owned(),
-        _ => return Err(fail("invalid_type", "type must name a synced table".into())),
-    };
-    let id = m
-        .get("id")
-        .and_then(Value::as_str)
-        .and_then(parse_uuid)
-        .ok_or_else(|| fail("invalid_id", "id must be a UUID string".into()))?;
-    // PowerSync's CrudEntry calls it `data`; its wire form `opData`.
-    let data = match m.remove("data").or_else(|| m.remove("opData")) {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(d)) => d,
-        Some(_) => return Err(fail("invalid_data", "data must be a JSON object".into())),
-    };
-    // Postgres text and jsonb cannot hold U+0000: the database would refuse the batch
-    // with an error that is not about a mutation.
-    if crate::object_has_nul(&data) {
-        return Err(fail(
-            "invalid_value",
-            "data contains the NUL character (U+0000), which the database cannot store".into(),
-        ));
-    }
-    if let Some(named) = data.get("user_id") {
-        if named.as_str().and_then(parse_uuid).as_deref() != Some(user_id) {
+}
+
+/// Checking one mutation of a batch.
+struct Check<'u> {
+    index: usize,
+    user_id: &'u str,
+    /// Whether the body has a `\u0000` anywhere (if not, no part of it needs looking at).
+    may_have_nul: bool,
+}
+
+impl Check<'_> {
+    fn mutation<'a>(&self, m: &'a RawValue, seen: &mut HashSet<u64>) -> Result<Mutation<'a>, Problem> {
+        const NAMES: [&str; 7] = ["op_id", "op", "type", "id", "data", "opData", "base_cursor"];
+        let [op_id, op, table, id, data, op_data, base_cursor] = fields(m.get(), NAMES).unwrap_or_default();
+        // The op_id as it was sent, to name the mutation in an error.
+        let op_id_value = op_id.and_then(|v| serde_json::from_str(v.get()).ok()).unwrap_or(Value::Null);
+        let fail = |code: &'static str, message: String| Problem {
+            index: self.index,
+            op_id: op_id_value.clone(),
+            code,
+            message,
+        };
+        if !m.get().starts_with('{') {
+            return Err(fail("invalid_mutation", "a mutation must be a JSON object".into()));
+        }
+        let op_id = match op_id.and_then(|v| serde_json::from_str::<u64>(v.get()).ok()) {
+            Some(n) if n >= 1 && n <= i64::MAX as u64 => n,
+            _ => return Err(fail("invalid_op_id", "op_id must be a positive integer".into())),
+        };
+        if !seen.insert(op_id) {
+            return Err(fail("duplicate_op_id", format!("op_id {op_id} appears twice in this batch")));
+        }
+        let op = match op.and_then(as_str) {
+            Some(op) if op.eq_ignore_ascii_case("PUT") => "PUT",
+            Some(op) if op.eq_ignore_ascii_case("PATCH") => "PATCH",
+            Some(op) if op.eq_ignore_ascii_case("DELETE") => "DELETE",
+            _ => return Err(fail("invalid_op", "op must be PUT, PATCH or DELETE".into())),
+        };
+        let table = match table.and_then(as_str) {
+            Some(t) if valid_table_name(&t) => t,
+            _ => return Err(fail("invalid_type", "type must name a synced table".into())),
+        };
+        let id = id
+            .and_then(as_str)
+            .and_then(|s| parse_uuid(&s))
+            .ok_or_else(|| fail("invalid_id", "id must be a UUID string".into()))?;
+        // PowerSync's CrudEntry calls it `data`; its wire form `opData`.
+        let data = match non_null(data).or(non_null(op_data)) {
+            None => "{}",
+            Some(d) if d.get().starts_with('{') => d.get(),
+            Some(_) => return Err(fail("invalid_data", "data must be a JSON object".into())),
+        };
+        // Postgres text and jsonb cannot hold U+0000: the database would refuse the batch
+        // with an error that is not about a mutation.
+        if self.may_have_nul && raw_json::scan(data.as_bytes()).has_nul {
+            return Err(fail(
+                "invalid_value",
+                "data contains the NUL character (U+0000), which the database cannot store".into(),
+            ));
+        }
+        let [named_user, named_id] = fields(data, ["user_id", "id"]).unwrap_or_default();
+        let names = |named: Option<&RawValue>, expected: &str| {
+            named.is_none_or(|v| as_str(v).and_then(|s| parse_uuid(&s)).as_deref() == Some(expected))
+        };
+        if !names(named_user, self.user_id) {
             return Err(fail("user_id_mismatch", "data.user_id names another user; leave it out".into()));
         }
-    }
-    if let Some(named) = data.get("id") {
-        if named.as_str().and_then(parse_uuid).as_deref() != Some(id.as_str()) {
+        if !names(named_id, &id) {
             return Err(fail("id_mismatch", "data.id differs from the mutation's id".into()));
         }
+        let base = match non_null(base_cursor) {
+            None => None,
+            Some(c) => match as_str(c) {
+                Some(s) => Some(Cursor::decode(&s).map_err(|e| fail("invalid_base_cursor", e.message))?),
+                None => return Err(fail("invalid_base_cursor", "base_cursor must be a cursor string".into())),
+            },
+        };
+        Ok(Mutation { op_id, op, table, id, data, base })
     }
-    let mut out = json!({ "op_id": op_id, "op": op, "type": table, "id": id, "data": data });
-    match m.get("base_cursor") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            let base = Cursor::decode(s).map_err(|e| fail("invalid_base_cursor", e.message))?;
-            out["base_txid"] = json!(base.txid.to_string());
-            out["base_id"] = json!(base.id);
-        }
-        Some(_) => return Err(fail("invalid_base_cursor", "base_cursor must be a cursor string".into())),
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -206,6 +308,10 @@ mod tests {
     const USER: &str = "11111111-1111-4111-8111-111111111111";
     const CLIENT: &str = "22222222-2222-4222-8222-222222222222";
     const ROW: &str = "33333333-3333-4333-8333-333333333333";
+
+    fn args(b: &UploadBatch) -> Value {
+        serde_json::from_str(b.rpc_args()).expect("the RPC arguments are JSON")
+    }
 
     fn batch(mutations: Value) -> Vec<u8> {
         serde_json::to_vec(&json!({ "client_id": CLIENT, "mutations": mutations })).unwrap()
@@ -220,12 +326,18 @@ mod tests {
         ]));
         let b = UploadBatch::parse(&body, USER).unwrap();
         assert_eq!(b.client_id, CLIENT);
+        let args = args(&b);
+        assert_eq!(args["client_id"], CLIENT);
         assert_eq!(
-            b.mutations[1],
+            args["mutations"][0],
+            json!({"op_id": 1, "op": "PUT", "type": "entries", "id": ROW, "data": {"title": "a", "user_id": USER}})
+        );
+        assert_eq!(
+            args["mutations"][1],
             json!({"op_id": 2, "op": "PATCH", "type": "entries", "id": ROW, "data": {"title": "b"}})
         );
-        assert_eq!(b.mutations[2]["data"], json!({}));
-        assert_eq!(b.rpc_args()["mutations"].as_array().unwrap().len(), 3);
+        assert_eq!(args["mutations"][2]["data"], json!({}));
+        assert_eq!((b.len, args["mutations"].as_array().unwrap().len()), (3, 3));
     }
 
     #[test]
@@ -237,7 +349,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (b.mutations[0]["base_txid"].as_str(), b.mutations[0]["base_id"].as_str()),
+            (args(&b)["mutations"][0]["base_txid"].as_str(), args(&b)["mutations"][0]["base_id"].as_str()),
             (Some("77"), Some(NIL_ID))
         );
         let e = UploadBatch::parse(
@@ -348,14 +460,24 @@ mod tests {
 
     #[test]
     fn response_shape() {
-        let b = UploadBatch::parse(&batch(json!([])), USER).unwrap();
-        let r = b
-            .response(json!({"results": [{"op_id": 1, "status": "applied"}], "last_op_id": 1, "checkpoint": "900"}))
-            .unwrap();
+        let answer = |v: Value| v.to_string().into_bytes();
+        let r = UploadBatch::response(&answer(
+            json!({"results": [{"op_id": 1, "status": "applied"}], "last_op_id": 1, "checkpoint": "900"}),
+        ))
+        .unwrap();
         assert_eq!(
-            r,
+            serde_json::from_slice::<Value>(&r).unwrap(),
             json!({"results": [{"op_id": 1, "status": "applied"}], "last_op_id": 1, "write_checkpoint": "901"})
         );
-        assert_eq!(b.response(json!({"results": [], "last_op_id": 1})).unwrap_err().status, 502);
+        for bad in [
+            json!({"results": [], "last_op_id": 1}),
+            json!({"results": {}, "last_op_id": 1, "checkpoint": "1"}),
+            json!({"results": [], "last_op_id": -1, "checkpoint": "1"}),
+            json!({"results": [], "last_op_id": 1, "checkpoint": "x"}),
+            json!([]),
+        ] {
+            assert_eq!(UploadBatch::response(&answer(bad.clone())).unwrap_err().status, 502, "{bad}");
+        }
+        assert_eq!(UploadBatch::response(b"not json").unwrap_err().status, 502);
     }
 }

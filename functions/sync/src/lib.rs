@@ -24,6 +24,7 @@ async fn handle(req: &Request, env: &Env) -> Result<Response, ApiError> {
     edge::require_user(&verified)?;
     let url = req.url().map_err(|e| ApiError::bad_request("invalid_url", e.to_string()))?;
     let pull = PullRequest::from_query(url.query().unwrap_or_default())?;
-    let answer = edge::data_api(&config).rpc_raw(Caller::User(&verified.token), PULL_RPC, &pull.rpc_args()).await?;
+    let answer =
+        edge::data_api(&config).rpc_raw(Caller::User(&verified.token), PULL_RPC, pull.rpc_args().to_string()).await?;
     edge::private_json_bytes(pull.response(&answer)?)
 }

@@ -25,6 +25,7 @@ async fn handle(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     let user_id = edge::require_user(&verified)?;
     let body = edge::json_body(req, MAX_BODY_BYTES, too_large_body).await?;
     let batch = UploadBatch::parse(&body, user_id)?;
-    let answer = edge::data_api(&config).rpc(Caller::User(&verified.token), PUSH_RPC, &batch.rpc_args()).await?;
-    edge::private_json(&batch.response(answer)?)
+    let answer =
+        edge::data_api(&config).rpc_raw(Caller::User(&verified.token), PUSH_RPC, batch.into_rpc_args()).await?;
+    edge::private_json_bytes(UploadBatch::response(&answer)?)
 }
