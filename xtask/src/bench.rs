@@ -28,7 +28,7 @@ mod startup;
 
 use load::{cpu, scan, Client, Measure, Runner};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -60,7 +60,7 @@ pub struct Options {
 }
 
 /// What to run: sizes and request counts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub clients: usize,
     pub rounds: usize,
@@ -134,10 +134,11 @@ impl Plan {
 }
 
 /// One target of a workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
-    /// The Rust Workers behind the gateway.
+    /// The Rust Workers: `/sync` and `/upload` served alone (as deployed), the rest
+    /// behind the local gateway.
     Edgesync,
     /// The TypeScript Worker (supabase-js), `/sync` and `/upload` only.
     Ts,
@@ -182,7 +183,7 @@ pub enum WorkerCpu {
 }
 
 /// One measured line: a workload at one parameter against one target.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     /// `sync_full`, `sync_page`, `sync_incremental`, `upload`, `search`, `model`, `pipeline`.
     pub workload: String,
@@ -245,7 +246,7 @@ impl Row {
 }
 
 /// The embedding pipeline end to end.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pipeline {
     pub entries: usize,
     pub upload_secs: f64,
@@ -277,7 +278,7 @@ struct Phases {
 }
 
 /// Something loaded, and how long it took (through the triggers).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadNote {
     pub what: String,
     pub rows: u64,
@@ -285,7 +286,7 @@ pub struct LoadNote {
 }
 
 /// Everything the report is made from (also written as JSON).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Results {
     pub smoke: bool,
     pub plan: Plan,
@@ -326,7 +327,7 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     stop_ts_worker(&dir);
     stack::down(&dir)?;
     step("starting the bench's own stack on free ports");
-    let info = stack::up(paths, &t, &UpOptions { dir: dir.clone(), ports: Ports::free()?, fresh: true })?;
+    let info = stack::up(paths, &t, &UpOptions { dir: dir.clone(), ports: Ports::free()?, fresh: true, alone: ALONE })?;
     step(format!("bench stack up in {:.1}s at {}", info.started_in_secs, info.functions_url));
     let mut ts_url = None;
     let outcome = (|| -> Result<Results> {
@@ -369,7 +370,18 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     std::fs::create_dir_all(&plots_dir)?;
     let plot_files = plots::draw(&results, &plots_dir, Path::new(FONT))?;
     std::fs::write(scratch.join("results.json"), serde_json::to_vec_pretty(&results)?)?;
-    let md = report::markdown(&results, &plot_files, &out_dir);
+    // The run before the optimisation pass, to compare with. (Also in a smoke run, whose
+    // figures it does not share, so that a change to `Results` that stops it from being
+    // read fails CI.)
+    let before_file = paths.root.join("bench/before/results.json");
+    let before: Option<Results> = match std::fs::read(&before_file) {
+        Ok(bytes) => Some(
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error(format!("{} cannot be read as bench results: {e}", before_file.display())))?,
+        ),
+        Err(_) => None,
+    };
+    let md = report::markdown(&results, before.as_ref(), &plot_files, &out_dir);
     let report_file = out_dir.join("BENCHMARKS.md");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(&report_file, md)?;
@@ -548,6 +560,11 @@ impl Position {
     }
 }
 
+/// The Workers the bench measures alone, each in a `wrangler dev` of its own, the way
+/// they are deployed (a route of their own, no gateway); every other path goes through
+/// the gateway, which is a local-development convenience (see ARCHITECTURE.md).
+const ALONE: &[&str] = &["sync", "upload"];
+
 /// What the client threads share: where the targets are.
 struct Env {
     info: StackInfo,
@@ -555,12 +572,20 @@ struct Env {
 }
 
 impl Env {
-    fn base(&self, t: Target) -> &str {
-        match t {
-            Target::Edgesync => &self.info.functions_url,
-            Target::Ts => self.ts_url.as_deref().unwrap_or_default(),
-            _ => &self.info.postgrest_url,
-        }
+    /// Where `path` is served for target `t`.
+    fn url(&self, t: Target, path: &str) -> String {
+        let base = match t {
+            Target::Edgesync => {
+                let worker = path.trim_start_matches('/').split(['/', '?']).next().unwrap_or_default();
+                match self.info.cron(worker).filter(|_| ALONE.contains(&worker)) {
+                    Some(alone) => format!("http://127.0.0.1:{}", alone.port),
+                    None => self.info.functions_url.clone(),
+                }
+            }
+            Target::Ts => self.ts_url.clone().unwrap_or_default(),
+            _ => self.info.postgrest_url.clone(),
+        };
+        format!("{base}{path}")
     }
 
     /// One page: `GET /sync` (edgesync, TS) or `POST /rpc/edgesync_pull` (direct).
@@ -576,7 +601,7 @@ impl Env {
         let auth = format!("Bearer {token}");
         match t {
             Target::Edgesync | Target::Ts => {
-                let mut url = format!("{}/sync?limit={limit}", self.base(t));
+                let mut url = self.url(t, &format!("/sync?limit={limit}"));
                 if let Some(p) = since {
                     url.push_str("&since=");
                     url.push_str(&p.encode());
@@ -634,16 +659,18 @@ struct Bench {
     many: Vec<(String, String)>,
 }
 
-/// The CPU groups of a `wrangler dev` (prefix `g`): wrangler dev runs two workerd
-/// processes, its proxy (listening on the port the clients use) and the runtime of the
-/// Workers behind it.
-fn worker_groups(g: &str, pgid: u32, port: u16) -> Vec<cpu::Group> {
-    let workerd = cpu::Group { only: Some("workerd"), ..cpu::Group::new(&format!("{g}.workerd"), pgid) };
+/// The CPU groups of one or more `wrangler dev`s (`(pgid, port)`; label prefix `g`):
+/// each runs two workerd processes, its proxy (listening on the port the clients use)
+/// and the runtime of the Workers behind it.
+fn worker_groups(g: &str, devs: &[(u32, u16)]) -> Vec<cpu::Group> {
+    let all =
+        cpu::Group { pgids: devs.iter().map(|(pgid, _)| *pgid).collect(), ..cpu::Group::new(&format!("{g}.all"), 0) };
+    let workerd = cpu::Group { label: format!("{g}.workerd"), only: Some("workerd"), ..all.clone() };
     vec![
-        cpu::Group::new(&format!("{g}.all"), pgid),
+        all,
         cpu::Group {
             label: format!("{g}.runtime"),
-            not_arg: Some(format!("--socket-addr=entry=127.0.0.1:{port}")),
+            not_args: devs.iter().map(|(_, port)| format!("--socket-addr=entry=127.0.0.1:{port}")).collect(),
             ..workerd.clone()
         },
         workerd,
@@ -666,7 +693,11 @@ impl Bench {
         // Background embedding would be measured too (and the relay would race the loads).
         info.stop_relay()?;
         let db = postgres::Client::connect(&info.database_url, postgres::NoTls).sql("connect to Postgres")?;
-        let mut groups = worker_groups("edge", info.pids.wrangler, info.ports.functions);
+        // edgesync's Workers: the gateway's wrangler dev, and the Workers served alone
+        // (`/sync` and `/upload` are measured there, as deployed: no gateway in front).
+        let mut devs = vec![(info.pids.wrangler, info.ports.functions)];
+        devs.extend(ALONE.iter().filter_map(|w| info.cron(w)).map(|c| (c.pid, c.port)));
+        let mut groups = worker_groups("edge", &devs);
         groups.extend([
             cpu::Group::new("postgrest", info.pids.postgrest),
             cpu::Group::new("postgres", info.pids.postgres),
@@ -711,7 +742,7 @@ impl Bench {
         let ts = start_ts_worker(&self.paths, &self.info)?.context("the TypeScript Worker did not start")?;
         let port = ts.url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
         self.runner.groups.retain(|g| !g.label.starts_with("ts."));
-        self.runner.groups.extend(worker_groups("ts", ts.pid, port));
+        self.runner.groups.extend(worker_groups("ts", &[(ts.pid, port)]));
         self.env.ts_url = Some(ts.url);
         // The first requests of a new isolate compile the Worker.
         let (me, many) = (&self.env, &self.many);
@@ -823,8 +854,8 @@ impl Bench {
     }
 
     /// The fixed cost of a request, from the cheapest answer up: a path no Worker
-    /// serves (edgesync: the gateway alone answers 404), `/sync` without a token (401
-    /// from the function, no upstream), and the pull of a user with no rows.
+    /// serves (edgesync: the local gateway alone answers 404), `/sync` without a token
+    /// (401 from the function, no upstream), and the pull of a user with no rows.
     fn fixed_costs(&mut self) -> Result<()> {
         step("the fixed cost of a request");
         let targets: Vec<Target> = self.sync_targets().into_iter().filter(|t| *t != Target::Direct).collect();
@@ -835,7 +866,7 @@ impl Bench {
         for (param, path, status) in [(1u64, "/no_such_endpoint", 404u16), (2, "/sync", 401), (3, "/sync", 200)] {
             let (me, runner) = (&self.env, &self.runner);
             let ms = runner.interleaved(targets.len(), rounds, jobs, |ti, c, _| {
-                let url = format!("{}{path}", me.base(targets[ti]));
+                let url = me.url(targets[ti], path);
                 let headers: &[(&str, &str)] = if status == 200 { &[("authorization", &auth)] } else { &[] };
                 c.get_expecting(&url, headers, status)?;
                 Ok(())
@@ -1066,7 +1097,7 @@ impl Bench {
                     &[("authorization", &auth), ("apikey", &me.info.anon_key)],
                     &body,
                 )?,
-                _ => c.post(&format!("{}/upload", me.base(t)), &[("authorization", &auth)], &body)?,
+                _ => c.post(&me.url(t, "/upload"), &[("authorization", &auth)], &body)?,
             };
             let mut applied = scan::count(&answer, b"\"applied\"");
             if c.last_resent {

@@ -132,7 +132,7 @@ fn up_options(paths: &Paths, flags: &mut Flags, default_dir: &str) -> Result<UpO
         embeddings: flags.port("--port-embeddings", base.embeddings)?,
         neo4j: flags.port("--port-neo4j", base.neo4j)?,
     };
-    Ok(UpOptions { dir, ports, fresh })
+    Ok(UpOptions { dir, ports, fresh, alone: &[] })
 }
 
 fn run(args: Vec<String>) -> Result<ExitCode> {
@@ -371,7 +371,7 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String], st_examples: u32) -> 
     install_signal_handlers();
     let dir = paths.root.join("target/stack-test");
     stack::down(&dir)?;
-    let info = stack::up(paths, &t, &UpOptions { dir: dir.clone(), ports: Ports::free()?, fresh: true })?;
+    let info = stack::up(paths, &t, &UpOptions { dir: dir.clone(), ports: Ports::free()?, fresh: true, alone: &[] })?;
     step(format!("test stack up in {:.1}s at {}", info.started_in_secs, info.functions_url));
     let integration = cargo_test(
         Command::new("cargo")

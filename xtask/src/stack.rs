@@ -208,6 +208,10 @@ pub struct UpOptions {
     pub ports: Ports,
     /// Start from an empty database.
     pub fresh: bool,
+    /// Workers to serve alone too, each in a `wrangler dev` of its own on a free port,
+    /// as deployed (no gateway in front): the bench measures `/sync` and `/upload` so.
+    /// Recorded with the Cron Workers' processes (`StackInfo::cron` finds them).
+    pub alone: &'static [&'static str],
 }
 
 pub fn stack_file(dir: &Path) -> PathBuf {
@@ -403,7 +407,7 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
             bail!("port {port} on 127.0.0.1 is already in use; choose other ports (see `cargo xtask stack up --help`)");
         }
     }
-    let crons = cron_workers(&opts.ports)?;
+    let crons = cron_workers(&opts.ports, opts.alone)?;
     for c in &crons {
         if procs::port_open(c.port) {
             bail!("port {} on 127.0.0.1 (wrangler dev for {}'s Cron Trigger) is already in use", c.port, c.worker);
@@ -498,13 +502,22 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
 
 /// Ports for the Cron Workers' processes: after the documented defaults
 /// (8790, 9790, …) on a default stack, free ones otherwise.
-fn cron_workers(ports: &Ports) -> Result<Vec<CronWorker>> {
+/// (Then the Workers asked to be served `alone`, on free ports.)
+fn cron_workers(ports: &Ports, alone: &[&str]) -> Result<Vec<CronWorker>> {
     let defaults = *ports == Ports::defaults();
     let mut v = Vec::new();
     for (i, w) in CRON_WORKERS.iter().enumerate() {
         let (port, inspector) =
             if defaults { (8790 + i as u16, 9790 + i as u16) } else { (procs::free_port()?, procs::free_port()?) };
         v.push(CronWorker { worker: (*w).to_owned(), port, inspector, pid: 0 });
+    }
+    for w in alone.iter().filter(|w| !CRON_WORKERS.contains(w)) {
+        v.push(CronWorker {
+            worker: (*w).to_owned(),
+            port: procs::free_port()?,
+            inspector: procs::free_port()?,
+            pid: 0,
+        });
     }
     Ok(v)
 }

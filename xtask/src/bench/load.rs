@@ -4,7 +4,7 @@
 //! answer; any answer that is not 2xx fails the run. CPU time of the servers is read
 //! from `/proc` before and after (see [`cpu`]).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -154,7 +154,7 @@ pub fn prefix(s: &str, n: usize) -> &str {
 }
 
 /// What one run (or the sum of several) measured for one target.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Measure {
     pub requests: u64,
     pub units: u64,
@@ -344,20 +344,20 @@ pub mod scan {
 pub mod cpu {
     use std::collections::HashMap;
 
-    /// A process group (a pid the stack started with `process_group(0)`, so its pid is
-    /// the group id) and every descendant of its members; optionally only processes
-    /// whose command name is `only`, and not those with the argument `not_arg`.
+    /// Process groups (pids the stack started with `process_group(0)`, so each pid is
+    /// its group's id) and every descendant of their members; optionally only
+    /// processes whose command name is `only`, and not those with any of `not_args`.
     #[derive(Debug, Clone)]
     pub struct Group {
         pub label: String,
-        pub pgid: u32,
+        pub pgids: Vec<u32>,
         pub only: Option<&'static str>,
-        pub not_arg: Option<String>,
+        pub not_args: Vec<String>,
     }
 
     impl Group {
         pub fn new(label: &str, pgid: u32) -> Group {
-            Group { label: label.into(), pgid, only: None, not_arg: None }
+            Group { label: label.into(), pgids: vec![pgid], only: None, not_args: Vec::new() }
         }
     }
 
@@ -459,10 +459,11 @@ pub mod cpu {
 
     /// The group's processes that pass its filters.
     fn selected(snap: &Snapshot, g: &Group) -> Vec<u32> {
-        members(snap, g.pgid)
-            .into_iter()
+        g.pgids
+            .iter()
+            .flat_map(|pgid| members(snap, *pgid))
             .filter(|pid| snap.get(pid).is_some_and(|p| g.only.is_none_or(|only| p.comm == only)))
-            .filter(|pid| g.not_arg.as_deref().is_none_or(|arg| !has_arg(*pid, arg)))
+            .filter(|pid| g.not_args.iter().all(|arg| !has_arg(*pid, arg)))
             .collect()
     }
 

@@ -3,7 +3,7 @@
 
 use super::plots::Plot;
 use super::{Results, Row, Target, WorkerCpu};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -11,7 +11,7 @@ use xtask::build;
 use xtask::tools::{Paths, Tools};
 use xtask::util::{output, Result};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
@@ -260,7 +260,7 @@ fn relative(path: &Path, base: &Path) -> String {
     path.strip_prefix(base).map(|p| p.display().to_string()).unwrap_or_else(|_| path.display().to_string())
 }
 
-pub fn markdown(r: &Results, plots: &[Plot], out_dir: &Path) -> String {
+pub fn markdown(r: &Results, before: Option<&Results>, plots: &[Plot], out_dir: &Path) -> String {
     let m = &r.machine;
     let mut md = String::new();
     let _ = writeln!(md, "# edgesync benchmarks\n");
@@ -283,6 +283,9 @@ pub fn markdown(r: &Results, plots: &[Plot], out_dir: &Path) -> String {
 
     let _ = writeln!(md, "## Summary\n");
     summary(&mut md, r);
+    if let Some(before) = before {
+        before_after(&mut md, r, before);
+    }
 
     let _ = writeln!(md, "## Machine and versions\n");
     let _ = writeln!(md, "| | |\n|---|---|");
@@ -331,8 +334,11 @@ pub fn markdown(r: &Results, plots: &[Plot], out_dir: &Path) -> String {
     let _ = writeln!(md, "## Method\n");
     let _ = writeln!(
         md,
-        "- **Targets.** *edgesync*: the Rust Workers (.wasm) behind the gateway Worker in `wrangler dev` \
-         (a request is two Worker invocations: gateway, then the function through a service binding). \
+        "- **Targets.** *edgesync*: the Rust Workers (.wasm) in `wrangler dev`. `/sync` and `/upload` are \
+         measured as deployed: each Worker served alone (a wrangler dev of its own), one Worker invocation \
+         per request. Everything else (`/search`, the pipeline, the 404 below) goes through the gateway \
+         Worker, the local-development router, which makes a request two invocations (gateway, then the \
+         function through a service binding); its cost is the 404 row of the fixed-cost table. \
          *PostgREST direct*: the same RPC (`edgesync_pull`, `edgesync_push`, `search_entries`) \
          called on PostgREST with the same user token: the floor, no Worker at all. \
          *TypeScript Worker*: `bench/ts-worker` (supabase-js), `/sync` and `/upload`, calling the same RPCs, \
@@ -380,9 +386,9 @@ pub fn markdown(r: &Results, plots: &[Plot], out_dir: &Path) -> String {
         let _ = writeln!(
             md,
             "## The fixed cost of a request\n\nThe cheapest answers, to show what every request costs before \
-             any work: a path no Worker serves (for edgesync the gateway answers the 404 alone; the \
-             TypeScript Worker answers its own), `/sync` without a token (edgesync: the gateway, then the \
-             sync Worker through the service binding, which answers 401 without calling PostgREST), and \
+             any work: a path no Worker serves (for edgesync the local gateway answers the 404 alone: what \
+             the gateway adds to every request routed through it; the TypeScript Worker answers its own), \
+             `/sync` without a token (the sync Worker answers 401 without calling PostgREST), and \
              `/sync` of a user with no rows (the whole path: token check, one RPC, the answer).\n"
         );
         figures_table(&mut md, r, "fixed", "requests");
@@ -494,16 +500,62 @@ pub fn markdown(r: &Results, plots: &[Plot], out_dir: &Path) -> String {
     md
 }
 
+/// A summary figure: its label, workload, parameter and how it is read from a row.
+type Figure = (String, &'static str, u64, fn(&Row) -> Option<f64>);
+
+/// The figures of the summary (and of the before/after comparison).
+fn summary_figures(r: &Results) -> Vec<Figure> {
+    let mut v: Vec<Figure> = Vec::new();
+    let rows_per_sec: fn(&Row) -> Option<f64> = |x| Some(x.m.units_per_sec());
+    let p50: fn(&Row) -> Option<f64> = |x| Some(x.p50_ms);
+    let cpu: fn(&Row) -> Option<f64> = |x| x.worker_cpu_per_1000(WorkerCpu::Runtime);
+    if let Some(p) = params(r, "sync_full").into_iter().max() {
+        v.push((format!("`/sync` full pull of {} rows: rows/s", size(p)), "sync_full", p, rows_per_sec));
+        v.push((format!("`/sync` full pull of {} rows: page p50 ms", size(p)), "sync_full", p, p50));
+    }
+    for p in params(r, "sync_page") {
+        v.push((format!("`/sync` page at {} rows: p50 ms", size(p)), "sync_page", p, p50));
+    }
+    if let Some(p) = params(r, "sync_page").into_iter().max() {
+        v.push((format!("`/sync` page at {} rows: p99 ms", size(p)), "sync_page", p, |x| Some(x.p99_ms)));
+        v.push((format!("`/sync` page at {} rows: rows/s", size(p)), "sync_page", p, rows_per_sec));
+    }
+    for p in params(r, "sync_incremental") {
+        v.push(("`/sync` incremental: p50 ms".into(), "sync_incremental", p, p50));
+    }
+    for p in params(r, "upload") {
+        v.push((format!("`/upload` batch of {p}: mutations/s"), "upload", p, rows_per_sec));
+    }
+    for p in params(r, "search") {
+        v.push((
+            format!("`/search` at {} entries: p50 ms (direct: the vector given, no model)", size(p)),
+            "search",
+            p,
+            p50,
+        ));
+    }
+    if let Some(p) = params(r, "sync_page").into_iter().max() {
+        v.push(("`/sync` page: Worker CPU s per 1,000 requests".into(), "sync_page", p, cpu));
+    }
+    if let Some(p) = params(r, "sync_incremental").first().copied() {
+        v.push(("`/sync` incremental: Worker CPU s per 1,000 requests".into(), "sync_incremental", p, cpu));
+    }
+    for p in params(r, "upload") {
+        v.push((format!("`/upload` batch of {p}: Worker CPU s per 1,000 requests"), "upload", p, cpu));
+    }
+    v
+}
+
 fn summary(md: &mut String, r: &Results) {
     let _ = writeln!(
         md,
         "| figure | edgesync | PostgREST direct | TypeScript Worker | edgesync ÷ direct | edgesync ÷ TS |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-    let mut line = |label: String, workload: &str, p: u64, f: &dyn Fn(&Row) -> Option<f64>| {
+    let nan = f64::NAN;
+    for (label, workload, p, f) in summary_figures(r) {
         let get = |t| find(r, workload, p, t).and_then(f);
         let (e, d, t) = (get(Target::Edgesync), get(Target::Direct), get(Target::Ts));
-        let nan = f64::NAN;
         let _ = writeln!(
             md,
             "| {label} | {} | {} | {} | {} | {} |",
@@ -513,53 +565,6 @@ fn summary(md: &mut String, r: &Results) {
             ratio(e.unwrap_or(nan), d.unwrap_or(nan)),
             ratio(e.unwrap_or(nan), t.unwrap_or(nan))
         );
-    };
-    let full = params(r, "sync_full").into_iter().max();
-    if let Some(p) = full {
-        line(format!("`/sync` full pull of {} rows: rows/s", size(p)), "sync_full", p, &|x| Some(x.m.units_per_sec()));
-        line(format!("`/sync` full pull of {} rows: page p50 ms", size(p)), "sync_full", p, &|x| Some(x.p50_ms));
-    }
-    for p in params(r, "sync_page") {
-        line(format!("`/sync` page at {} rows: p50 ms", size(p)), "sync_page", p, &|x| Some(x.p50_ms));
-    }
-    if let Some(p) = params(r, "sync_page").into_iter().max() {
-        line(format!("`/sync` page at {} rows: p99 ms", size(p)), "sync_page", p, &|x| Some(x.p99_ms));
-        line(format!("`/sync` page at {} rows: rows/s", size(p)), "sync_page", p, &|x| Some(x.m.units_per_sec()));
-    }
-    for p in params(r, "sync_incremental") {
-        line("`/sync` incremental: p50 ms".into(), "sync_incremental", p, &|x| Some(x.p50_ms));
-    }
-    for p in params(r, "upload") {
-        line(format!("`/upload` batch of {p}: mutations/s"), "upload", p, &|x| Some(x.m.units_per_sec()));
-    }
-    for p in params(r, "search") {
-        line(
-            format!("`/search` at {} entries: p50 ms (direct: the vector given, no model)", size(p)),
-            "search",
-            p,
-            &|x| Some(x.p50_ms),
-        );
-    }
-    for (w, p) in [
-        ("sync_page", params(r, "sync_page").into_iter().max()),
-        ("sync_incremental", params(r, "sync_incremental").first().copied()),
-    ] {
-        if let Some(p) = p {
-            line(
-                format!(
-                    "{}: Worker CPU s per 1,000 requests",
-                    if w == "sync_page" { "`/sync` page" } else { "`/sync` incremental" }
-                ),
-                w,
-                p,
-                &|x| x.worker_cpu_per_1000(WorkerCpu::Runtime),
-            );
-        }
-    }
-    for p in params(r, "upload") {
-        line(format!("`/upload` batch of {p}: Worker CPU s per 1,000 requests"), "upload", p, &|x| {
-            x.worker_cpu_per_1000(WorkerCpu::Runtime)
-        });
     }
     md.push('\n');
     // The per-page cost, at the smallest and the largest table.
@@ -588,6 +593,53 @@ fn summary(md: &mut String, r: &Results) {
             w as f64 * 100.0 / build::CLOUDFLARE_FREE_LIMIT_BYTES as f64
         );
     }
+}
+
+/// The summary's edgesync figures against an earlier run's (`bench/before/results.json`:
+/// the run before the optimisation pass), each also as a ratio to that run's baselines,
+/// so a change in the machine's load shows in the baselines too.
+fn before_after(md: &mut String, r: &Results, before: &Results) {
+    let _ = writeln!(
+        md,
+        "## Before and after the optimisation pass\n\nThe same figures from the run recorded in \
+         `bench/before/results.json` (commit {}, {}), the code before the optimisation pass. The ratios to \
+         PostgREST direct and to the TypeScript Worker are each taken within their own run, so they hold \
+         up better than the raw figures if the machine was busier in one run than in the other.\n",
+        before.machine.commit, before.machine.date
+    );
+    let _ = writeln!(
+        md,
+        "| figure | edgesync before | edgesync now | now ÷ before | ÷ direct before | ÷ direct now | ÷ TS before | ÷ TS now |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let nan = f64::NAN;
+    for (label, workload, p, f) in summary_figures(r) {
+        let get = |run: &Results, t| find(run, workload, p, t).and_then(f).unwrap_or(nan);
+        let (eb, en) = (get(before, Target::Edgesync), get(r, Target::Edgesync));
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} | {} | {} |",
+            num(eb),
+            num(en),
+            ratio(en, eb),
+            ratio(eb, get(before, Target::Direct)),
+            ratio(en, get(r, Target::Direct)),
+            ratio(eb, get(before, Target::Ts)),
+            ratio(en, get(r, Target::Ts))
+        );
+    }
+    let gz = |run: &Results| {
+        run.wasm.iter().map(|w| (w.worker.clone(), w.gzip_bytes)).collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (b, n) = (gz(before), gz(r));
+    let sizes: Vec<String> = n
+        .iter()
+        .map(|(name, now)| match b.get(name) {
+            Some(was) => format!("{name} {} → {}", size(*was), size(*now)),
+            None => format!("{name} {}", size(*now)),
+        })
+        .collect();
+    let _ = writeln!(md, "\nGzipped .wasm bytes, before → now: {}.\n", sizes.join("; "));
 }
 
 fn pipeline(md: &mut String, r: &Results) {
@@ -708,7 +760,8 @@ fn memory(md: &mut String, r: &Results) {
         md,
         "## Worker memory\n\nResident memory (MiB) at the end of each workload (the largest over its rounds) \
          of the workerd process that runs the Workers, and of wrangler's proxy in front of it. edgesync's \
-         runtime holds all six Workers (the gateway and five functions); the TypeScript Worker's holds one. \
+         figure is the sum over its three runtimes: the gateway's (which holds all six Workers) and those \
+         of `/sync` and `/upload` served alone; the TypeScript Worker's holds one. \
          The proxy in front of the TypeScript Worker grows with every `/sync` page it forwards and also \
          uses several times the Worker's own CPU (the *+ proxy* CPU figures); in earlier runs of this bench \
          it ran out of JavaScript heap (\"Reached heap limit … JavaScript heap out of memory\") after a few \

@@ -9,7 +9,7 @@
 //! instantiation does all its own work (memory, data and element segments, the import
 //! table), but the shim's JS and the Rust start function do not run.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::process::Command;
 use xtask::build::{self, WorkerCrate};
@@ -19,7 +19,7 @@ use xtask::util::{output, Context, Result};
 /// V8 caches a compiled module by its bytes, so each run gets its own process.)
 pub const RUNS: usize = 7;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WasmFigures {
     pub worker: String,
     pub raw_bytes: u64,
