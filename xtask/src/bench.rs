@@ -140,6 +140,9 @@ pub enum Target {
     /// The Rust Workers: `/sync` and `/upload` served alone (as deployed), the rest
     /// behind the local gateway.
     Edgesync,
+    /// The same Workers, `/sync` and `/upload` too behind the local gateway (as the
+    /// bench measured them before the optimisation pass).
+    EdgesyncGateway,
     /// The TypeScript Worker (supabase-js), `/sync` and `/upload` only.
     Ts,
     /// PostgREST called directly with the same RPC (for search: with the query vector given).
@@ -154,6 +157,7 @@ impl Target {
     pub fn title(self) -> &'static str {
         match self {
             Target::Edgesync => "edgesync",
+            Target::EdgesyncGateway => "edgesync via gateway",
             Target::Ts => "TypeScript Worker",
             Target::Direct => "PostgREST direct",
             Target::DirectModel => "model + PostgREST",
@@ -164,7 +168,7 @@ impl Target {
     /// The CPU group label prefix of this target's Worker process, if it has one.
     pub fn worker_group(self) -> Option<&'static str> {
         match self {
-            Target::Edgesync => Some("edge"),
+            Target::Edgesync | Target::EdgesyncGateway => Some("edge"),
             Target::Ts => Some("ts"),
             _ => None,
         }
@@ -582,6 +586,7 @@ impl Env {
                     None => self.info.functions_url.clone(),
                 }
             }
+            Target::EdgesyncGateway => self.info.functions_url.clone(),
             Target::Ts => self.ts_url.clone().unwrap_or_default(),
             _ => self.info.postgrest_url.clone(),
         };
@@ -600,7 +605,7 @@ impl Env {
     ) -> Result<(Position, bool, u64)> {
         let auth = format!("Bearer {token}");
         match t {
-            Target::Edgesync | Target::Ts => {
+            Target::Edgesync | Target::EdgesyncGateway | Target::Ts => {
                 let mut url = self.url(t, &format!("/sync?limit={limit}"));
                 if let Some(p) = since {
                     url.push_str("&since=");
@@ -757,7 +762,7 @@ impl Bench {
 
     /// The targets of the `/sync` and `/upload` workloads.
     fn sync_targets(&self) -> Vec<Target> {
-        let mut v = vec![Target::Edgesync];
+        let mut v = vec![Target::Edgesync, Target::EdgesyncGateway];
         if self.with_ts {
             v.push(Target::Ts);
         }

@@ -21,6 +21,7 @@ fn pe<E: std::fmt::Display>(e: E) -> Error {
 fn color(t: Target) -> RGBColor {
     match t {
         Target::Edgesync => RGBColor(221, 84, 22),
+        Target::EdgesyncGateway => RGBColor(240, 170, 90),
         Target::Ts => RGBColor(38, 110, 200),
         Target::Direct => RGBColor(64, 150, 72),
         Target::DirectModel => RGBColor(140, 80, 170),
@@ -37,7 +38,7 @@ pub fn draw(r: &Results, dir: &Path, font: &Path) -> Result<Vec<Plot>> {
     plotters::style::register_font(FONT, FontStyle::Normal, bytes)
         .map_err(|_| Error(format!("{} is not a font plotters can use", font.display())))?;
     let mut out = Vec::new();
-    let targets: Vec<Target> = [Target::Edgesync, Target::Ts, Target::Direct]
+    let targets: Vec<Target> = [Target::Edgesync, Target::EdgesyncGateway, Target::Ts, Target::Direct]
         .into_iter()
         .filter(|t| r.rows.iter().any(|row| row.target == *t && row.workload == "sync_page"))
         .collect();
@@ -330,7 +331,7 @@ fn latency_by_endpoint(r: &Results, file: &Path) -> Result<()> {
 
 fn cpu_per_request(r: &Results, file: &Path) -> Result<()> {
     let cats = categories(r, false);
-    let targets = [Target::Edgesync, Target::Ts];
+    let targets = [Target::Edgesync, Target::EdgesyncGateway, Target::Ts];
     let root = BitMapBackend::new(file, (1300, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(pe)?;
     // Milliseconds of workerd CPU per request.
