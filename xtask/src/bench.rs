@@ -682,6 +682,14 @@ fn worker_groups(g: &str, devs: &[(u32, u16)]) -> Vec<cpu::Group> {
     ]
 }
 
+/// edgesync's `wrangler dev`s `(pgid, port)`: the gateway's, and those of the Workers
+/// served alone (`/sync` and `/upload` are measured there, as deployed).
+fn edge_devs(info: &StackInfo) -> Vec<(u32, u16)> {
+    let mut devs = vec![(info.pids.wrangler, info.ports.functions)];
+    devs.extend(ALONE.iter().filter_map(|w| info.cron(w)).map(|c| (c.pid, c.port)));
+    devs
+}
+
 fn ts_worker_present(paths: &Paths) -> bool {
     let dir = paths.root.join("bench/ts-worker");
     dir.join("serve.sh").is_file() && dir.join("package-lock.json").is_file()
@@ -698,11 +706,7 @@ impl Bench {
         // Background embedding would be measured too (and the relay would race the loads).
         info.stop_relay()?;
         let db = postgres::Client::connect(&info.database_url, postgres::NoTls).sql("connect to Postgres")?;
-        // edgesync's Workers: the gateway's wrangler dev, and the Workers served alone
-        // (`/sync` and `/upload` are measured there, as deployed: no gateway in front).
-        let mut devs = vec![(info.pids.wrangler, info.ports.functions)];
-        devs.extend(ALONE.iter().filter_map(|w| info.cron(w)).map(|c| (c.pid, c.port)));
-        let mut groups = worker_groups("edge", &devs);
+        let mut groups = worker_groups("edge", &edge_devs(&info));
         groups.extend([
             cpu::Group::new("postgrest", info.pids.postgrest),
             cpu::Group::new("postgres", info.pids.postgres),
@@ -732,29 +736,40 @@ impl Bench {
             big_rows: 0,
             many: Vec::new(),
         };
-        bench.fresh_ts()?;
+        bench.fresh_alone()?;
         Ok(bench)
     }
 
-    /// Serve the TypeScript Worker afresh (a new `wrangler dev`), and warm it up. Done
-    /// before each workload it takes part in: under this load the wrangler proxy in
-    /// front of it grows with every answer and ran out of JavaScript heap within
-    /// minutes in earlier runs (see the report's memory table).
-    fn fresh_ts(&mut self) -> Result<()> {
-        if !self.with_ts {
-            return Ok(());
+    /// Serve the Workers that run alone afresh (each a new `wrangler dev`: the
+    /// TypeScript Worker, and edgesync's `/sync` and `/upload`), and warm them up. Done
+    /// before each workload they take part in: under this load the wrangler proxy in
+    /// front of a Worker served alone grows with every answer; it ran out of JavaScript
+    /// heap within minutes in earlier runs, or reset connections (see the report's
+    /// memory table).
+    fn fresh_alone(&mut self) -> Result<()> {
+        for w in ALONE {
+            stack::restart_own(&mut self.info, w)?;
         }
-        let ts = start_ts_worker(&self.paths, &self.info)?.context("the TypeScript Worker did not start")?;
-        let port = ts.url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        self.runner.groups.retain(|g| !g.label.starts_with("ts."));
-        self.runner.groups.extend(worker_groups("ts", &[(ts.pid, port)]));
-        self.env.ts_url = Some(ts.url);
+        self.env.info = self.info.clone();
+        self.runner.groups.retain(|g| !g.label.starts_with("edge."));
+        self.runner.groups.extend(worker_groups("edge", &edge_devs(&self.info)));
+        let mut warm = vec![Target::Edgesync];
+        if self.with_ts {
+            let ts = start_ts_worker(&self.paths, &self.info)?.context("the TypeScript Worker did not start")?;
+            let port = ts.url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            self.runner.groups.retain(|g| !g.label.starts_with("ts."));
+            self.runner.groups.extend(worker_groups("ts", &[(ts.pid, port)]));
+            self.env.ts_url = Some(ts.url);
+            warm.push(Target::Ts);
+        }
         // The first requests of a new isolate compile the Worker.
         let (me, many) = (&self.env, &self.many);
         if let Some((_, token)) = many.first().or(Some(&self.big_user)) {
             let c = &mut load::Client::new(0, 1);
-            for _ in 0..16 {
-                me.pull(c, Target::Ts, token, None, 10)?;
+            for t in warm {
+                for _ in 0..16 {
+                    me.pull(c, t, token, None, 10)?;
+                }
             }
         }
         Ok(())
@@ -916,7 +931,7 @@ impl Bench {
     /// Every client pulls the big user's whole table from scratch; rows/s over all of them.
     fn sync_full(&mut self, size: u64) -> Result<()> {
         step(format!("/sync: full initial pulls of {size} rows"));
-        self.fresh_ts()?;
+        self.fresh_alone()?;
         let targets = self.sync_targets();
         let clients = self.plan.clients;
         let rounds =
@@ -956,7 +971,7 @@ impl Bench {
     /// Random full pages of the big user (cursors spread over the whole table).
     fn sync_pages(&mut self, size: u64) -> Result<()> {
         step(format!("/sync: random pages at {size} rows"));
-        self.fresh_ts()?;
+        self.fresh_alone()?;
         let limit = self.plan.page_limit as i64;
         let origin = self.watermark()?;
         let span = (size as i64 - limit).max(1);
@@ -1000,7 +1015,7 @@ impl Bench {
     /// a second: most pulls bring nothing or a row or two.
     fn sync_incremental(&mut self) -> Result<()> {
         step("/sync: incremental pulls of many users while a few rows change");
-        self.fresh_ts()?;
+        self.fresh_alone()?;
         let targets = self.sync_targets();
         let head = self.watermark()?;
         let start = Position { txid: head, id: NIL_ID.into(), origin: head };
@@ -1070,7 +1085,7 @@ impl Bench {
     /// device (client_id) of its own user.
     fn upload(&mut self, batch: usize, jobs: usize) -> Result<()> {
         step(format!("/upload: batches of {batch}"));
-        self.fresh_ts()?;
+        self.fresh_alone()?;
         let targets = self.sync_targets();
         let users: Vec<(String, String)> = (0..self.plan.clients).map(|_| user(&self.info)).collect::<Result<_>>()?;
         // Per target and client: (client_id, last op_id).

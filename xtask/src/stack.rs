@@ -798,21 +798,7 @@ fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> {
         ready: |s| s == 200 || s == 503,
     };
     // The Cron Workers' own processes (see `CronWorker`) start meanwhile.
-    let crons: Vec<WranglerProcess> = info
-        .crons
-        .iter()
-        .map(|c| WranglerProcess {
-            what: format!("wrangler dev ({})", c.worker),
-            configs: vec![info.stack_dir.join("wrangler").join(format!("{}.toml", c.worker))],
-            port: c.port,
-            inspector: c.inspector,
-            home: info.stack_dir.join(format!("wrangler-home-{}", c.worker)),
-            log: c.log(&info.logs_dir),
-            // Any answer from the Worker (it has no route at /) means it is served.
-            probe: format!("http://127.0.0.1:{}/", c.port),
-            ready: |_| true,
-        })
-        .collect();
+    let crons: Vec<WranglerProcess> = info.crons.iter().map(|c| own_process(info, c)).collect();
     info.pids.wrangler = main.spawn(info)?;
     for (i, c) in crons.iter().enumerate() {
         info.crons[i].pid = c.spawn(info)?;
@@ -823,6 +809,36 @@ fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> {
         info.crons[i].pid = c.wait(info, info.crons[i].pid)?;
     }
     Ok(())
+}
+
+/// The `wrangler dev` of a Worker served on its own (a Cron Worker, or one asked for
+/// with `UpOptions::alone`).
+fn own_process(info: &StackInfo, c: &CronWorker) -> WranglerProcess {
+    WranglerProcess {
+        what: format!("wrangler dev ({})", c.worker),
+        configs: vec![info.stack_dir.join("wrangler").join(format!("{}.toml", c.worker))],
+        port: c.port,
+        inspector: c.inspector,
+        home: info.stack_dir.join(format!("wrangler-home-{}", c.worker)),
+        log: c.log(&info.logs_dir),
+        // Any answer from the Worker (it has no route at /) means it is served.
+        probe: format!("http://127.0.0.1:{}/", c.port),
+        ready: |_| true,
+    }
+}
+
+/// Serve a Worker that runs on its own afresh, on the same port: stop its `wrangler
+/// dev` and start a new one. (The bench does this before each workload: wrangler's
+/// local proxy in front of a Worker served this way grows with every large answer and
+/// eventually drops connections.)
+pub fn restart_own(info: &mut StackInfo, worker: &str) -> Result<()> {
+    let i = info.crons.iter().position(|c| c.worker == worker).context(format!("{worker} is not served on its own"))?;
+    let process = own_process(info, &info.crons[i]);
+    procs::stop_group(info.crons[i].pid, libc::SIGTERM, Duration::from_secs(15))?;
+    info.crons[i].pid = process.spawn(info)?;
+    info.save()?;
+    info.crons[i].pid = process.wait(info, info.crons[i].pid)?;
+    info.save()
 }
 
 /// One `wrangler dev` of the stack, and how to tell it is serving.
