@@ -661,6 +661,8 @@ struct Bench {
     load_avg_before: String,
     big_user: (String, String),
     big_rows: u64,
+    /// Whose rows the warm-up uploads write (`sync_entities`: no embedding jobs).
+    warm_user: (String, String),
     many: Vec<(String, String)>,
 }
 
@@ -714,6 +716,7 @@ impl Bench {
         ]);
         let runner = Runner { clients: plan.clients, groups, seed: 0x0005_eed0_fed9 };
         let big_user = user(&info)?;
+        let warm_user = user(&info)?;
         let with_ts = ts_worker_present(paths);
         if !with_ts {
             step("bench/ts-worker/serve.sh is missing: measuring without the TypeScript baseline");
@@ -734,6 +737,7 @@ impl Bench {
             load_avg_before: load_avg(),
             big_user,
             big_rows: 0,
+            warm_user,
             many: Vec::new(),
         };
         bench.fresh_alone()?;
@@ -762,14 +766,33 @@ impl Bench {
             self.env.ts_url = Some(ts.url);
             warm.push(Target::Ts);
         }
-        // The first requests of a new isolate compile the Worker.
+        // A new isolate compiles the Worker on its first requests, and V8 then tiers
+        // the hot WebAssembly functions up in the background (CPU the runtime process
+        // is charged for): warm both paths with full pages and real batches first, so a
+        // workload measures a warm Worker, as the long-lived gateway's are.
         let (me, many) = (&self.env, &self.many);
-        if let Some((_, token)) = many.first().or(Some(&self.big_user)) {
-            let c = &mut load::Client::new(0, 1);
-            for t in warm {
-                for _ in 0..16 {
-                    me.pull(c, t, token, None, 10)?;
-                }
+        let c = &mut load::Client::new(0, 1);
+        let token = if self.big_rows > 0 { &self.big_user.1 } else { &many.first().unwrap_or(&self.big_user).1 };
+        let (_, warm_token) = &self.warm_user;
+        let auth = format!("Bearer {warm_token}");
+        for t in warm {
+            for _ in 0..24 {
+                me.pull(c, t, token, None, self.plan.page_limit)?;
+            }
+            let client_id = keys::random_uuid();
+            for op in 0..8u64 {
+                let mutations: Vec<String> = (0..50u64)
+                    .map(|i| {
+                        format!(
+                            r#"{{"op_id":{},"op":"PUT","type":"sync_entities","id":"{}","data":{{"type":"warm-up","key":"{}","display_name":"warm-up {i}"}}}}"#,
+                            op * 50 + i + 1,
+                            keys::random_uuid(),
+                            keys::random_uuid()
+                        )
+                    })
+                    .collect();
+                let body = format!(r#"{{"client_id":"{client_id}","mutations":[{}]}}"#, mutations.join(","));
+                c.post(&me.url(t, "/upload"), &[("authorization", &auth)], &body)?;
             }
         }
         Ok(())
