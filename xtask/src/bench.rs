@@ -55,6 +55,9 @@ const SEARCH_THRESHOLD: f64 = 0.3;
 
 pub struct Options {
     pub smoke: bool,
+    /// Only write the report and plots again, from the last run's raw figures
+    /// (`target/bench/results.json`): after a change to the report's text or plots.
+    pub report_only: bool,
     /// Leave the bench's stack (and the TS Worker) running afterwards.
     pub keep: bool,
 }
@@ -308,8 +311,53 @@ pub struct Results {
     pub load_avg_after: String,
 }
 
-/// `cargo xtask bench [--smoke] [--keep]`.
+/// The report and plots from `results` (and the run before the optimisation pass).
+fn write_report(paths: &Paths, results: &Results, smoke: bool) -> Result<()> {
+    let out_dir = if smoke { paths.target().join("bench-smoke") } else { paths.root.clone() };
+    let plots_dir = if smoke { out_dir.join("plots") } else { paths.root.join("bench/plots") };
+    let scratch = paths.target().join(if smoke { "bench-smoke" } else { "bench" });
+    std::fs::create_dir_all(&plots_dir)?;
+    let plot_files = plots::draw(results, &plots_dir, Path::new(FONT))?;
+    // The run before the optimisation pass, to compare with. (Also in a smoke run, whose
+    // figures it does not share, so that a change to `Results` that stops it from being
+    // read fails CI.)
+    let before_file = paths.root.join("bench/before/results.json");
+    let before: Option<Results> = match std::fs::read(&before_file) {
+        Ok(bytes) => Some(
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error(format!("{} cannot be read as bench results: {e}", before_file.display())))?,
+        ),
+        Err(_) => None,
+    };
+    let md = report::markdown(results, before.as_ref(), &plot_files, &out_dir);
+    let report_file = out_dir.join("BENCHMARKS.md");
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(&report_file, md)?;
+    step(format!(
+        "bench finished in {:.0}s: {} ({} plots in {}; raw figures in {})",
+        results.total_secs,
+        report_file.display(),
+        plot_files.len(),
+        plots_dir.display(),
+        scratch.join("results.json").display()
+    ));
+    Ok(())
+}
+
+/// `cargo xtask bench [--smoke] [--keep] [--report-only]`.
 pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
+    if opts.report_only {
+        let file = paths.target().join(if opts.smoke { "bench-smoke" } else { "bench" }).join("results.json");
+        let bytes =
+            std::fs::read(&file).context(format!("no raw figures at {}: run the bench first", file.display()))?;
+        let results: Results = serde_json::from_slice(&bytes)
+            .map_err(|e| Error(format!("{} cannot be read as bench results: {e}", file.display())))?;
+        if !Path::new(FONT).is_file() {
+            tools::apt_install(&[FONT_PACKAGE])?;
+        }
+        write_report(paths, &results, opts.smoke)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let plan = if opts.smoke { Plan::smoke() } else { Plan::full() };
     let t = tools::ensure(paths)?;
     build::build(paths, &t, &[])?;
@@ -318,8 +366,6 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     }
     // The run's time, after the tools and the build (which are cached between runs).
     let started = Instant::now();
-    let out_dir = if opts.smoke { paths.target().join("bench-smoke") } else { paths.root.clone() };
-    let plots_dir = if opts.smoke { out_dir.join("plots") } else { paths.root.join("bench/plots") };
     let scratch = paths.target().join(if opts.smoke { "bench-smoke" } else { "bench" });
     std::fs::create_dir_all(&scratch)?;
 
@@ -370,33 +416,8 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     }
     let mut results = outcome?;
     results.total_secs = started.elapsed().as_secs_f64();
-
-    std::fs::create_dir_all(&plots_dir)?;
-    let plot_files = plots::draw(&results, &plots_dir, Path::new(FONT))?;
     std::fs::write(scratch.join("results.json"), serde_json::to_vec_pretty(&results)?)?;
-    // The run before the optimisation pass, to compare with. (Also in a smoke run, whose
-    // figures it does not share, so that a change to `Results` that stops it from being
-    // read fails CI.)
-    let before_file = paths.root.join("bench/before/results.json");
-    let before: Option<Results> = match std::fs::read(&before_file) {
-        Ok(bytes) => Some(
-            serde_json::from_slice(&bytes)
-                .map_err(|e| Error(format!("{} cannot be read as bench results: {e}", before_file.display())))?,
-        ),
-        Err(_) => None,
-    };
-    let md = report::markdown(&results, before.as_ref(), &plot_files, &out_dir);
-    let report_file = out_dir.join("BENCHMARKS.md");
-    std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(&report_file, md)?;
-    step(format!(
-        "bench finished in {:.0}s: {} ({} plots in {}; raw figures in {})",
-        results.total_secs,
-        report_file.display(),
-        plot_files.len(),
-        plots_dir.display(),
-        scratch.join("results.json").display()
-    ));
+    write_report(paths, &results, opts.smoke)?;
     Ok(ExitCode::SUCCESS)
 }
 

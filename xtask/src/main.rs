@@ -35,7 +35,7 @@ cargo xtask <task>
   fuzz [--seconds N] [--target NAME]
                         replay fuzz/regressions, then fuzz each cargo-fuzz target in fuzz/
                         (or only NAME) for N seconds (default 15); fails on any crash
-  bench [--smoke] [--keep]
+  bench [--smoke] [--keep] [--report-only]
                         edgesync against PostgREST direct and the TypeScript Worker on a stack
                         of its own: BENCHMARKS.md + bench/plots/ (--smoke: tiny, into target/)
 
@@ -261,7 +261,11 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             return Ok(if o.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         "bench" => {
-            let opts = bench::Options { smoke: flags.flag("--smoke"), keep: flags.flag("--keep") };
+            let opts = bench::Options {
+                smoke: flags.flag("--smoke"),
+                keep: flags.flag("--keep"),
+                report_only: flags.flag("--report-only"),
+            };
             flags.done()?;
             return bench::run(&paths, opts);
         }

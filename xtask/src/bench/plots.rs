@@ -256,7 +256,7 @@ fn draw_category_labels<DB: DrawingBackend>(
 
 fn latency_by_endpoint(r: &Results, file: &Path) -> Result<()> {
     let cats = categories(r, true);
-    let targets = [Target::Edgesync, Target::Ts, Target::DirectModel, Target::Direct];
+    let targets = [Target::Edgesync, Target::EdgesyncGateway, Target::Ts, Target::DirectModel, Target::Direct];
     let targets: Vec<Target> = targets.into_iter().filter(|t| r.rows.iter().any(|row| row.target == *t)).collect();
     let root = BitMapBackend::new(file, (1300, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(pe)?;
@@ -362,7 +362,7 @@ fn cpu_per_request(r: &Results, file: &Path) -> Result<()> {
         .axis_desc_style((FONT, 17))
         .draw()
         .map_err(pe)?;
-    let width = 0.35;
+    let width = 0.7 / targets.len() as f64;
     for (k, t) in targets.iter().enumerate() {
         let c = color(*t);
         let mut bars = Vec::new();

@@ -321,7 +321,8 @@ pub fn markdown(r: &Results, before: Option<&Results>, plots: &[Plot], out_dir: 
         md,
         "```sh\ncargo xtask bench           # BENCHMARKS.md and bench/plots/*.png{full_time}\n\
          cargo xtask bench --smoke   # tiny sizes, a few requests: target/bench-smoke/BENCHMARKS.md (for CI)\n\
-         cargo xtask bench --keep    # leave the bench's stack and the TypeScript Worker running afterwards\n```\n"
+         cargo xtask bench --keep    # leave the bench's stack and the TypeScript Worker running afterwards\n\
+         cargo xtask bench --report-only  # this file and the plots again from the last run's raw figures\n```\n"
     );
     let _ = writeln!(
         md,
@@ -344,9 +345,12 @@ pub fn markdown(r: &Results, before: Option<&Results>, plots: &[Plot], out_dir: 
          *edgesync via gateway*: `/sync` and `/upload` through the gateway too, as the bench measured them \
          before the optimisation pass. In `wrangler dev` a Worker served alone (the first Worker of its own \
          wrangler dev) costs the runtime more CPU for a large answer than the same Worker reached through a \
-         service binding (a 1,000-row page: ~2.4× with the same .wasm, measured apart from this bench), a \
-         local-runtime effect the TypeScript Worker, served alone too, also pays: so *edgesync* against the \
-         TypeScript Worker compares like with like, and *via gateway* shows the difference. \
+         service binding (a 1,000-row page: ~2.4× with the same .wasm, measured apart from this bench; a \
+         large upload about 2×, as the two columns show). The first Worker of a wrangler dev is the one \
+         wrangler's inspector proxy attaches to (it sends `Runtime.enable` and `Network.enable` to its \
+         isolate), the likely cause; a deployed Worker has no inspector. The TypeScript Worker is served \
+         alone too and pays the same, so *edgesync* against it compares like with like, while \
+         *via gateway* is the closer figure for the Rust Workers' own cost. \
          *PostgREST direct*: the same RPC (`edgesync_pull`, `edgesync_push`, `search_entries`) \
          called on PostgREST with the same user token: the floor, no Worker at all. \
          *TypeScript Worker*: `bench/ts-worker` (supabase-js), `/sync` and `/upload`, calling the same RPCs, \
