@@ -94,7 +94,8 @@ impl Client {
     /// A POST whose connection closes without any answer is sent again (twice at most;
     /// the time includes the failed attempt): ureq resends only idempotent requests
     /// when a kept-alive connection turns out to be closed, and wrangler dev sometimes
-    /// closes one under load. Every endpoint posted to is safe to resend (`/upload` is
+    /// closes one under load; likewise once the runtime answers 503 "Your worker restarted
+    /// mid-request" (it restarted the isolate). Every endpoint posted to is safe to resend (`/upload` is
     /// idempotent by `op_id`); the caller sees it in `last_resent`.
     pub fn post(&mut self, url: &str, headers: &[(&str, &str)], body: &str) -> Result<Vec<u8>> {
         let started = Instant::now();
@@ -105,7 +106,22 @@ impl Client {
             for (k, v) in headers {
                 req = req.set(k, v);
             }
-            let outcome = req.send_string(body);
+            let outcome = match req.send_string(body) {
+                // The local runtime's answer when it restarted the isolate under the
+                // request; it asks for the request to be sent again.
+                Err(ureq::Error::Status(503, r)) => {
+                    let text = r.into_string().unwrap_or_default();
+                    if text.contains("restarted mid-request") && attempt < 2 {
+                        attempt += 1;
+                        self.resent += 1;
+                        self.last_resent = true;
+                        continue;
+                    }
+                    let shown = url.split('?').next().unwrap_or(url);
+                    return Err(Error(format!("POST {shown}: HTTP 503: {}", prefix(&text, 400))));
+                }
+                outcome => outcome,
+            };
             if matches!(outcome, Err(ureq::Error::Transport(_))) && attempt < 2 {
                 attempt += 1;
                 self.resent += 1;

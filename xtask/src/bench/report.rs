@@ -503,7 +503,8 @@ pub fn markdown(r: &Results, before: Option<&Results>, plots: &[Plot], out_dir: 
             let _ = writeln!(
                 md,
                 "- POSTs sent again because the connection closed without an answer (the server \
-                 closed a kept-alive connection without answering; the latency includes the failed attempt): {}.",
+                 closed a kept-alive connection without answering), or because the local runtime answered 503 \
+                 \"Your worker restarted mid-request\" (it restarted an isolate); the latency includes the failed attempt: {}.",
                 resent.join("; ")
             );
         }
