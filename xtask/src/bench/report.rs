@@ -346,11 +346,12 @@ pub fn markdown(r: &Results, before: Option<&Results>, plots: &[Plot], out_dir: 
          before the optimisation pass. In `wrangler dev` a Worker served alone (the first Worker of its own \
          wrangler dev) costs the runtime more CPU for a large answer than the same Worker reached through a \
          service binding (a 1,000-row page: ~2.4× with the same .wasm, measured apart from this bench; a \
-         large upload about 2×, as the two columns show). The first Worker of a wrangler dev is the one \
-         wrangler's inspector proxy attaches to (it sends `Runtime.enable` and `Network.enable` to its \
-         isolate), the likely cause; a deployed Worker has no inspector. The TypeScript Worker is served \
-         alone too and pays the same, so *edgesync* against it compares like with like, while \
-         *via gateway* is the closer figure for the Rust Workers' own cost. \
+         large upload about 2×, as the two columns show). Why is not established. Each wrangler dev's \
+         runtime has wrangler's inspector proxy attached (`Runtime.enable`, `Network.enable`; its debug \
+         log shows every subrequest's answer body sent to it, base64-encoded), which a deployed Worker \
+         does not have. The TypeScript Worker is served alone too and pays the same, so *edgesync* \
+         against it compares like with like, while *via gateway* is the closer figure for the Rust \
+         Workers' own cost. \
          *PostgREST direct*: the same RPC (`edgesync_pull`, `edgesync_push`, `search_entries`) \
          called on PostgREST with the same user token: the floor, no Worker at all. \
          *TypeScript Worker*: `bench/ts-worker` (supabase-js), `/sync` and `/upload`, calling the same RPCs, \
