@@ -63,6 +63,31 @@ pub fn draw(r: &Results, dir: &Path, font: &Path) -> Result<Vec<Plot>> {
     Ok(out)
 }
 
+/// The legend box every plot has, at `position`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 15))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+        .map_err(pe)
+}
+
+/// A line series' key in the legend.
+fn line_key(c: RGBColor, width: u32) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(width))
+}
+
+/// A bar series' key in the legend.
+fn bar_key(c: RGBColor) -> impl Fn((i32, i32)) -> Rectangle<(i32, i32)> {
+    move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], c.filled())
+}
+
 fn find<'a>(r: &'a Results, workload: &str, param: u64, t: Target) -> Option<&'a Row> {
     r.rows.iter().find(|row| row.workload == workload && row.param == param && row.target == t)
 }
@@ -129,7 +154,7 @@ fn sync_throughput(r: &Results, targets: &[Target], file: &Path) -> Result<()> {
             .draw_series(LineSeries::new(pages.clone(), c.stroke_width(3)))
             .map_err(pe)?
             .label(format!("{}: random pages of {}", t.title(), r.plan.page_limit))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+            .legend(line_key(c, 3));
         chart.draw_series(pages.iter().map(|p| Circle::new(*p, 5, c.filled()))).map_err(pe)?;
         let full: Vec<(f64, f64)> = r
             .plan
@@ -142,18 +167,11 @@ fn sync_throughput(r: &Results, targets: &[Target], file: &Path) -> Result<()> {
                 .draw_series(DashedLineSeries::new(full.clone(), 8, 5, c.stroke_width(2)))
                 .map_err(pe)?
                 .label(format!("{}: full initial pulls", t.title()))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(1)));
+                .legend(line_key(c, 1));
             chart.draw_series(full.iter().map(|p| TriangleMarker::new(*p, 7, c.filled()))).map_err(pe)?;
         }
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 15))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(pe)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(pe)
 }
 
@@ -192,23 +210,16 @@ fn sync_latency(r: &Results, targets: &[Target], file: &Path) -> Result<()> {
             .draw_series(LineSeries::new(p50.clone(), c.stroke_width(3)))
             .map_err(pe)?
             .label(format!("{} p50", t.title()))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+            .legend(line_key(c, 3));
         chart.draw_series(p50.iter().map(|p| Circle::new(*p, 5, c.filled()))).map_err(pe)?;
         chart
             .draw_series(DashedLineSeries::new(p99.clone(), 8, 5, c.stroke_width(2)))
             .map_err(pe)?
             .label(format!("{} p99", t.title()))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(1)));
+            .legend(line_key(c, 1));
         chart.draw_series(p99.iter().map(|p| Cross::new(*p, 6, c.stroke_width(2)))).map_err(pe)?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 15))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(pe)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(pe)
 }
 
@@ -310,21 +321,10 @@ fn latency_by_endpoint(r: &Results, file: &Path) -> Result<()> {
                 ));
             }
         }
-        chart
-            .draw_series(bars)
-            .map_err(pe)?
-            .label(t.title())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], c.filled()));
+        chart.draw_series(bars).map_err(pe)?.label(t.title()).legend(bar_key(c));
         chart.draw_series(whiskers).map_err(pe)?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 15))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(pe)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     draw_category_labels(&root, |i| chart.backend_coord(&(i as f64 + 0.5, lo)), &cats)?;
     root.present().map_err(pe)
 }
@@ -381,21 +381,10 @@ fn cpu_per_request(r: &Results, file: &Path) -> Result<()> {
                 ));
             }
         }
-        chart
-            .draw_series(bars)
-            .map_err(pe)?
-            .label(t.title())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], c.filled()));
+        chart.draw_series(bars).map_err(pe)?.label(t.title()).legend(bar_key(c));
         chart.draw_series(labels).map_err(pe)?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 15))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(pe)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     draw_category_labels(&root, |i| chart.backend_coord(&(i as f64 + 0.5, 0.0)), &cats)?;
     root.present().map_err(pe)
 }
