@@ -94,7 +94,7 @@ impl<'de, const N: usize> Visitor<'de> for Fields<'_, N> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = [None; N];
-        while let Some(Key(key)) = map.next_key()? {
+        while let Some(Str(key)) = map.next_key()? {
             let value: &'de RawValue = map.next_value()?;
             if let Some(i) = self.names.iter().position(|n| *n == key) {
                 out[i] = Some(value);
@@ -104,22 +104,23 @@ impl<'de, const N: usize> Visitor<'de> for Fields<'_, N> {
     }
 }
 
-/// An object key, borrowed unless it had escapes to decode.
-struct Key<'de>(Cow<'de, str>);
+/// A JSON string (an object key, or a value read with [`as_str`]), borrowed from the
+/// text unless it had escapes to decode. (serde's own `Cow<str>` always copies.)
+struct Str<'de>(Cow<'de, str>);
 
-impl<'de> de::Deserialize<'de> for Key<'de> {
+impl<'de> de::Deserialize<'de> for Str<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
+            type Value = Str<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key")
+                f.write_str("a string")
             }
-            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(s)))
             }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_owned())))
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(s.to_owned())))
             }
         }
         d.deserialize_str(V)
@@ -133,11 +134,7 @@ pub fn non_null(v: Option<&RawValue>) -> Option<&RawValue> {
 
 /// A raw value as a string (escapes decoded), if it is one.
 pub fn as_str(v: &RawValue) -> Option<Cow<'_, str>> {
-    if v.get().starts_with('"') {
-        serde_json::from_str::<Cow<str>>(v.get()).ok()
-    } else {
-        None
-    }
+    serde_json::from_str::<Str>(v.get()).ok().map(|s| s.0)
 }
 
 #[cfg(test)]
@@ -181,5 +178,13 @@ mod tests {
         assert!(non_null(a).is_none());
         assert_eq!(as_str(c.unwrap()).as_deref(), Some("s"));
         assert_eq!(as_str(b.unwrap()), None);
+        // Borrowed from the text unless there are escapes to decode.
+        assert!(matches!(as_str(c.unwrap()), Some(Cow::Borrowed("s"))));
+        let [e] = fields(r#"{"e":"a\nb"}"#, ["e"]).unwrap();
+        assert!(matches!(as_str(e.unwrap()).as_deref(), Some("a\nb")));
+        for not_a_string in ["1", "null", "true", "[\"s\"]", "{}"] {
+            let v: &RawValue = serde_json::from_str(not_a_string).unwrap();
+            assert_eq!(as_str(v), None, "{not_a_string}");
+        }
     }
 }
