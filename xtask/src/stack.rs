@@ -872,6 +872,11 @@ impl WranglerProcess {
                     return Ok(Some(false));
                 }
                 Ok(http_status(&self.probe).filter(|s| (self.ready)(*s)).map(|_| true))
+            });
+            // A process started here is stopped here when it fails: only the pid the
+            // caller passed in is recorded where `down` finds it.
+            let served = served.inspect_err(|_| {
+                let _ = procs::stop_group(pid, libc::SIGTERM, Duration::from_secs(15));
             })?;
             if served {
                 return Ok(pid);
@@ -879,6 +884,7 @@ impl WranglerProcess {
             let kept = self.log.with_extension(format!("log.attempt-{attempt}"));
             let _ = std::fs::rename(&self.log, &kept);
             if attempt > Self::RESTARTS {
+                let _ = procs::stop_group(pid, libc::SIGTERM, Duration::from_secs(15));
                 bail!("{} exited {attempt} times before serving; the last time:\n{}", self.what, tail(&kept, 30));
             }
             step(format!(
