@@ -311,6 +311,24 @@ pub struct Results {
     pub load_avg_after: String,
 }
 
+/// Install the font the plots are drawn with, if it is missing.
+fn ensure_font() -> Result<()> {
+    if !Path::new(FONT).is_file() {
+        tools::apt_install(&[FONT_PACKAGE])?;
+    }
+    Ok(())
+}
+
+/// The raw figures a run wrote (`results.json`), or None when there is no such file.
+fn read_results(file: &Path) -> Result<Option<Results>> {
+    match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error(format!("{} cannot be read as bench results: {e}", file.display()))),
+        Err(_) => Ok(None),
+    }
+}
+
 /// The report and plots from `results` (and the run before the optimisation pass).
 fn write_report(paths: &Paths, results: &Results, smoke: bool) -> Result<()> {
     let out_dir = if smoke { paths.target().join("bench-smoke") } else { paths.root.clone() };
@@ -321,14 +339,7 @@ fn write_report(paths: &Paths, results: &Results, smoke: bool) -> Result<()> {
     // The run before the optimisation pass, to compare with. (Also in a smoke run, whose
     // figures it does not share, so that a change to `Results` that stops it from being
     // read fails CI.)
-    let before_file = paths.root.join("bench/before/results.json");
-    let before: Option<Results> = match std::fs::read(&before_file) {
-        Ok(bytes) => Some(
-            serde_json::from_slice(&bytes)
-                .map_err(|e| Error(format!("{} cannot be read as bench results: {e}", before_file.display())))?,
-        ),
-        Err(_) => None,
-    };
+    let before = read_results(&paths.root.join("bench/before/results.json"))?;
     let md = report::markdown(results, before.as_ref(), &plot_files, &out_dir);
     let report_file = out_dir.join("BENCHMARKS.md");
     std::fs::create_dir_all(&out_dir)?;
@@ -348,22 +359,16 @@ fn write_report(paths: &Paths, results: &Results, smoke: bool) -> Result<()> {
 pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     if opts.report_only {
         let file = paths.target().join(if opts.smoke { "bench-smoke" } else { "bench" }).join("results.json");
-        let bytes =
-            std::fs::read(&file).context(format!("no raw figures at {}: run the bench first", file.display()))?;
-        let results: Results = serde_json::from_slice(&bytes)
-            .map_err(|e| Error(format!("{} cannot be read as bench results: {e}", file.display())))?;
-        if !Path::new(FONT).is_file() {
-            tools::apt_install(&[FONT_PACKAGE])?;
-        }
+        let results =
+            read_results(&file)?.context(format!("no raw figures at {}: run the bench first", file.display()))?;
+        ensure_font()?;
         write_report(paths, &results, opts.smoke)?;
         return Ok(ExitCode::SUCCESS);
     }
     let plan = if opts.smoke { Plan::smoke() } else { Plan::full() };
     let t = tools::ensure(paths)?;
     build::build(paths, &t, &[])?;
-    if !Path::new(FONT).is_file() {
-        tools::apt_install(&[FONT_PACKAGE])?;
-    }
+    ensure_font()?;
     // The run's time, after the tools and the build (which are cached between runs).
     let started = Instant::now();
     let scratch = paths.target().join(if opts.smoke { "bench-smoke" } else { "bench" });
