@@ -39,12 +39,35 @@ fn main() -> ExitCode {
             eprintln!("edgesync-client: {m}");
             ExitCode::FAILURE
         }
+        // The reader went away (`edgesync-client list entries | head`): stop quietly, as
+        // command-line tools do.
+        Err(Fail::Closed) => ExitCode::SUCCESS,
     }
+}
+
+/// `println!` that reports a closed stdout as [`Fail::Closed`] instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(Fail::from_write)?
+    }};
 }
 
 enum Fail {
     Usage(String),
     Run(String),
+    /// stdout was closed by its reader.
+    Closed,
+}
+
+impl Fail {
+    fn from_write(e: std::io::Error) -> Fail {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Fail::Closed
+        } else {
+            Fail::Run(format!("could not write to stdout: {e}"))
+        }
+    }
 }
 
 impl<E: std::fmt::Display> From<E> for Fail {
@@ -79,13 +102,13 @@ fn json_arg(text: &str) -> Result<Value, Fail> {
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<(), Fail> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    out!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
 fn run(mut args: Vec<String>) -> Result<(), Fail> {
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h" || a == "help") {
-        print!("{HELP}");
+        out!("{}", HELP.trim_end());
         return Ok(());
     }
     let db = take(&mut args, "--db")?
@@ -114,13 +137,13 @@ fn run(mut args: Vec<String>) -> Result<(), Fail> {
             client.set_token(token.trim())?;
             client.store().set_meta("url", &url)?;
             let s = client.status()?;
-            println!("logged in as {} on {url} (device {})", s.user_id.unwrap_or_default(), s.client_id);
+            out!("logged in as {} on {url} (device {})", s.user_id.unwrap_or_default(), s.client_id);
         }
         "put" => {
             let id = take(&mut args, "--id")?.unwrap_or_else(random_uuid);
             let a = positional(&command, &mut args, 2)?;
             let op_id = client.put(&a[0], &id, json_arg(&a[1])?)?;
-            println!("{id}");
+            out!("{id}");
             eprintln!("queued op {op_id}");
         }
         "patch" => {
@@ -143,13 +166,13 @@ fn run(mut args: Vec<String>) -> Result<(), Fail> {
         "list" => {
             let a = positional(&command, &mut args, 1)?;
             for row in client.list(&a[0])? {
-                println!("{row}");
+                out!("{row}");
             }
         }
         "tables" => {
             positional(&command, &mut args, 0)?;
             for t in client.store().tables()? {
-                println!("{t}");
+                out!("{t}");
             }
         }
         "sync" => {
@@ -177,13 +200,13 @@ fn run(mut args: Vec<String>) -> Result<(), Fail> {
         "rejected" => {
             positional(&command, &mut args, 0)?;
             for r in client.store().rejections()? {
-                println!("op {} {} {}/{}: {} — {}", r.op_id, r.op.as_str(), r.table, r.id, r.code, r.message);
+                out!("op {} {} {}/{}: {} — {}", r.op_id, r.op.as_str(), r.table, r.id, r.code, r.message);
             }
         }
         "conflicts" => {
             positional(&command, &mut args, 0)?;
             for c in client.store().conflicts()? {
-                println!(
+                out!(
                     "op {} {}{}: server row {}",
                     c.op_id,
                     c.status,
