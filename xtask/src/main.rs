@@ -19,6 +19,8 @@ mod fuzz;
 
 mod bench;
 
+mod deploy;
+
 const HELP: &str = "\
 cargo xtask <task>
 
@@ -38,6 +40,11 @@ cargo xtask <task>
   bench [--smoke] [--keep] [--report-only]
                         edgesync against PostgREST direct and the TypeScript Worker on a stack
                         of its own: BENCHMARKS.md + bench/plots/ (--smoke: tiny, into target/)
+  deploy [--env NAME] [--dry-run] [--secrets FILE] [--config FILE]
+                        build, then deploy every function Worker and then the gateway to
+                        Cloudflare with the settings of [env.NAME] in deploy.toml (default:
+                        its default_env) and the secrets from the environment or FILE
+                        (dotenv); --dry-run: bundle and check every Worker, no network
 
 Options for dev and stack up:
   --dir DIR             stack directory (default target/stack)
@@ -269,6 +276,16 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             flags.done()?;
             return bench::run(&paths, opts);
         }
+        "deploy" => {
+            let opts = deploy::Options {
+                env: flags.value("--env")?,
+                dry_run: flags.flag("--dry-run"),
+                secrets: flags.value("--secrets")?.map(PathBuf::from),
+                config: flags.value("--config")?.map(PathBuf::from),
+            };
+            flags.done()?;
+            return Ok(if deploy::run(&paths, opts)? { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
         "help" | "--help" | "-h" => print!("{HELP}"),
         other => bail!("unknown task {other:?}\n\n{HELP}"),
     }
@@ -360,6 +377,15 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String], st_examples: u32) -> 
         return Ok(ExitCode::FAILURE);
     }
     build::build(paths, &t, &[])?;
+    // `cargo xtask deploy --dry-run` of every environment of deploy.toml: the bundles
+    // against the size limit and the generated configs (no network, no credentials).
+    step("deploy --dry-run of every environment of deploy.toml");
+    let deployable = deploy::dry_run_all(paths, &t)?;
+    if deployable {
+        counts.passed += 1
+    } else {
+        counts.failed += 1
+    }
     // Build the integration tests before the stack is up, so compile time is not
     // spent with servers waiting.
     xtask::util::run(
@@ -406,7 +432,7 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String], st_examples: u32) -> 
     };
     let stopped = if keep { Ok(()) } else { stack::down(&dir) };
     let integration = integration?;
-    let integration = fuzzed? && integration;
+    let integration = fuzzed? && integration && deployable;
     stopped?;
     step(format!("all tests finished in {:.0}s", started.elapsed().as_secs_f64()));
     counts.summary(integration);
