@@ -383,14 +383,7 @@ pub fn check_configs(committed: &[Committed], generated: &[Generated], env: &Env
             (false, Some(list)) if !list.is_empty() => problems.push(format!("{w}: has Cron Triggers {list:?}")),
             (false, _) => {}
         }
-        let bound: BTreeSet<String> = g
-            .table
-            .get("services")
-            .and_then(|s| s.as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.get("service").and_then(|v| v.as_str()).map(str::to_owned))
-            .collect();
+        let bound: BTreeSet<String> = service_field(&g.table, "service").collect();
         if w == "gateway" {
             if bound != functions {
                 problems.push(format!("gateway: binds {bound:?}, not this environment's functions {functions:?}"));
@@ -673,14 +666,7 @@ pub fn dry_run(paths: &Paths, tools: &Tools, env: &Env, secrets: &BTreeMap<Strin
         let seen = wrangler_bindings(&text);
         let vars =
             g.table.get("vars").and_then(|v| v.as_table()).map(|v| v.keys().cloned().collect()).unwrap_or_default();
-        let services: Vec<String> = g
-            .table
-            .get("services")
-            .and_then(|s| s.as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.get("binding").and_then(|b| b.as_str()).map(str::to_owned))
-            .collect();
+        let services: Vec<String> = service_field(&g.table, "binding").collect();
         let expected: BTreeSet<String> = services.iter().cloned().chain::<Vec<String>>(vars).collect();
         if seen != expected {
             problems.push(format!("{}: wrangler shows the bindings {seen:?}, not {expected:?}", g.worker));
@@ -867,6 +853,16 @@ pub fn run(paths: &Paths, opts: Options) -> Result<bool> {
         env.worker_name("edgesync-gateway")
     ));
     Ok(true)
+}
+
+/// One field (`binding` or `service`) of each entry of a config's `services` array.
+fn service_field<'a>(table: &'a toml::Table, field: &'a str) -> impl Iterator<Item = String> + 'a {
+    table
+        .get("services")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(move |s| s.get(field).and_then(|v| v.as_str()).map(str::to_owned))
 }
 
 #[cfg(test)]
