@@ -405,7 +405,8 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String], st_examples: u32) -> 
     step(format!("test stack up in {:.1}s at {}", info.started_in_secs, info.functions_url));
     let integration = cargo_test(
         Command::new("cargo")
-            .args(["test", "-p", "edgesync-integration", "--"])
+            // Every test binary runs even when one fails, so one failure does not hide others.
+            .args(["test", "-p", "edgesync-integration", "--no-fail-fast", "--"])
             .args(passthrough)
             .env("EDGESYNC_STACK_DIR", &dir)
             .env("EDGESYNC_CLIENT_BIN", paths.root.join("target/debug/edgesync-client"))

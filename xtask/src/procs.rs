@@ -98,10 +98,55 @@ pub fn lookup_user(name: &str) -> Option<RunAs> {
     Some(RunAs { uid, gid })
 }
 
-/// A free TCP port on 127.0.0.1 (the OS picks; we release it at once).
+/// A free TCP port on 127.0.0.1 for a server we are about to start, never one this
+/// process handed out before.
+///
+/// It is picked below the kernel's ephemeral range (`ip_local_port_range`), where
+/// nothing gets a port by binding port 0 or by connecting out. A port from that range
+/// (what `bind(127.0.0.1:0)` returns) is free only for the moment it is released:
+/// workerd binding its own port 0, or any outgoing connection, may take it before our
+/// server does, and a readiness probe on it then reaches someone else.
 pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let (low, high) = listen_range(&ephemeral_range());
+    let span = u32::from(high - low) + 1;
+    // A random start, so two stacks started at once rarely try the same ports.
+    let start = u32::from_str_radix(&crate::util::random_hex(4), 16).unwrap_or(0) % span;
+    for i in 0..span {
+        let port = low + ((start + i) % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && !port_open(port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    crate::util::bail!("no free port on 127.0.0.1 in {low}..={high}")
+}
+
+/// The kernel's ephemeral port range (Linux's default when it cannot be read).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// Where servers' ports are picked: below the ephemeral range and above the stack's
+/// documented defaults (≤ 9799) and the registered ports most services use; or, when
+/// the ephemeral range leaves too little room below it, above it.
+fn listen_range(&(eph_low, eph_high): &(u16, u16)) -> (u16, u16) {
+    const LOW: u16 = 20000;
+    if eph_low > LOW + 1000 {
+        (LOW, eph_low - 1)
+    } else {
+        (eph_high.saturating_add(1).max(LOW), u16::MAX)
+    }
 }
 
 /// Is something accepting connections on 127.0.0.1:port?
@@ -128,9 +173,25 @@ mod tests {
     }
 
     #[test]
+    fn ports_are_picked_outside_the_ephemeral_range() {
+        let eph = ephemeral_range();
+        let (low, high) = listen_range(&eph);
+        assert!(high < eph.0 || low > eph.1, "{low}..={high} overlaps {eph:?}");
+        for _ in 0..20 {
+            let p = free_port().unwrap();
+            assert!((low..=high).contains(&p), "{p} is not in {low}..={high}");
+        }
+        // A range that leaves no room below it puts the ports above it.
+        assert_eq!(listen_range(&(1024, 40000)), (40001, u16::MAX));
+        assert_eq!(listen_range(&(32768, 60999)), (20000, 32767));
+    }
+
+    #[test]
     fn free_ports_are_distinct_and_closed() {
-        let a = free_port().unwrap();
-        assert!(!port_open(a));
+        let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        assert!(!port_open(ports[0]));
         assert!(!alive(0));
     }
 }

@@ -65,17 +65,10 @@ impl Ports {
         }
     }
 
-    /// Free ports picked by the OS, for tests that must not collide with anything.
+    /// Free ports, distinct from each other and from every other port this process
+    /// picks (`procs::free_port`), for tests that must not collide with anything.
     pub fn free() -> Result<Ports> {
-        let mut seen = std::collections::HashSet::new();
-        let mut next = || -> Result<u16> {
-            loop {
-                let p = procs::free_port()?;
-                if seen.insert(p) {
-                    return Ok(p);
-                }
-            }
-        };
+        let next = procs::free_port;
         Ok(Ports {
             postgres: next()?,
             postgrest: next()?,
@@ -346,6 +339,19 @@ pub fn http_status(url: &str) -> Option<u16> {
     match ureq::get(url).timeout(Duration::from_secs(5)).call() {
         Ok(r) => Some(r.status()),
         Err(ureq::Error::Status(code, _)) => Some(code),
+        Err(_) => None,
+    }
+}
+
+/// The status of an answer at `url` that came from one of our Workers: every answer
+/// they give carries `x-request-id` (functions/_edge), so this is `None` for anything
+/// else that happens to answer on the port (wrangler's own "starting" pages, or another
+/// process that took the port).
+fn worker_status(url: &str) -> Option<u16> {
+    let ours = |r: &ureq::Response| r.header("x-request-id").is_some_and(|v| !v.is_empty());
+    match ureq::get(url).timeout(Duration::from_secs(5)).call() {
+        Ok(r) => ours(&r).then(|| r.status()),
+        Err(ureq::Error::Status(code, r)) => ours(&r).then_some(code),
         Err(_) => None,
     }
 }
@@ -808,6 +814,16 @@ fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> {
     for (i, c) in crons.iter().enumerate() {
         info.crons[i].pid = c.wait(info, info.crons[i].pid)?;
     }
+    // One that served and then exited while the others started is started again
+    // (`wait` on a pid that is gone starts a new process), so the stack comes up whole.
+    if !procs::alive(info.pids.wrangler) {
+        info.pids.wrangler = main.wait(info, info.pids.wrangler)?;
+    }
+    for (i, c) in crons.iter().enumerate() {
+        if !procs::alive(info.crons[i].pid) {
+            info.crons[i].pid = c.wait(info, info.crons[i].pid)?;
+        }
+    }
     Ok(())
 }
 
@@ -849,6 +865,8 @@ struct WranglerProcess {
     inspector: u16,
     home: PathBuf,
     log: PathBuf,
+    /// A URL the Worker answers once served; only an answer with our `x-request-id`
+    /// counts (`worker_status`), and then only a status `ready` accepts.
     probe: String,
     ready: fn(u16) -> bool,
 }
@@ -871,7 +889,7 @@ impl WranglerProcess {
                 if !procs::alive(pid) {
                     return Ok(Some(false));
                 }
-                Ok(http_status(&self.probe).filter(|s| (self.ready)(*s)).map(|_| true))
+                Ok(worker_status(&self.probe).filter(|s| (self.ready)(*s)).map(|_| true))
             });
             // A process started here is stopped here when it fails: only the pid the
             // caller passed in is recorded where `down` finds it.
