@@ -5,10 +5,12 @@
 //! reached through a service binding. It adds an `x-request-id` so one id follows
 //! the request into the function's logs, and answers unknown paths with the JSON
 //! error. It never reads bodies or tokens. It answers `GET|HEAD /openapi.json` itself
-//! with `openapi.yaml` (converted to JSON by `build.rs`).
+//! with `openapi.yaml` (converted to JSON by `build.rs`), and CORS preflights by its
+//! own `ALLOWED_ORIGINS`, which also decides the CORS headers of every answer it
+//! passes on.
 
 use edgesync_edge::{self as edge, edgesync_shared::ApiError};
-use worker::{event, web_sys, Context, Env, Headers, Method, Request, RequestInit, Response};
+use worker::{event, web_sys, Context, Env, Method, Request, RequestInit, Response};
 
 /// `openapi.yaml` as JSON, converted by `build.rs` at build time.
 const OPENAPI_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
@@ -28,8 +30,13 @@ const ROUTES: &[(&str, &str)] = &[
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
-    let ctx = edge::begin(&req);
-    let outcome = if req.path() == OPENAPI_PATH { openapi(&req) } else { forward(req, &env, &ctx.request_id).await };
+    let ctx = edge::begin("gateway", &req, &env);
+    // The gateway answers preflights itself: its own ALLOWED_ORIGINS decides for its URL.
+    if ctx.is_preflight() {
+        return edge::preflight(ctx);
+    }
+    let outcome =
+        if req.path() == OPENAPI_PATH { openapi(&req) } else { ctx.measure(forward(req, &env, &ctx.request_id)).await };
     edge::finish(ctx, outcome)
 }
 
@@ -56,10 +63,7 @@ async fn forward(req: Request, env: &Env, request_id: &str) -> Result<Response, 
         env.service(binding).map_err(|e| ApiError::internal(format!("service binding {binding} is missing: {e}")))?;
 
     // The incoming request's headers are immutable; build a copy that carries the id.
-    let headers = Headers::new();
-    for (name, value) in req.headers().entries() {
-        let _ = headers.append(&name, &value);
-    }
+    let headers = edge::mutable_headers(req.headers());
     let _ = headers.set("x-request-id", request_id);
     let mut init = RequestInit::new();
     init.with_method(req.method()).with_headers(headers);
@@ -77,7 +81,11 @@ async fn forward(req: Request, env: &Env, request_id: &str) -> Result<Response, 
     let forwarded = web_sys::Request::new_with_str_and_init(url.as_str(), &init)
         .map(Request::from)
         .map_err(|e| ApiError::internal(format!("could not forward the request: {e:?}")))?;
-    service.fetch_request(forwarded).await.map_err(|e| {
+    let answer = edge::upstream(service.fetch_request(forwarded)).await.map_err(|e| {
         ApiError::bad_gateway("function_unreachable", format!("the {binding} function did not answer: {e}"))
-    })
+    })?;
+    // Its headers are immutable; `finish` sets the CORS headers on a copy.
+    let headers = edge::mutable_headers(answer.headers());
+    let (builder, body) = answer.into_parts();
+    Ok(builder.with_headers(headers).body(body))
 }

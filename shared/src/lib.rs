@@ -14,6 +14,7 @@ pub mod jwt;
 /// JWT verification (see [`jwt`]); `auth` is the name the function crates use.
 pub use jwt as auth;
 pub mod config;
+pub mod cors;
 pub mod cursor;
 pub mod data_api;
 pub mod deadline;
@@ -21,6 +22,7 @@ pub mod embed;
 pub mod embed_jobs;
 pub mod error;
 pub mod health;
+pub mod log;
 pub mod populate;
 pub mod raw_json;
 pub mod request_id;

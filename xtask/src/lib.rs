@@ -5,6 +5,7 @@
 //! It is also a library, so the integration tests can drive the stack they run
 //! against (find it, mint tokens, stop and restart PostgREST).
 
+pub mod browser;
 pub mod build;
 pub mod keys;
 pub mod procs;

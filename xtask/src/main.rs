@@ -151,6 +151,7 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             flags.done()?;
             let t = tools::ensure(&paths)?;
             println!("{}", tools::describe(&t)?);
+            println!("{}", xtask::browser::describe(&xtask::browser::ensure(&paths)?)?);
         }
         "build" => {
             let only = std::mem::take(&mut flags.rest);
@@ -349,6 +350,8 @@ fn dev(paths: &Paths, opts: UpOptions) -> Result<ExitCode> {
 fn test(paths: &Paths, keep: bool, passthrough: &[String], st_examples: u32) -> Result<ExitCode> {
     let started = Instant::now();
     let t = tools::ensure(paths)?;
+    // Chromium and playwright-core, for tests/browser.rs.
+    xtask::browser::ensure(paths)?;
     if st_examples > 0 {
         schemathesis::ensure(paths)?;
     }

@@ -105,6 +105,8 @@ impl Pids {
 /// The model id the local embeddings server answers with (`--model` of OpenAI's API);
 /// the Workers of a local stack ask for it.
 pub const LOCAL_EMBEDDINGS_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+/// `ALLOWED_ORIGINS` of every Worker in the local stack: pages on any local port.
+pub const LOCAL_ALLOWED_ORIGINS: &str = "http://localhost:*,http://127.0.0.1:*";
 
 /// The Workers with a Cron Trigger. wrangler dev runs a scheduled handler only for the
 /// first Worker of a process (`/cdn-cgi/handler/scheduled`), and the gateway is first
@@ -755,6 +757,8 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
         "NEO4J_PASSWORD": info.neo4j_password,
         // Local Neo4j answers fast; a stand-in that holds an answer is given up on sooner.
         "NEO4J_TIMEOUT_MS": "5000",
+        // CORS: a page served from any local port may call the stack (the gateway too).
+        "ALLOWED_ORIGINS": LOCAL_ALLOWED_ORIGINS,
     });
     let mut configs = Vec::new();
     // The gateway first: wrangler serves only the first config on the port.
@@ -771,13 +775,16 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
         let main = committed.parent().unwrap_or(&paths.root).join(main);
         table.insert("main".into(), toml::Value::String(main.display().to_string()));
         table.remove("build");
-        if w.name != "gateway" {
-            let mut v = table.get("vars").and_then(|v| v.as_table()).cloned().unwrap_or_default();
-            for (k, val) in vars.as_object().into_iter().flatten() {
-                v.insert(k.clone(), toml::Value::String(val.as_str().unwrap_or_default().to_owned()));
+        let mut v = table.get("vars").and_then(|v| v.as_table()).cloned().unwrap_or_default();
+        // The gateway reads only its CORS setting.
+        let gateway_vars = ["ALLOWED_ORIGINS"];
+        for (k, val) in vars.as_object().into_iter().flatten() {
+            if w.name == "gateway" && !gateway_vars.contains(&k.as_str()) {
+                continue;
             }
-            table.insert("vars".into(), toml::Value::Table(v));
+            v.insert(k.clone(), toml::Value::String(val.as_str().unwrap_or_default().to_owned()));
         }
+        table.insert("vars".into(), toml::Value::Table(v));
         let file = out_dir.join(format!("{}.toml", w.name));
         std::fs::write(&file, toml::to_string(&table).context("could not write TOML")?)?;
         configs.push(file);
@@ -937,7 +944,7 @@ fn spawn_wrangler(
     std::fs::create_dir_all(home)?;
     cmd.args(["--ip", "127.0.0.1", "--port", &port.to_string()])
         .args(["--inspector-port", &inspector.to_string()])
-        .args(["--show-interactive-dev-session=false", "--log-level", "info"])
+        .args(["--show-interactive-dev-session=false", "--log-level", "log"])
         .current_dir(info.stack_dir.join("wrangler"))
         .env("CI", "true")
         .env("WRANGLER_SEND_METRICS", "false")

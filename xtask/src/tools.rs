@@ -251,7 +251,7 @@ fn ensure_cargo_tool(paths: &Paths, krate: &str, version: &str, locked: bool, bi
 }
 
 /// npm tools from `xtask/tools/package-lock.json`, in a directory named by the lock's hash.
-fn ensure_npm_tools(paths: &Paths) -> Result<PathBuf> {
+pub fn ensure_npm_tools(paths: &Paths) -> Result<PathBuf> {
     let src = paths.root.join("xtask/tools");
     let lock = std::fs::read(src.join("package-lock.json")).context("could not read xtask/tools/package-lock.json")?;
     let dir = paths.cache.join(format!("npm-{}", &sha256_hex(&lock)[..16]));

@@ -5,63 +5,216 @@
 //!
 //! Invariant: a handler returns `Result<Response, ApiError>` and [`finish`] is the one
 //! place that turns an error into the JSON error response with the request id, adds
-//! `x-request-id`, and logs the request line. No handler path can reach the runtime
-//! as an `Err` or a panic.
+//! `x-request-id` and the CORS headers, and logs the request's one JSON line. No
+//! handler path can reach the runtime as an `Err` or a panic.
+//!
+//! Every fetch entry has the same shape:
+//!
+//! ```ignore
+//! let ctx = edge::begin("sync", &req, &env);
+//! if ctx.is_preflight() {
+//!     return edge::preflight(ctx);
+//! }
+//! let outcome = ctx.measure(handle(&req, &env)).await;
+//! edge::finish(ctx, outcome)
+//! ```
+//!
+//! `upstream_ms` in the log line is the time the request spent on upstream timers:
+//! every upstream exchange (PostgREST, the embeddings API, Neo4j) races [`SLEEP`]'s
+//! timer (`shared::deadline::within`), which lives exactly as long as the exchange,
+//! and so do the waits an upstream asks for (`Retry-After`); the gateway's call to a
+//! function is measured with [`upstream`]. The JWKS fetch is not counted.
 
 use edgesync_shared::auth::{self, Principal, Verified};
 use edgesync_shared::config::{Config, ConfigError};
+use edgesync_shared::cors::{self, Cors, Header};
 use edgesync_shared::data_api::DataApi;
 use edgesync_shared::deadline::{Deadline, Sleep};
+use edgesync_shared::log::{self as request_log, RequestLog};
 use edgesync_shared::{request_id, ApiError};
 use serde_json::Value;
-use worker::{console_error, console_log, Date, Env, Method, Request, Response};
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::rc::Rc;
+use worker::{console_error, console_log, Date, Env, Headers, Method, Request, Response};
 
 pub use edgesync_shared;
 pub use worker;
 
-/// Per-request context: the id and the start time.
+/// Per-request context: the id, the start time, what the log line and the CORS
+/// headers need.
 pub struct RequestCtx {
     pub request_id: String,
+    function: &'static str,
     started_ms: u64,
     method: String,
     path: String,
+    origin: Option<String>,
+    preflight: bool,
+    cors: Cors,
+    upstream_ms: Rc<Cell<u64>>,
 }
 
-/// Start handling a request: install the panic hook (so a bug shows a message in the
-/// log, not just "unreachable"), pick the request id, note the start time.
-pub fn begin(req: &Request) -> RequestCtx {
+/// Start handling a request to the Worker named `function`: install the panic hook
+/// (so a bug shows a message in the log, not just "unreachable"), pick the request
+/// id, note the start time, read `ALLOWED_ORIGINS` (on its own, so even an answer
+/// about a broken config carries CORS headers).
+pub fn begin(function: &'static str, req: &Request, env: &Env) -> RequestCtx {
     console_error_panic_hook::set_once();
-    let incoming = req.headers().get("x-request-id").ok().flatten();
+    let header = |name: &str| req.headers().get(name).ok().flatten();
+    let incoming = header("x-request-id");
+    let origin = header("origin");
+    // The method as received: `req.method()` reads an unknown one as GET.
+    let method = req.inner().method();
     RequestCtx {
         request_id: request_id::accept_or_generate(incoming.as_deref()),
+        function,
         started_ms: Date::now().as_millis(),
-        method: req.method().to_string(),
+        preflight: cors::is_preflight(&method, origin.as_deref(), header("access-control-request-method").as_deref()),
+        method,
         path: req.path(),
+        origin,
+        cors: Cors::from_setting(setting(env, cors::SETTING).as_deref()),
+        upstream_ms: Rc::new(Cell::new(0)),
+    }
+}
+
+impl RequestCtx {
+    /// A CORS preflight: answer it with [`preflight`], before any handler (it needs no
+    /// token, and `require_method` would refuse `OPTIONS`).
+    pub fn is_preflight(&self) -> bool {
+        self.preflight
+    }
+
+    /// Run the handler, counting the upstream time it spends into this request's
+    /// log line. Requests in one isolate interleave at their awaits, so the count
+    /// follows whichever request is being polled.
+    pub async fn measure<F: Future>(&self, fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        let counter = self.upstream_ms.clone();
+        std::future::poll_fn(move |cx| {
+            let previous = CURRENT_UPSTREAM.with(|c| c.replace(Some(counter.clone())));
+            let polled = fut.as_mut().poll(cx);
+            CURRENT_UPSTREAM.with(|c| *c.borrow_mut() = previous);
+            polled
+        })
+        .await
+    }
+}
+
+thread_local! {
+    /// The upstream-time counter of the request being polled (see [`RequestCtx::measure`]).
+    static CURRENT_UPSTREAM: RefCell<Option<Rc<Cell<u64>>>> = const { RefCell::new(None) };
+}
+
+/// Adds the time from its start to its drop to the counter of the request that
+/// started it.
+struct UpstreamWait {
+    started_ms: u64,
+    counter: Option<Rc<Cell<u64>>>,
+}
+
+impl UpstreamWait {
+    fn start() -> UpstreamWait {
+        UpstreamWait { started_ms: Date::now().as_millis(), counter: CURRENT_UPSTREAM.with(|c| c.borrow().clone()) }
+    }
+}
+
+impl Drop for UpstreamWait {
+    fn drop(&mut self) {
+        if let Some(counter) = &self.counter {
+            counter.set(counter.get() + Date::now().as_millis().saturating_sub(self.started_ms));
+        }
+    }
+}
+
+/// Await an upstream call (the gateway's call to a function), counting its time as
+/// upstream time.
+pub async fn upstream<F: Future>(fut: F) -> F::Output {
+    let _wait = UpstreamWait::start();
+    fut.await
+}
+
+/// Answer a preflight: `204` with the CORS headers when the origin is allowed, else
+/// the JSON `403 origin_not_allowed` without them.
+pub fn preflight(ctx: RequestCtx) -> worker::Result<Response> {
+    match ctx.cors.preflight(ctx.origin.as_deref()) {
+        Ok(headers) => {
+            let response = Response::empty().map(|r| r.with_status(204));
+            complete(ctx, response, None, headers)
+        }
+        Err(err) => finish(ctx, Err(err)),
     }
 }
 
 /// Turn a handler's outcome into the response the client gets, and log it.
 pub fn finish(ctx: RequestCtx, outcome: Result<Response, ApiError>) -> worker::Result<Response> {
-    let elapsed = Date::now().as_millis().saturating_sub(ctx.started_ms);
-    let line = |status: u16| format!("{} {} {} {}ms req={}", ctx.method, ctx.path, status, elapsed, ctx.request_id);
-    let response = match outcome {
-        Ok(response) => {
-            console_log!("{}", line(response.status_code()));
-            Ok(response)
-        }
+    let cors_headers = ctx.cors.answer_headers(ctx.origin.as_deref());
+    match outcome {
+        Ok(response) => complete(ctx, Ok(response), None, cors_headers),
         Err(err) => {
-            if err.status >= 500 {
-                console_error!("{} {}", line(err.status), err);
-            } else {
-                console_log!("{} {}", line(err.status), err.code);
-            }
-            error_response(&err, &ctx.request_id)
+            let response = error_response(&err, &ctx.request_id);
+            complete(ctx, response, Some(&err), cors_headers)
         }
+    }
+}
+
+/// Log the request's line; add `x-request-id`, `Vary: Origin` and exactly the CORS
+/// headers decided here (ones an answer passed on from another Worker brought are
+/// replaced).
+fn complete(
+    ctx: RequestCtx,
+    response: worker::Result<Response>,
+    error: Option<&ApiError>,
+    cors_headers: Vec<Header>,
+) -> worker::Result<Response> {
+    let status = match (&response, error) {
+        (_, Some(err)) => err.status,
+        (Ok(r), None) => r.status_code(),
+        (Err(_), None) => 500,
     };
+    let warnings: Vec<String> =
+        ctx.cors.ignored().iter().map(|e| format!("{}: not an origin, ignored: {e}", cors::SETTING)).collect();
+    let line = request_log::line(&RequestLog {
+        request_id: &ctx.request_id,
+        function: ctx.function,
+        method: &ctx.method,
+        path: &ctx.path,
+        status,
+        duration_ms: Date::now().as_millis().saturating_sub(ctx.started_ms),
+        upstream_ms: Some(ctx.upstream_ms.get()),
+        error,
+        warnings: &warnings,
+    })
+    .to_string();
+    if status >= 500 {
+        console_error!("{line}");
+    } else {
+        console_log!("{line}");
+    }
     response.map(|mut r| {
-        let _ = r.headers_mut().set("x-request-id", &ctx.request_id);
+        let headers = r.headers_mut();
+        let _ = headers.set("x-request-id", &ctx.request_id);
+        for name in cors::DECIDED_HEADERS {
+            let _ = headers.delete(name);
+        }
+        for (name, value) in &cors_headers {
+            let _ = headers.set(name, value);
+        }
+        let vary = cors::vary_with_origin(headers.get("vary").ok().flatten().as_deref());
+        let _ = headers.set("vary", &vary);
         r
     })
+}
+
+/// A copy of `headers` that can be changed (the headers of an answer from `fetch` or
+/// a service binding cannot).
+pub fn mutable_headers(headers: &Headers) -> Headers {
+    let copy = Headers::new();
+    for (name, value) in headers.entries() {
+        let _ = copy.append(&name, &value);
+    }
+    copy
 }
 
 /// The JSON error response. Falls back to a plain body if JSON cannot be built.
@@ -178,8 +331,13 @@ pub fn data_api(config: &Config) -> DataApi {
 }
 
 /// The runtime's timer, for upstream deadlines and waits an upstream asks for.
+/// Its time counts as the request's upstream time (see the crate docs).
 pub const SLEEP: Sleep<'static> = &|ms: u64| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
-    Box::pin(worker::Delay::from(std::time::Duration::from_millis(ms)))
+    let wait = UpstreamWait::start();
+    Box::pin(async move {
+        let _wait = wait;
+        worker::Delay::from(std::time::Duration::from_millis(ms)).await
+    })
 };
 
 /// A deadline of `ms` on the runtime's timer.

@@ -82,8 +82,11 @@ const SLEEP: Sleep<'static> = edge::SLEEP;
 
 #[event(fetch)]
 async fn fetch(mut req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
-    let rctx = edge::begin(&req);
-    let outcome = handle(&mut req, &env, &ctx).await;
+    let rctx = edge::begin("embed_entry", &req, &env);
+    if rctx.is_preflight() {
+        return edge::preflight(rctx);
+    }
+    let outcome = rctx.measure(handle(&mut req, &env, &ctx)).await;
     edge::finish(rctx, outcome)
 }
 

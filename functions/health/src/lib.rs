@@ -11,8 +11,11 @@ use worker::{event, Context, Env, Method, Request, Response};
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
-    let ctx = edge::begin(&req);
-    let outcome = handle(&req, &env, &ctx.request_id).await;
+    let ctx = edge::begin("health", &req, &env);
+    if ctx.is_preflight() {
+        return edge::preflight(ctx);
+    }
+    let outcome = ctx.measure(handle(&req, &env, &ctx.request_id)).await;
     edge::finish(ctx, outcome)
 }
 

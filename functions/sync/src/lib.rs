@@ -11,8 +11,11 @@ use worker::{event, Context, Env, Method, Request, Response};
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
-    let ctx = edge::begin(&req);
-    let outcome = handle(&req, &env).await;
+    let ctx = edge::begin("sync", &req, &env);
+    if ctx.is_preflight() {
+        return edge::preflight(ctx);
+    }
+    let outcome = ctx.measure(handle(&req, &env)).await;
     edge::finish(ctx, outcome)
 }
 

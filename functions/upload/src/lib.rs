@@ -12,8 +12,11 @@ use worker::{event, Context, Env, Method, Request, Response};
 
 #[event(fetch)]
 async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
-    let ctx = edge::begin(&req);
-    let outcome = handle(&mut req, &env).await;
+    let ctx = edge::begin("upload", &req, &env);
+    if ctx.is_preflight() {
+        return edge::preflight(ctx);
+    }
+    let outcome = ctx.measure(handle(&mut req, &env)).await;
     edge::finish(ctx, outcome)
 }
 
