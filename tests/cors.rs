@@ -40,7 +40,7 @@ impl Resp {
     /// No CORS headers at all (a disallowed origin, or none).
     #[track_caller]
     fn assert_no_cors(&self) {
-        for (name, _) in &self.headers {
+        for name in self.headers.keys() {
             assert!(!name.starts_with("access-control-"), "{name} on {self:?}");
         }
         self.assert_varies();
@@ -341,7 +341,7 @@ fn each_request_is_one_json_log_line_per_worker_with_every_field() {
     let bearer = ("authorization", format!("Bearer {token}"));
 
     // A success: the gateway's line and the function's, the same id; the query is not logged.
-    let (r, id) = call("GET", "/sync?tables=entries", &[bearer.clone()], None);
+    let (r, id) = call("GET", "/sync?tables=entries", std::slice::from_ref(&bearer), None);
     assert_eq!(r.status, 200, "{r:?}");
     let lines = log_lines(&log, &id, 2);
     assert_eq!(lines.len(), 2, "one line per Worker: {lines:?}");

@@ -19,6 +19,10 @@
 
 set local client_min_messages = warning;
 
+-- pgvector, for entries.embedding. A new Supabase project has it available but not
+-- enabled; there `postgres` may create it (supautils' privileged extensions).
+create extension if not exists vector with schema extensions;
+
 grant usage on schema edgesync to authenticated, service_role;
 
 -- Registered tables. `name` is the table's name on the wire (`type` in a mutation,

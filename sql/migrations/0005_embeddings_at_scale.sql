@@ -82,6 +82,12 @@ grant execute on function public.edgesync_claim_embedding_jobs(integer, integer,
 -- ~3 ms through the index). Here RLS is bypassed (security definer) and the user test,
 -- the same one RLS makes, is written so no btree serves it; sequential scans are off
 -- for this function only. It reads nothing but rows of auth.uid().
+--
+-- `hnsw.iterative_scan` is pgvector's parameter, known to Postgres only once the
+-- library is loaded in this session; until then a non-superuser (`postgres` on
+-- Supabase) may not name it in a function's SET clause. Using the type loads it.
+do $$ begin perform '[0]'::extensions.vector; end $$;
+
 create or replace function edgesync.search_nearest(query_embedding extensions.vector(1536), k integer)
 returns table (id uuid, title text, distance double precision)
 language sql

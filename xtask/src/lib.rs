@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod build;
+pub mod db;
 pub mod keys;
 pub mod procs;
 pub mod relay;

@@ -45,6 +45,9 @@ cargo xtask <task>
                         Cloudflare with the settings of [env.NAME] in deploy.toml (default:
                         its default_env) and the secrets from the environment or FILE
                         (dotenv); --dry-run: bundle and check every Worker, no network
+  db push --db-url URL  apply the pending migrations (sql/migrations) as URL's role, e.g. a
+                        hosted Supabase project's `postgres`; prints what it applied
+  db layout             write supabase/migrations/ (for `supabase db push`) from sql/migrations
 
 Options for dev and stack up:
   --dir DIR             stack directory (default target/stack)
@@ -287,6 +290,30 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             flags.done()?;
             return Ok(if deploy::run(&paths, opts)? { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
+        "db" => {
+            let sub = if flags.rest.is_empty() { String::new() } else { flags.rest.remove(0) };
+            match sub.as_str() {
+                "push" => {
+                    let url = flags.value("--db-url")?.context("db push needs --db-url URL")?;
+                    flags.done()?;
+                    let t = tools::ensure_postgres_client(&paths)?;
+                    let applied =
+                        xtask::db::apply_pending(&paths, &t, &url, &mut |m| println!("applying {}", m.file_name()))?;
+                    let version = xtask::db::schema_version(&t, &url)?;
+                    match applied.len() {
+                        0 => println!("nothing to apply; schema version {version} (current)"),
+                        1 => println!("1 migration applied; schema version {version}"),
+                        n => println!("{n} migrations applied; schema version {version}"),
+                    }
+                }
+                "layout" => {
+                    flags.done()?;
+                    let n = xtask::db::write_supabase_layout(&paths)?;
+                    println!("wrote {n} migrations to supabase/migrations/");
+                }
+                other => bail!("unknown db task {other:?} (push or layout)"),
+            }
+        }
         "help" | "--help" | "-h" => print!("{HELP}"),
         other => bail!("unknown task {other:?}\n\n{HELP}"),
     }
@@ -297,11 +324,12 @@ fn print_stack(info: &stack::StackInfo) -> Result<()> {
     let user = keys::random_uuid();
     let token = keys::sign_hs256(&info.jwt_secret, &keys::user_claims(&user, &info.jwt_issuer, 24 * 3600))?;
     println!(
-        "\nedgesync is up (in {:.1}s)\n\n  functions   {url}   (/health /sync /upload /populate /embed_entry)\n  postgrest   {}\n  database    {}\n  embeddings  {}/embeddings   (OpenAI-compatible, model {})\n  neo4j       {}   (the populate source: NEO4J_URL, user {})\n  stack file  {}\n\n\
+        "\nedgesync is up (in {:.1}s)\n\n  functions   {url}   (/health /sync /upload /populate /embed_entry)\n  postgrest   {}\n  database    {}   (postgres, not a superuser, as on Supabase)\n  superuser   {}\n  embeddings  {}/embeddings   (OpenAI-compatible, model {})\n  neo4j       {}   (the populate source: NEO4J_URL, user {})\n  stack file  {}\n\n\
          A user token (user {user}, valid 24 h):\n\n  export TOKEN={token}\n  curl -s {url}/health\n  curl -s -H \"Authorization: Bearer $TOKEN\" {url}/sync\n\n\
          More tokens: cargo xtask token [--sub UUID] [--es256]\n",
         info.started_in_secs,
         info.postgrest_url,
+        info.postgres_url,
         info.database_url,
         info.embeddings_url,
         stack::LOCAL_EMBEDDINGS_MODEL,

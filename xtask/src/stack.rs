@@ -145,8 +145,12 @@ pub struct StackInfo {
     /// (`POST {embeddings_url}/embeddings`). Empty in a stack.json from before it existed.
     #[serde(default)]
     pub embeddings_url: String,
-    /// A superuser connection string, for tools and tests.
+    /// A superuser (`supabase_admin`) connection string, for tools and tests.
     pub database_url: String,
+    /// The connection string of `postgres`, the role migrations run as: as on a hosted
+    /// Supabase project it is not a superuser. Empty in a stack.json from before it existed.
+    #[serde(default)]
+    pub postgres_url: String,
     pub jwt_secret: String,
     pub jwt_issuer: String,
     pub jwks_url: String,
@@ -186,6 +190,9 @@ pub struct StackInfo {
     pub run_as_user: Option<String>,
     pub authenticator_password: String,
     pub postgres_password: String,
+    /// The superuser `supabase_admin`'s password.
+    #[serde(default)]
+    pub admin_password: String,
     pub started_in_secs: f64,
 }
 
@@ -195,6 +202,10 @@ struct Secrets {
     jwt_secret: String,
     authenticator_password: String,
     postgres_password: String,
+    /// Empty in secrets from a data directory made before the stack had Supabase's
+    /// roles (`postgres` was the superuser then): such a directory is made again.
+    #[serde(default)]
+    admin_password: String,
     es256_key: Es256Key,
 }
 
@@ -429,18 +440,24 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
 
     // Secrets live beside the data directory they were made for.
     let secrets_file = dir.join("secrets.json");
-    let fresh = opts.fresh || !pgdata.join("PG_VERSION").is_file() || !secrets_file.is_file();
+    let old: Option<Secrets> = std::fs::read(&secrets_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let supabase_layout = old.as_ref().is_some_and(|s| !s.admin_password.is_empty());
+    if !opts.fresh && old.is_some() && !supabase_layout {
+        step("the database predates the stack's Supabase roles (supabase_admin, a non-superuser postgres): making it again");
+    }
+    let fresh = opts.fresh || !pgdata.join("PG_VERSION").is_file() || !supabase_layout;
     let secrets: Secrets = if fresh {
         let s = Secrets {
             jwt_secret: format!("local-{}", random_hex(24)),
             authenticator_password: random_hex(16),
             postgres_password: random_hex(16),
+            admin_password: random_hex(16),
             es256_key: Es256Key::generate()?,
         };
         std::fs::write(&secrets_file, serde_json::to_vec_pretty(&s)?)?;
         s
     } else {
-        serde_json::from_slice(&std::fs::read(&secrets_file)?)?
+        old.context("secrets.json vanished")?
     };
 
     let issuer = format!("http://127.0.0.1:{}/auth/v1", opts.ports.auth);
@@ -449,6 +466,10 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
         postgrest_url: format!("http://127.0.0.1:{}", opts.ports.postgrest),
         embeddings_url: format!("http://127.0.0.1:{}/v1", opts.ports.embeddings),
         database_url: format!(
+            "postgres://supabase_admin:{}@127.0.0.1:{}/postgres",
+            secrets.admin_password, opts.ports.postgres
+        ),
+        postgres_url: format!(
             "postgres://postgres:{}@127.0.0.1:{}/postgres",
             secrets.postgres_password, opts.ports.postgres
         ),
@@ -480,6 +501,7 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
         run_as_user: user.map(|(name, _)| name),
         authenticator_password: secrets.authenticator_password.clone(),
         postgres_password: secrets.postgres_password.clone(),
+        admin_password: secrets.admin_password.clone(),
         started_in_secs: 0.0,
     };
 
@@ -541,14 +563,16 @@ fn start_postgres(info: &mut StackInfo, run_as: Option<RunAs>, fresh: bool) -> R
     if !pgdata.join("PG_VERSION").is_file() {
         step(format!("initdb {}", pgdata.display()));
         let pwfile = parent.join(".pwfile");
-        std::fs::write(&pwfile, &info.postgres_password)?;
+        std::fs::write(&pwfile, &info.admin_password)?;
         chown(&pwfile, run_as)?;
         let mut cmd = Command::new(info.pg_bin.join("initdb"));
         cmd.arg("-D")
             .arg(&pgdata)
             .args([
+                // As on Supabase: the superuser is supabase_admin; `postgres` is made by
+                // the bootstrap, without superuser.
                 "-U",
-                "postgres",
+                "supabase_admin",
                 "--auth-local=trust",
                 "--auth-host=scram-sha-256",
                 "-E",
@@ -566,6 +590,7 @@ fn start_postgres(info: &mut StackInfo, run_as: Option<RunAs>, fresh: bool) -> R
         result.context("initdb failed")?;
     }
     let log = info.logs_dir.join("postgres.log");
+    let extensions = privileged_extensions_path(&info.pg_bin, &parent.join("privileged-extensions"))?;
     let mut cmd = Command::new(info.pg_bin.join("postgres"));
     cmd.arg("-D").arg(&pgdata).args([
         "-c",
@@ -586,6 +611,8 @@ fn start_postgres(info: &mut StackInfo, run_as: Option<RunAs>, fresh: bool) -> R
         // A forgotten open transaction holds back every user's sync watermark.
         "-c",
         "idle_in_transaction_session_timeout=60s",
+        "-c",
+        &extensions,
     ]);
     info.pids.postgres = procs::spawn(cmd, &log, run_as)?;
     let pid = info.pids.postgres;
@@ -604,14 +631,43 @@ fn start_postgres(info: &mut StackInfo, run_as: Option<RunAs>, fresh: bool) -> R
     })
 }
 
-/// psql as the superuser over TCP.
+/// psql as the superuser (`supabase_admin`) over TCP.
 pub fn psql(info: &StackInfo) -> Command {
-    let mut cmd = Command::new(info.pg_bin.join("psql"));
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
-        .arg(info.ports.postgres.to_string())
-        .env("PGPASSWORD", &info.postgres_password)
-        .env("PGCONNECT_TIMEOUT", "10");
-    cmd
+    crate::db::psql(&info.pg_bin, &info.database_url)
+}
+
+/// Supabase lets its non-superuser `postgres` create `vector` (and its other
+/// "privileged extensions") through the supautils extension. Emulated here the
+/// simplest honest way: Postgres 18 reads extension control files from
+/// `extension_control_path`, and the server is started with `root` first on it.
+/// `root/extension/` links to every file of the installation's own extension directory
+/// except `vector.control`, a copy marked `trusted = true`. A trusted extension may be
+/// created by any role with CREATE on the database, and its objects are made as the
+/// bootstrap superuser, which is what supautils does for `postgres`. Nothing else
+/// changes: the same server, libraries and extensions. Returns the setting's value.
+fn privileged_extensions_path(pg_bin: &Path, root: &Path) -> Result<String> {
+    let sharedir = PathBuf::from(output(Command::new(pg_bin.join("pg_config")).arg("--sharedir"))?.trim());
+    let (system, ours) = (sharedir.join("extension"), root.join("extension"));
+    if root.exists() {
+        std::fs::remove_dir_all(root).context(format!("could not remove {}", root.display()))?;
+    }
+    std::fs::create_dir_all(&ours)?;
+    let mut trusted = false;
+    for entry in std::fs::read_dir(&system).context(format!("could not read {}", system.display()))? {
+        let path = entry?.path();
+        let target = ours.join(path.file_name().context("no file name")?);
+        if path.file_name().is_some_and(|n| n == "vector.control") {
+            let control = std::fs::read_to_string(&path)?;
+            std::fs::write(&target, format!("{}\ntrusted = true\n", control.trim_end()))?;
+            trusted = true;
+        } else {
+            std::os::unix::fs::symlink(&path, &target).context(format!("could not link {}", target.display()))?;
+        }
+    }
+    if !trusted {
+        bail!("pgvector is not installed in {} (run `cargo xtask setup`)", system.display());
+    }
+    Ok(format!("extension_control_path={}:$system", root.display()))
 }
 
 /// `EXPECTED_SCHEMA_VERSION` as written in the shared crate's source; xtask does not
@@ -624,74 +680,33 @@ pub fn expected_schema_version(paths: &Paths) -> Result<i64> {
         .context("shared/src/lib.rs has no EXPECTED_SCHEMA_VERSION")
 }
 
-/// A migration file: `sql/migrations/NNNN_name.sql`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Migration {
-    pub version: i64,
-    pub path: PathBuf,
-}
+pub use crate::db::{migrations, Migration};
 
-pub fn migrations(paths: &Paths) -> Result<Vec<Migration>> {
-    let dir = paths.root.join("sql/migrations");
-    let mut v = Vec::new();
-    for entry in std::fs::read_dir(&dir).context(format!("could not read {}", dir.display()))? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-        if !name.ends_with(".sql") {
-            continue;
-        }
-        let version: i64 = name
-            .split('_')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .context(format!("migration {name} must be named NNNN_description.sql"))?;
-        v.push(Migration { version, path });
-    }
-    v.sort_by_key(|m| m.version);
-    for pair in v.windows(2) {
-        if pair[0].version == pair[1].version {
-            bail!("two migrations share version {}", pair[0].version);
-        }
-    }
-    Ok(v)
-}
-
-/// Local bootstrap (what Supabase provides) once, then each migration not yet applied,
-/// each in its own transaction.
+/// Local bootstrap (what Supabase provides) once, as the superuser `supabase_admin`;
+/// then each migration not yet applied, as `postgres`, which is not a superuser, the
+/// way `supabase db push` or `cargo xtask db push` applies them to a hosted project.
 fn apply_sql(paths: &Paths, info: &StackInfo, fresh: bool) -> Result<()> {
     let has_roles = output(psql(info).args(["-tAc", "select count(*) from pg_roles where rolname = 'authenticator'"]))?;
     if fresh || has_roles.trim() == "0" {
-        step("applying sql/bootstrap/local_supabase.sql");
+        step("applying sql/bootstrap/local_supabase.sql as supabase_admin");
         output(
             psql(info)
                 .arg("-v")
                 .arg(format!("authpw={}", info.authenticator_password))
+                .arg("-v")
+                .arg(format!("pgpw={}", info.postgres_password))
                 .arg("-f")
                 .arg(paths.root.join("sql/bootstrap/local_supabase.sql")),
         )?;
     }
-    let current = schema_version(info)?;
-    for m in migrations(paths)? {
-        if m.version <= current {
-            continue;
-        }
-        step(format!("applying {}", m.path.strip_prefix(&paths.root).unwrap_or(&m.path).display()));
-        output(psql(info).arg("--single-transaction").arg("-f").arg(&m.path))
-            .context(format!("migration {} failed", m.path.display()))?;
-        if schema_version(info)? < m.version {
-            bail!("migration {} did not record itself in edgesync.schema_migrations", m.path.display());
-        }
-    }
+    crate::db::apply_pending(paths, &info.pg_bin, &info.postgres_url, &mut |m| {
+        step(format!("applying sql/migrations/{} as postgres", m.file_name()))
+    })?;
     Ok(())
 }
 
 pub fn schema_version(info: &StackInfo) -> Result<i64> {
-    let exists = output(psql(info).args(["-tAc", "select to_regclass('edgesync.schema_migrations') is not null"]))?;
-    if exists.trim() != "t" {
-        return Ok(0);
-    }
-    let out = output(psql(info).args(["-tAc", "select coalesce(max(version), 0) from edgesync.schema_migrations"]))?;
-    out.trim().parse().context(format!("unexpected schema version {out:?}"))
+    crate::db::schema_version(&info.pg_bin, &info.database_url)
 }
 
 /// The auth stand-in: this xtask binary serving the JWKS at Supabase Auth's path.
