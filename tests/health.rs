@@ -1,6 +1,6 @@
 //! `GET /health` through the real gateway and health Worker under wrangler dev.
 
-use edgesync_integration::{call, eventually, exclusive, stack};
+use edgesync_integration::{call, db, eventually, exclusive, stack};
 use serde_json::json;
 use std::time::Duration;
 
@@ -15,7 +15,19 @@ fn health_is_200_when_postgrest_and_schema_are_well() {
     let info = stack();
     let a = call("GET", &format!("{}/health", info.functions_url), None, None);
     assert_eq!(a.status, 200, "{}", a.text);
-    assert_eq!(a.body["status"], "ok");
+    // Earlier tests leave embedding jobs failed for good, so this stack may be degraded;
+    // the verdict must follow the checks either way.
+    let degraded: Vec<&str> = a.body["degraded"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(a.body["status"], if degraded.is_empty() { "ok" } else { "degraded" }, "{}", a.text);
+    for check in ["watermark", "embeddings", "populate"] {
+        assert_eq!(a.body["checks"][check]["ok"], !degraded.contains(&check), "{}", a.text);
+    }
+    // The counts are the database's.
+    let failed: i64 = db(&info)
+        .query_one("select count(*) from edgesync.embedding_jobs where status = 'failed'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(a.body["checks"]["embeddings"]["failed"], failed, "{}", a.text);
     assert_eq!(a.body["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(a.body["checks"]["postgrest"]["ok"], true);
     assert!(a.body["checks"]["postgrest"]["latency_ms"].is_u64(), "{}", a.text);
@@ -113,4 +125,43 @@ fn request_id_from_the_caller_is_kept_when_plain_and_replaced_when_hostile() {
     let b = edgesync_integration::call_with_headers("GET", &url, &[("x-request-id", "a\"b<script>".into())], None);
     let rid = b.request_id.unwrap();
     assert!(rid.len() == 32 && rid.chars().all(|c| c.is_ascii_hexdigit()), "{rid}");
+}
+
+#[test]
+fn health_is_degraded_while_a_write_transaction_is_held_open() {
+    let _guard = exclusive();
+    let info = stack();
+    let url = format!("{}/health", info.functions_url);
+    let watermark_ok = || call("GET", &url, None, None).body["checks"]["watermark"]["ok"] == true;
+    eventually("no write transaction to be open", Duration::from_secs(30), watermark_ok);
+
+    // A transaction that has written (it has an id) and stays open, as a forgotten
+    // psql session or a long backfill would.
+    let mut writer = db(&info);
+    let mut tx = writer.transaction().unwrap();
+    tx.query_one("select pg_current_xact_id()::text", &[]).unwrap();
+    let max_lag_ms = 5_000; // HEALTH_MAX_WATERMARK_LAG_SECS on the local stack
+    let mut held = None;
+    eventually("health to report the open transaction", Duration::from_secs(30), || {
+        let a = call("GET", &url, None, None);
+        let past = a.body["checks"]["watermark"]["ok"] == false;
+        held = Some(a);
+        past
+    });
+    let held = held.unwrap();
+    tx.rollback().unwrap();
+
+    assert_eq!(held.status, 200, "lag is degraded, not down: {}", held.text);
+    assert_eq!(held.body["status"], "degraded", "{}", held.text);
+    assert!(held.body["degraded"].as_array().unwrap().contains(&json!("watermark")), "{}", held.text);
+    assert_eq!(held.body["failing"], json!([]));
+    let w = &held.body["checks"]["watermark"];
+    assert!(w["writers"].as_u64().unwrap() >= 1, "{w}");
+    assert!(w["oldest_write_age_ms"].as_u64().unwrap() > max_lag_ms, "{w}");
+    assert!(w["oldest_write_xid_distance"].as_u64().unwrap() >= 1, "{w}");
+    assert_eq!(w["max_lag_ms"], max_lag_ms);
+    assert!(w["error"].as_str().unwrap().contains("write transaction"), "{w}");
+    println!("/health while a write transaction is held open: {}", held.text);
+
+    eventually("the watermark to be well once it ends", Duration::from_secs(30), watermark_ok);
 }

@@ -840,3 +840,43 @@ fn with_the_database_api_down_populate_answers_502_and_resumes_later() {
     assert_eq!(done.last().unwrap().body["status"], "completed");
     assert_eq!(stored(&mut db(&info), &user), expected(&graph).0);
 }
+
+#[test]
+fn a_populate_answers_a_write_checkpoint_that_a_pull_reaches_with_its_rows() {
+    let _x = exclusive();
+    let info = stack();
+    let (_user, token) = new_user(&info);
+    // Another write in flight, begun before the populate: the pull watermark stays below
+    // it, so the populated rows cannot be pulled yet, and the answer must say so.
+    let mut other = db(&info);
+    let mut in_flight = other.transaction().unwrap();
+    in_flight.query_one("select pg_current_xact_id()::text", &[]).unwrap();
+
+    let records = json!([
+        {"legacyId": "wc-1", "legacyType": "task", "title": "Loaded while another write was open"},
+        {"legacyId": "wc-2", "legacyType": "note", "rawText": "Me too"}
+    ]);
+    let a = populate(&info, &token, json!({"source": "legacy", "records": records}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    let wc: u64 = a.body["write_checkpoint"].as_str().and_then(|c| c.parse().ok()).expect(&a.text);
+
+    let mut replica = Replica::new(&info, &token, Some("entries"));
+    replica.drain(100);
+    assert!(replica.checkpoint < wc, "checkpoint {} passed {wc} while a write was in flight", replica.checkpoint);
+    assert!(replica.table("entries").is_empty(), "the rows were delivered before the checkpoint");
+
+    in_flight.rollback().unwrap();
+    replica.catch_up(wc, 100);
+    let titles: Vec<String> =
+        replica.table("entries").values().map(|r| r["title"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(titles.len(), 2, "{titles:?}");
+    assert!(titles.iter().any(|t| t == "Loaded while another write was open"), "{titles:?}");
+
+    // The Neo4j source answers with one too.
+    let (_user, token, _graph) = user_with_graph(&info, 5, 2, 11);
+    let answers = populate_to_the_end(&info, &token, json!({"source": "neo4j"}));
+    let wc: u64 = answers.last().unwrap().body["write_checkpoint"].as_str().and_then(|c| c.parse().ok()).unwrap();
+    let mut replica = Replica::new(&info, &token, Some("sync_entities"));
+    replica.catch_up(wc, 100);
+    assert_eq!(replica.table("sync_entities").len(), 5);
+}

@@ -101,6 +101,14 @@ const POPULATE_VARS: &[&str] = &[
     "POPULATE_STALE_AFTER_SECS",
     "POPULATE_CRON_USERS",
 ];
+/// `shared::health::Thresholds` (`THRESHOLD_SETTINGS`).
+const HEALTH_VARS: &[&str] = &[
+    "HEALTH_MAX_WATERMARK_LAG_SECS",
+    "HEALTH_EMBEDDING_OVERDUE_SECS",
+    "HEALTH_MAX_OVERDUE_EMBEDDINGS",
+    "HEALTH_MAX_FAILED_EMBEDDINGS",
+    "HEALTH_MAX_POPULATE_ERRORS",
+];
 const POPULATE_SECRETS: &[&str] = &["NEO4J_USER", "NEO4J_PASSWORD", "NEO4J_TOKEN"];
 
 /// What each Worker reads (README "Configuration" documents every setting; a unit test
@@ -111,7 +119,7 @@ pub fn reads(worker: &str) -> Option<Reads> {
         "gateway" => Reads { vars: cat(&[CORS_VARS]), secrets: vec![], required: vec![] },
         // Only PostgREST's URL: /health reports on it even when the auth settings are broken.
         "health" => Reads {
-            vars: cat(&[&["SUPABASE_URL", "POSTGREST_URL"], CORS_VARS]),
+            vars: cat(&[&["SUPABASE_URL", "POSTGREST_URL"], CORS_VARS, HEALTH_VARS]),
             secrets: vec!["SUPABASE_ANON_KEY"],
             required: vec!["SUPABASE_ANON_KEY"],
         },

@@ -772,6 +772,9 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
         "NEO4J_PASSWORD": info.neo4j_password,
         // Local Neo4j answers fast; a stand-in that holds an answer is given up on sooner.
         "NEO4J_TIMEOUT_MS": "5000",
+        // A write transaction open 5 s shows in /health (30 s when deployed): locally
+        // nothing holds one that long but a test, or a forgotten psql session.
+        "HEALTH_MAX_WATERMARK_LAG_SECS": "5",
         // CORS: a page served from any local port may call the stack (the gateway too).
         "ALLOWED_ORIGINS": LOCAL_ALLOWED_ORIGINS,
     });

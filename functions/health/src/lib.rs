@@ -1,7 +1,7 @@
 //! `GET /health`: is this function, PostgREST and the database schema well?
 //!
 //! Unauthenticated. One RPC to PostgREST as the anonymous role, timed; the verdict
-//! and the report come from `edgesync_shared::health`.
+//! (ok, degraded or down) and the report come from `edgesync_shared::health`.
 
 use edgesync_edge::{self as edge, edgesync_shared as shared};
 use shared::data_api::{Caller, DataApi};
@@ -23,17 +23,19 @@ async fn handle(req: &Request, env: &Env, request_id: &str) -> Result<Response, 
     edge::require_path(req, "/health")?;
     edge::require_method(req, &[Method::Get, Method::Head])?;
 
-    let config = shared::config::postgrest_url_from_lookup(|name| edge::setting(env, name));
+    let lookup = |name: &str| edge::setting(env, name);
+    let config = shared::config::postgrest_url_from_lookup(lookup)
+        .and_then(|url| Ok((url, health::Thresholds::from_lookup(lookup)?)));
     let report = match &config {
         Err(e) => health::report(Err(e), None, shared::EXPECTED_SCHEMA_VERSION, shared::VERSION),
-        Ok(url) => {
+        Ok((url, thresholds)) => {
             // A probe must answer even when PostgREST hangs.
             let api =
                 DataApi::new(url.clone(), edge::setting(env, "SUPABASE_ANON_KEY")).with_deadline(edge::deadline(5_000));
             let started = edge::now_ms();
-            let outcome = api.rpc(Caller::Anonymous, health::HEALTH_RPC, &serde_json::json!({})).await;
+            let outcome = api.rpc(Caller::Anonymous, health::HEALTH_RPC, &thresholds.rpc_args()).await;
             let probe = Probe { outcome, latency_ms: edge::now_ms().saturating_sub(started) };
-            health::report(Ok(()), Some(&probe), shared::EXPECTED_SCHEMA_VERSION, shared::VERSION)
+            health::report(Ok(thresholds), Some(&probe), shared::EXPECTED_SCHEMA_VERSION, shared::VERSION)
         }
     };
     let mut body = report.body;

@@ -263,8 +263,22 @@ pub struct Report {
     pub run_counts: Counts,
     pub rejected: Vec<Rejection>,
     pub continuation: Option<String>,
+    /// A `/sync` whose `checkpoint` is at least this (as integers) has every row this
+    /// call wrote, as `/upload`'s `write_checkpoint`.
+    pub write_checkpoint: String,
     pub requests: Requests,
     pub elapsed_ms: u64,
+}
+
+/// `write_checkpoint` from the answer of a call's last `edgesync_populate_finish`: one
+/// past its transaction id, which follows every write of the call.
+pub fn write_checkpoint(finish: &Value) -> Result<String, ApiError> {
+    finish
+        .get("checkpoint")
+        .and_then(Value::as_str)
+        .and_then(|c| c.parse::<u64>().ok())
+        .map(|c| c.saturating_add(1).to_string())
+        .ok_or_else(|| ApiError::bad_gateway("upstream_bad_response", "the populate answer has no valid checkpoint"))
 }
 
 /// Where a run is.
@@ -613,7 +627,8 @@ impl Populate<'_> {
             }
             pos = next;
         };
-        self.finish("neo4j", &lease, outcome, None, None, &mut req).await?;
+        let finished = self.finish("neo4j", &lease, outcome, None, None, &mut req).await?;
+        let write_checkpoint = write_checkpoint(&finished)?;
         let done = outcome == "completed";
         Ok(Report {
             source: "neo4j",
@@ -624,6 +639,7 @@ impl Populate<'_> {
             run_counts,
             rejected,
             continuation: (!done).then_some(token),
+            write_checkpoint,
             requests: req,
             elapsed_ms: (self.now_ms)().saturating_sub(started),
         })
@@ -666,11 +682,11 @@ impl Populate<'_> {
                 }
             }
         }
-        self.finish("legacy", &lease, "completed", None, None, &mut req).await?;
+        let finished = self.finish("legacy", &lease, "completed", None, None, &mut req).await?;
         let records: Vec<&RecordReport> = batch.reports.iter().collect();
         Ok(json!({
             "source": "legacy", "user_id": begun.user_id, "status": "completed", "counts": counts,
-            "records": records, "continuation": null, "requests": req,
+            "records": records, "continuation": null, "write_checkpoint": write_checkpoint(&finished)?, "requests": req,
             "elapsed_ms": (self.now_ms)().saturating_sub(started),
         }))
     }
@@ -678,6 +694,14 @@ impl Populate<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_write_checkpoint_is_one_past_the_finishing_transaction() {
+        assert_eq!(write_checkpoint(&json!({"status": "idle", "checkpoint": "1041"})).unwrap(), "1042");
+        for bad in [json!({}), json!({"checkpoint": 1041}), json!({"checkpoint": "x"}), json!(null)] {
+            assert_eq!(write_checkpoint(&bad).unwrap_err().code, "upstream_bad_response", "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]
