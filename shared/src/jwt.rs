@@ -13,6 +13,7 @@
 //! is only ever the project's HS256 service-role key, which names no user); oversized
 //! tokens.
 
+use crate::deadline::{within, Deadline};
 use crate::ApiError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -398,17 +399,45 @@ thread_local! {
     static CACHES: RefCell<HashMap<String, JwksCache>> = RefCell::new(HashMap::new());
 }
 
-async fn fetch_jwks(url: &str) -> Result<KeySet, String> {
-    let response = reqwest::Client::new().get(url).send().await.map_err(|e| format!("JWKS request failed: {e}"))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(format!("JWKS endpoint answered HTTP {status}"));
+/// Fetch and parse the key set, within `deadline` for the whole exchange (headers and
+/// body), reading at most [`MAX_JWKS_BYTES`]: a slow or hostile auth endpoint costs one
+/// bounded wait, never a hung request or an unbounded buffer.
+async fn fetch_jwks(url: &str, deadline: Option<Deadline<'_>>) -> Result<KeySet, String> {
+    let exchange = async {
+        let response = reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("JWKS request failed: {}", crate::data_api::describe_reqwest_error(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("JWKS endpoint answered HTTP {status}"));
+        }
+        let body = read_capped(response, MAX_JWKS_BYTES).await?;
+        KeySet::from_jwks_json(&String::from_utf8_lossy(&body))
+    };
+    within(deadline, exchange)
+        .await
+        .unwrap_or_else(|| Err(format!("JWKS endpoint did not answer within {} ms", deadline.map_or(0, |d| d.ms))))
+}
+
+/// A body of at most `cap` bytes, refused as soon as it is known to be longer: by its
+/// Content-Length, or while reading, chunk by chunk.
+async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    let too_large = || format!("JWKS body is larger than {cap} bytes");
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_large());
     }
-    let body = response.text().await.map_err(|e| format!("JWKS body: {e}"))?;
-    if body.len() > MAX_JWKS_BYTES {
-        return Err(format!("JWKS body is larger than {MAX_JWKS_BYTES} bytes"));
+    let mut stream = std::pin::pin!(response.bytes_stream());
+    let mut body = Vec::new();
+    while let Some(chunk) = std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx)).await {
+        let chunk = chunk.map_err(|e| format!("JWKS body: {}", crate::data_api::describe_reqwest_error(&e)))?;
+        if body.len() + chunk.len() > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
     }
-    KeySet::from_jwks_json(&body)
+    Ok(body)
 }
 
 fn cached(url: &str) -> JwksCache {
@@ -416,16 +445,22 @@ fn cached(url: &str) -> JwksCache {
 }
 
 /// Fetch when the policy allows, store the outcome. Never holds the borrow across `.await`.
-async fn refresh(url: &str, now: u64, unknown_kid: bool) -> Result<(), String> {
+async fn refresh(url: &str, now: u64, unknown_kid: bool, deadline: Option<Deadline<'_>>) -> Result<(), String> {
     if !cached(url).should_fetch(now, unknown_kid) {
         return Ok(());
     }
-    let result = fetch_jwks(url).await;
+    let result = fetch_jwks(url, deadline).await;
     CACHES.with(|c| c.borrow_mut().entry(url.to_owned()).or_default().record(now, result))
 }
 
-/// Verify a request's `Authorization` header value.
-pub async fn authenticate(header: Option<&str>, cfg: &AuthConfig, now: u64) -> Result<Verified, AuthError> {
+/// Verify a request's `Authorization` header value. A key-set fetch it needs gives up
+/// after `deadline` (the Worker passes `UPSTREAM_TIMEOUT_MS` on its timer).
+pub async fn authenticate(
+    header: Option<&str>,
+    cfg: &AuthConfig,
+    now: u64,
+    deadline: Option<Deadline<'_>>,
+) -> Result<Verified, AuthError> {
     let token = bearer_token(header)?;
     let alg = token
         .split('.')
@@ -438,7 +473,7 @@ pub async fn authenticate(header: Option<&str>, cfg: &AuthConfig, now: u64) -> R
         // HS256 (or something verify_token will refuse): no key set needed.
         _ => return verify_token(token, cfg, None, now),
     };
-    let fetch_error = refresh(&url, now, false).await.err();
+    let fetch_error = refresh(&url, now, false, deadline).await.err();
     let keys = cached(&url);
     match (keys.keys(), fetch_error) {
         (None, Some(e)) => return Err(AuthError::KeysUnavailable(e)),
@@ -448,7 +483,7 @@ pub async fn authenticate(header: Option<&str>, cfg: &AuthConfig, now: u64) -> R
     match verify_token(token, cfg, keys.keys(), now) {
         Err(AuthError::UnknownKid(kid)) => {
             // Keys may have rotated: refetch (at most once a minute) and try again.
-            let _ = refresh(&url, now, true).await;
+            let _ = refresh(&url, now, true, deadline).await;
             let keys = cached(&url);
             match verify_token(token, cfg, keys.keys(), now) {
                 Err(AuthError::UnknownKid(_)) => Err(AuthError::UnknownKid(kid)),

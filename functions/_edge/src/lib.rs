@@ -266,7 +266,9 @@ pub fn now_ms() -> u64 {
 /// Verify the request's bearer token; every failure is a JSON 401/403/503.
 pub async fn authenticate(req: &Request, config: &Config) -> Result<Verified, ApiError> {
     let header = req.headers().get("authorization").ok().flatten();
-    auth::authenticate(header.as_deref(), &config.auth, now_secs()).await.map_err(ApiError::from)
+    auth::authenticate(header.as_deref(), &config.auth, now_secs(), Some(deadline(config.upstream_timeout_ms)))
+        .await
+        .map_err(ApiError::from)
 }
 
 /// Reject methods other than `allowed` with 405 and an `Allow` header. Judged by the

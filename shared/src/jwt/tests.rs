@@ -303,21 +303,21 @@ async fn authenticate_fetches_once_and_refetches_unknown_kids_at_most_once_a_min
     let good = format!("Bearer {}", es256(Some("test-ec-1"), EC_PRIVATE, &c));
     let unknown = format!("Bearer {}", es256(Some("not-there"), EC_PRIVATE, &c));
 
-    assert!(authenticate(Some(&good), &cfg, NOW).await.is_ok());
+    assert!(authenticate(Some(&good), &cfg, NOW, None).await.is_ok());
     assert_eq!(hits.load(Ordering::SeqCst), 1);
-    assert!(authenticate(Some(&good), &cfg, NOW + 1).await.is_ok());
+    assert!(authenticate(Some(&good), &cfg, NOW + 1, None).await.is_ok());
     assert_eq!(hits.load(Ordering::SeqCst), 1, "cached");
 
     assert_eq!(
-        authenticate(Some(&unknown), &cfg, NOW + 61).await.unwrap_err(),
+        authenticate(Some(&unknown), &cfg, NOW + 61, None).await.unwrap_err(),
         AuthError::UnknownKid("not-there".into())
     );
     assert_eq!(hits.load(Ordering::SeqCst), 2, "one refetch for the unknown kid");
-    assert!(authenticate(Some(&unknown), &cfg, NOW + 62).await.is_err());
+    assert!(authenticate(Some(&unknown), &cfg, NOW + 62, None).await.is_err());
     assert_eq!(hits.load(Ordering::SeqCst), 2, "no refetch within a minute");
 
     // HS256 never touches the JWKS.
-    assert!(authenticate(Some(&format!("Bearer {}", hs256(&c))), &cfg, NOW + 63).await.is_ok());
+    assert!(authenticate(Some(&format!("Bearer {}", hs256(&c))), &cfg, NOW + 63, None).await.is_ok());
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
@@ -325,7 +325,67 @@ async fn authenticate_fetches_once_and_refetches_unknown_kids_at_most_once_a_min
 async fn unreachable_jwks_is_503_not_401() {
     let cfg = AuthConfig { jwks_url: Some("http://127.0.0.1:1/jwks.json".into()), ..cfg() };
     let token = format!("Bearer {}", es256(Some("test-ec-1"), EC_PRIVATE, &user_claims()));
-    let err = authenticate(Some(&token), &cfg, NOW).await.unwrap_err();
+    let err = authenticate(Some(&token), &cfg, NOW, None).await.unwrap_err();
     assert!(matches!(err, AuthError::KeysUnavailable(_)), "{err:?}");
     assert_eq!(ApiError::from(err).status, 503);
+}
+
+const TOKIO_SLEEP: crate::deadline::Sleep<'static> =
+    &|ms| Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms)));
+
+/// A JWKS endpoint that answers `head` (status line and headers) and then `body`
+/// forever, chunk after chunk, or (`body` empty) nothing more, never closing.
+fn endless_jwks_server(head: &'static str, body: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(head.as_bytes());
+                // Bounded: 64 MiB at most, far past the cap, then the connection stays open.
+                for _ in 0..(64 * 1024 * 1024 / body.len().max(1)) {
+                    if body.is_empty() || write!(s, "{:x}\r\n{body}\r\n", body.len()).is_err() {
+                        break;
+                    }
+                }
+                let _ = s.read(&mut buf);
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_jwks_endpoint_that_never_finishes_is_given_up_on_at_the_deadline() {
+    let url =
+        endless_jwks_server("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{", "");
+    let cfg = AuthConfig { jwks_url: Some(url), ..cfg() };
+    let token = format!("Bearer {}", es256(Some("test-ec-1"), EC_PRIVATE, &user_claims()));
+    let deadline = crate::deadline::Deadline { ms: 300, sleep: TOKIO_SLEEP };
+    let started = std::time::Instant::now();
+    let err = authenticate(Some(&token), &cfg, NOW, Some(deadline)).await.unwrap_err();
+    assert!(matches!(&err, AuthError::KeysUnavailable(m) if m.contains("within 300 ms")), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "it waited {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_endless_jwks_body_is_refused_while_reading() {
+    // Chunked, so no Content-Length tells the size: only reading can.
+    let url = endless_jwks_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        "{\"keys\": [                                                                                  ",
+    );
+    let cfg = AuthConfig { jwks_url: Some(url), ..cfg() };
+    let token = format!("Bearer {}", es256(Some("test-ec-1"), EC_PRIVATE, &user_claims()));
+    let err = authenticate(Some(&token), &cfg, NOW, None).await.unwrap_err();
+    assert!(matches!(&err, AuthError::KeysUnavailable(m) if m.contains("larger than 65536 bytes")), "{err:?}");
+    // A declared length past the cap is refused without reading.
+    let url = endless_jwks_server("HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n", "");
+    let declared = AuthConfig { jwks_url: Some(url), ..cfg };
+    let err = authenticate(Some(&token), &declared, NOW, None).await.unwrap_err();
+    assert!(matches!(&err, AuthError::KeysUnavailable(m) if m.contains("larger than")), "{err:?}");
 }
