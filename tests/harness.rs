@@ -206,6 +206,21 @@ pub fn db(info: &StackInfo) -> postgres::Client {
         .unwrap_or_else(|e| panic!("connect to Postgres: {e}"))
 }
 
+/// Wait until `user`'s populate from `source` holds its lease (a run is under way), as
+/// the database shows it: the readiness check for tests that call while one runs.
+pub fn wait_for_populate_lease(info: &StackInfo, user: &str, source: &str) {
+    let mut db = db(info);
+    eventually("the populate call to take its lease", Duration::from_secs(20), || {
+        db.query_one(
+            "select coalesce(bool_or(status = 'syncing' and lease_until > now()), false) from public.sync_state
+              where user_id = $1::text::uuid and source = $2",
+            &[&user, &source],
+        )
+        .unwrap()
+        .get(0)
+    });
+}
+
 /// A fresh random UUID (a new user, client or row).
 pub fn uuid() -> String {
     keys::random_uuid()

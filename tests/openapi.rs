@@ -535,7 +535,7 @@ fn populate(info: &StackInfo, s: &Spec) {
             call_json(&info, "POST", "/populate", Some(&busy_token), &json!({"source": "neo4j"}))
         })
     };
-    std::thread::sleep(Duration::from_millis(1_000));
+    wait_for_populate_lease(info, &busy, "neo4j");
     let r = s.expect(post(Some(&busy_token), &json!({"source": "neo4j"})), 409, Some("populate_in_progress"));
     assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
     s.expect(first.join().unwrap(), 200, None);

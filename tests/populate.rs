@@ -412,15 +412,7 @@ fn a_second_call_while_a_populate_runs_gets_409() {
         let (info, token) = (info.clone(), token.clone());
         std::thread::spawn(move || populate(&info, &token, json!({"source": "neo4j"})))
     };
-    eventually("the first call to take its lease", Duration::from_secs(20), || {
-        db.query_one(
-            "select coalesce(bool_or(status = 'syncing' and lease_until > now()), false) from public.sync_state
-              where user_id = $1::text::uuid and source = 'neo4j'",
-            &[&user],
-        )
-        .unwrap()
-        .get(0)
-    });
+    wait_for_populate_lease(&info, &user, "neo4j");
     let second = populate(&info, &token, json!({"source": "neo4j"}));
     let err = second.assert_error(409, "populate_in_progress");
     assert!(err["details"]["retry_after_secs"].as_u64().is_some_and(|s| s > 0));

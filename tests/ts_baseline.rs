@@ -3,9 +3,10 @@
 //! cursors give identical `/sync` answers (rows, cursor strings, has_more,
 //! checkpoint), and bad requests give the same status, code, message and details.
 //!
-//! Runs only when `EDGESYNC_TS_BASELINE_URL` names a running TS Worker
-//! (`bench/ts-worker/serve.sh STACK_DIR PORT` against the stack in
-//! `EDGESYNC_STACK_DIR`); otherwise each test prints a notice and returns.
+//! `EDGESYNC_TS_BASELINE_URL` names the running TS Worker: `cargo xtask test` serves it
+//! against its stack (as the bench does). By hand: `bench/ts-worker/serve.sh STACK_DIR
+//! PORT` against the stack in `EDGESYNC_STACK_DIR`, or `--skip ts_baseline`. Without
+//! it each test fails: a comparison that did not run is not a pass.
 //!
 //! Global effects: `conflicts_and_sql_errors_match` registers `public.test_notes`
 //! (as `tests/sync.rs` does) and unregisters it at the end; `a_cursor_behind_a_purge_is_410_on_both`
@@ -19,17 +20,15 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// The TS Worker's base URL, or None (with a notice) when the comparison is not asked for.
-fn ts_url() -> Option<String> {
+/// The TS Worker's base URL.
+fn ts_url() -> String {
     match std::env::var("EDGESYNC_TS_BASELINE_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url.trim().trim_end_matches('/').to_owned()),
-        _ => {
-            eprintln!(
-                "notice: EDGESYNC_TS_BASELINE_URL is not set, so the TypeScript baseline is not compared \
-                 (serve it with bench/ts-worker/serve.sh STACK_DIR PORT and set the variable)"
-            );
-            None
-        }
+        Ok(url) if !url.trim().is_empty() => url.trim().trim_end_matches('/').to_owned(),
+        _ => panic!(
+            "EDGESYNC_TS_BASELINE_URL is not set, so the TypeScript baseline cannot be compared: \
+             `cargo xtask test` serves it; by hand, run bench/ts-worker/serve.sh STACK_DIR PORT and set \
+             the variable, or pass --skip ts_baseline"
+        ),
     }
 }
 
@@ -40,11 +39,11 @@ struct Both {
     ts: String,
 }
 
-fn both() -> Option<Both> {
-    let ts = ts_url()?;
+fn both() -> Both {
+    let ts = ts_url();
     let info = stack();
     let rust = info.functions_url.clone();
-    Some(Both { info, rust, ts })
+    Both { info, rust, ts }
 }
 
 /// `POST {base}/upload`.
@@ -194,7 +193,7 @@ fn second_batch(ids: &[String]) -> Value {
 
 #[test]
 fn sync_answers_are_identical_for_the_same_data_and_cursors() {
-    let Some(b) = both() else { return };
+    let b = both();
     // A's batches go through Rust first, B's through TS first; the second batch the
     // other way round. Then every pull of either user is asked of both.
     let users: Vec<(String, String)> = (0..2).map(|_| new_user(&b.info)).collect();
@@ -234,7 +233,7 @@ fn sync_answers_are_identical_for_the_same_data_and_cursors() {
 
 #[test]
 fn cursors_from_either_side_and_old_versions_are_accepted_alike() {
-    let Some(b) = both() else { return };
+    let b = both();
     let (_, token) = new_user(&b.info);
     let ids: Vec<String> = (0..9).map(|_| uuid()).collect();
     let up = upload_to(&b.ts, &token, &uuid(), seed_batch(&ids));
@@ -401,7 +400,7 @@ fn upload_scenario(b: &Both, base: &str) -> Vec<Value> {
 
 #[test]
 fn conflicts_and_sql_errors_match() {
-    let Some(b) = both() else { return };
+    let b = both();
     let mut db = db(&b.info);
     db.batch_execute(
         "create table if not exists public.test_notes (id uuid primary key, user_id uuid not null, body text);
@@ -475,7 +474,7 @@ fn b64(v: &Value) -> String {
 
 #[test]
 fn bad_tokens_are_refused_alike() {
-    let Some(b) = both() else { return };
+    let b = both();
     let info = &b.info;
     let sub = uuid();
     let claims = |f: &dyn Fn(&mut Value)| {
@@ -596,7 +595,7 @@ fn bad_tokens_are_refused_alike() {
 
 #[test]
 fn bad_pulls_are_refused_alike() {
-    let Some(b) = both() else { return };
+    let b = both();
     let (_, token) = new_user(&b.info);
     let auth = vec![("authorization", format!("Bearer {token}"))];
     let (r, _) = pull_both(&b, &token, "?tables=entries");
@@ -664,7 +663,7 @@ fn bad_pulls_are_refused_alike() {
 
 #[test]
 fn bad_uploads_are_refused_alike() {
-    let Some(b) = both() else { return };
+    let b = both();
     let (uid, token) = new_user(&b.info);
     let client = uuid();
     let row = uuid();
@@ -767,7 +766,7 @@ fn bad_uploads_are_refused_alike() {
 
 #[test]
 fn a_cursor_behind_a_purge_is_410_on_both() {
-    let Some(b) = both() else { return };
+    let b = both();
     let (uid, token) = new_user(&b.info);
     let row = uuid();
     let up = upload_to(&b.ts, &token, &uuid(), json!([put(1, "entries", &row, json!({"title": "gone soon"}))]));

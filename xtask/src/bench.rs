@@ -437,7 +437,7 @@ const TS_PID_FILE: &str = "ts-worker.pid";
 
 /// Stop the TypeScript Worker a bench (perhaps one run with `--keep`) started from
 /// this stack directory.
-fn stop_ts_worker(stack_dir: &Path) {
+pub(crate) fn stop_ts_worker(stack_dir: &Path) {
     let file = stack_dir.join(TS_PID_FILE);
     let Some(pid) = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<u32>().ok()) else { return };
     // Only if that group is still a wrangler dev (the pid may have been reused).
@@ -451,14 +451,14 @@ fn stop_ts_worker(stack_dir: &Path) {
 }
 
 /// The TypeScript Worker's `wrangler dev`.
-struct TsWorker {
-    url: String,
+pub(crate) struct TsWorker {
+    pub(crate) url: String,
     pid: u32,
 }
 
 /// Install the TS Worker's npm dependencies (its lockfile, `npm ci`) and serve it with
 /// its `serve.sh` on a free port. None (with a notice) when it is not in the tree.
-fn start_ts_worker(paths: &Paths, info: &StackInfo) -> Result<Option<TsWorker>> {
+pub(crate) fn start_ts_worker(paths: &Paths, info: &StackInfo) -> Result<Option<TsWorker>> {
     stop_ts_worker(&info.stack_dir);
     let dir = paths.root.join("bench/ts-worker");
     let serve = dir.join("serve.sh");
@@ -486,6 +486,10 @@ fn start_ts_worker(paths: &Paths, info: &StackInfo) -> Result<Option<TsWorker>> 
                 .env("PATH", path)
                 .current_dir(&dir),
         )?;
+    }
+    // serve.sh reads stack.json with jq.
+    if Command::new("jq").arg("--version").output().is_err() {
+        tools::apt_install(&["jq"])?;
     }
     let port = procs::free_port()?;
     let log = info.logs_dir.join("ts-worker.log");

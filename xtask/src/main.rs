@@ -434,6 +434,15 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String], st_examples: u32) -> 
     stack::down(&dir)?;
     let info = stack::up(paths, &t, &UpOptions { dir: dir.clone(), ports: Ports::free()?, fresh: true, alone: &[] })?;
     step(format!("test stack up in {:.1}s at {}", info.started_in_secs, info.functions_url));
+    // The TypeScript baseline Worker, which tests/ts_baseline.rs compares with ours.
+    let ts = match bench::start_ts_worker(paths, &info) {
+        Ok(Some(ts)) => ts,
+        other => {
+            let _ = stack::down(&dir);
+            other?;
+            bail!("bench/ts-worker is missing: tests/ts_baseline.rs compares against it");
+        }
+    };
     let integration = cargo_test(
         Command::new("cargo")
             // Every test binary runs even when one fails, so one failure does not hide others.
@@ -441,6 +450,7 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String], st_examples: u32) -> 
             .args(passthrough)
             .env("EDGESYNC_STACK_DIR", &dir)
             .env("EDGESYNC_CLIENT_BIN", paths.root.join("target/debug/edgesync-client"))
+            .env("EDGESYNC_TS_BASELINE_URL", &ts.url)
             .current_dir(&paths.root),
         &mut counts,
     );
@@ -462,6 +472,7 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String], st_examples: u32) -> 
             o.ok
         }),
     };
+    bench::stop_ts_worker(&dir);
     let stopped = if keep { Ok(()) } else { stack::down(&dir) };
     let integration = integration?;
     let integration = fuzzed? && integration && deployable;
