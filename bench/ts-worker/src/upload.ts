@@ -125,7 +125,8 @@ function checkMutation(
   const id = typeof m.id === "string" ? parseUuid(m.id) : null;
   if (id === null) return fail("invalid_id", "id must be a UUID string");
   // PowerSync's CrudEntry calls it `data`; its wire form `opData`.
-  const given = "data" in m ? m.data : m.opData;
+  // A null `data` is absent, as in the Rust Worker: `opData` is used then.
+  const given = m.data ?? m.opData;
   let data: JsonObject;
   if (given === undefined || given === null) data = {};
   else if (isObject(given)) data = given;
