@@ -872,3 +872,84 @@ fn a_populate_answers_a_write_checkpoint_that_a_pull_reaches_with_its_rows() {
     replica.catch_up(wc, 100);
     assert_eq!(replica.table("sync_entities").len(), 5);
 }
+
+#[test]
+fn a_user_cannot_write_the_populate_scheduling_columns() {
+    let _x = exclusive();
+    let info = stack();
+    let server = neo4j(&info);
+    let (user, token, _graph) = user_with_graph(&info, 5, 2, 12);
+    // A 429 leaves retry_after set: the Worker must not call Neo4j again before it.
+    server.fail(&user, Fault { status: 429, times: 1, after: 0, retry_after: Some(600) });
+    populate(&info, &token, json!({"source": "neo4j"})).assert_error(429, "source_rate_limited");
+    let mut db = db(&info);
+    let columns = "status, cursor, sync_token, last_started_at, last_completed_at, last_error, retry_after, \
+                   run_id, run_mode, progress, lease_id, lease_until";
+    let scheduling = |db: &mut postgres::Client| -> String {
+        db.query_one(
+            &format!(
+                "select row_to_json(s)::text from (select {columns} from public.sync_state
+                       where user_id = $1::text::uuid and source = 'neo4j') s"
+            ),
+            &[&user],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let before = scheduling(&mut db);
+    assert!(before.contains("rate_limited"), "{before}");
+    let id: String = db
+        .query_one(
+            "select id::text from public.sync_state where user_id = $1::text::uuid and source = 'neo4j'",
+            &[&user],
+        )
+        .unwrap()
+        .get(0);
+    let hostile = json!({
+        "status": "idle", "retry_after": null, "last_completed_at": "2000-01-01T00:00:00Z", "last_error": null,
+        "lease_id": uuid(), "lease_until": "2099-01-01T00:00:00Z", "run_id": uuid(), "run_mode": "full",
+        "cursor": "x", "sync_token": "x", "progress": {}, "last_started_at": null,
+    });
+    // Straight to PostgREST, as anyone with the project URL and a token can.
+    let bearer = [("authorization", format!("Bearer {token}"))];
+    let direct =
+        call_with_headers("PATCH", &format!("{}/sync_state?id=eq.{id}", info.postgrest_url), &bearer, Some(&hostile));
+    assert!(direct.status < 300, "{}", direct.text);
+    assert_eq!(scheduling(&mut db), before, "a PATCH through PostgREST changed them");
+    // Through /upload.
+    let up = upload(&info, &token, &uuid(), json!([patch(1, "sync_state", &id, hostile.clone())]));
+    assert_eq!(up.status, 200, "{}", up.text);
+    assert_eq!(scheduling(&mut db), before, "an /upload PATCH changed them");
+    // A new row gets their defaults, whatever it says.
+    let mut row = hostile.clone();
+    row["source"] = json!("legacy");
+    row["status"] = json!("syncing");
+    let made = call_with_headers("POST", &format!("{}/sync_state", info.postgrest_url), &bearer, Some(&row));
+    assert!(made.status < 300, "{}", made.text);
+    let (status, lease, retry): (String, Option<String>, Option<String>) = db
+        .query_one(
+            "select status, lease_until::text, retry_after::text from public.sync_state
+              where user_id = $1::text::uuid and source = 'legacy'",
+            &[&user],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!((status.as_str(), lease, retry), ("idle", None, None));
+    // Still readable and synced: the client sees the server's values.
+    let mut replica = Replica::new(&info, &token, Some("sync_state"));
+    replica.drain(100);
+    let synced = replica.table("sync_state");
+    assert_eq!(synced[&id]["status"], "rate_limited", "{synced:?}");
+    assert!(synced[&id]["retry_after"].is_string(), "{synced:?}");
+    // And the populate itself still writes them: the wait is honoured, then a call succeeds.
+    populate(&info, &token, json!({"source": "neo4j"})).assert_error(429, "source_rate_limited");
+    db.execute(
+        "update public.sync_state set retry_after = now() - interval '1 second'
+          where user_id = $1::text::uuid and source = 'neo4j'",
+        &[&user],
+    )
+    .unwrap();
+    let done = populate(&info, &token, json!({"source": "neo4j"}));
+    assert_eq!(done.status, 200, "{}", done.text);
+    assert!(scheduling(&mut db).contains("\"status\":\"idle\""));
+}
