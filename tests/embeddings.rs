@@ -675,7 +675,11 @@ fn upstream_outages_get_a_json_error_and_lose_no_job() {
     let query = json!({"query": "anything", "match_threshold": 0.1});
     // The embeddings API failing: /search says so (502), no Worker error page.
     faults(&info, Some(json!({"status": 500})));
-    call("POST", &search, Some(&token), Some(&query)).assert_error(502, "embeddings_unavailable");
+    let failed = call("POST", &search, Some(&token), Some(&query));
+    let err = failed.assert_error(502, "embeddings_unavailable");
+    // A fixed text: the API's body ("... a planned fault") and its URL go to the log only.
+    assert_eq!(err["message"], "the embeddings service could not embed the query", "{}", failed.text);
+    assert!(!failed.text.contains("planned fault") && !failed.text.contains(&info.embeddings_url), "{}", failed.text);
     faults(&info, None);
 
     // PostgREST down: the drain and /search answer 502; the webhook is still accepted

@@ -82,7 +82,8 @@ async fn forward(req: Request, env: &Env, request_id: &str) -> Result<Response, 
         .map(Request::from)
         .map_err(|e| ApiError::internal(format!("could not forward the request: {e:?}")))?;
     let answer = edge::upstream(service.fetch_request(forwarded)).await.map_err(|e| {
-        ApiError::bad_gateway("function_unreachable", format!("the {binding} function did not answer: {e}"))
+        ApiError::bad_gateway("function_unreachable", format!("the {binding} function did not answer"))
+            .with_log_detail(e.to_string())
     })?;
     // Its headers are immutable; `finish` sets the CORS headers on a copy.
     let headers = edge::mutable_headers(answer.headers());

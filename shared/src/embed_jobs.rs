@@ -105,11 +105,16 @@ pub struct ApiFailure {
 }
 
 impl From<ApiFailure> for ApiError {
+    /// A fixed text per code for the client; what the embeddings API said (its body,
+    /// a URL in reqwest's message) goes to the log only.
     fn from(f: ApiFailure) -> Self {
-        match f.status {
-            Some(429) | Some(503) => ApiError::unavailable("embeddings_busy", f.message),
-            _ => ApiError::bad_gateway("embeddings_unavailable", f.message),
-        }
+        let e = match f.status {
+            Some(429) | Some(503) => {
+                ApiError::unavailable("embeddings_busy", "the embeddings service is busy; try again shortly")
+            }
+            _ => ApiError::bad_gateway("embeddings_unavailable", "the embeddings service could not embed the query"),
+        };
+        e.with_log_detail(f.message)
     }
 }
 

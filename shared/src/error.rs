@@ -15,11 +15,21 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// What an upstream said (its body, a URL in a connection error): for the log
+    /// line with the request id, never for the client, whose `message` is a fixed text
+    /// for the code.
+    pub log_detail: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: None }
+        ApiError { status, code, message: message.into(), details: None, log_detail: None }
+    }
+
+    /// Keep `detail` for the log only (see [`ApiError::log_detail`]).
+    pub fn with_log_detail(mut self, detail: impl Into<String>) -> Self {
+        self.log_detail = Some(detail.into());
+        self
     }
 
     pub fn with_details(mut self, details: Value) -> Self {

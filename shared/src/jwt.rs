@@ -126,7 +126,7 @@ impl From<AuthError> for ApiError {
             AuthError::ForbiddenRole(_) | AuthError::ServiceRoleNotGranted => {
                 ApiError::forbidden("forbidden_role", message)
             }
-            AuthError::KeysUnavailable(_) => ApiError::unavailable("jwks_unavailable", message),
+            AuthError::KeysUnavailable(why) => ApiError::unavailable("jwks_unavailable", message).with_log_detail(why),
             _ => ApiError::unauthorized("invalid_token", message),
         }
     }

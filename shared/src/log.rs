@@ -42,6 +42,9 @@ pub fn line(r: &RequestLog<'_>) -> Value {
         obj.insert("error_message".into(), json!(e.message));
         obj.insert("error_details".into(), e.details.clone().unwrap_or(Value::Null));
     }
+    if let Some(detail) = r.error.and_then(|e| e.log_detail.as_deref()) {
+        obj.insert("error_detail".into(), json!(detail));
+    }
     if !r.warnings.is_empty() {
         obj.insert("warnings".into(), json!(r.warnings));
     }

@@ -455,24 +455,40 @@ pub struct Populate<'a> {
 }
 
 /// How a call's run ended, for the error answers.
+/// A fixed text per code for the client; what Neo4j said (or the error naming
+/// NEO4J_URL) goes to the log only.
 fn source_error(f: &SourceFailure, continuation: &str) -> ApiError {
     let details = json!({ "continuation": continuation });
-    match f {
-        SourceFailure::RateLimited { retry_after_secs, message } => ApiError::new(
+    let e = match f {
+        SourceFailure::RateLimited { retry_after_secs, .. } => ApiError::new(
             429,
             "source_rate_limited",
-            format!("{message}; the run is saved, call again with the continuation after {retry_after_secs} s"),
+            format!(
+                "the data source is limiting requests; the run is saved, call again with the continuation after {retry_after_secs} s"
+            ),
         )
         .with_details(json!({ "continuation": continuation, "retry_after_secs": retry_after_secs })),
-        SourceFailure::Unauthorized { message, .. } => ApiError::bad_gateway(
+        SourceFailure::Unauthorized { .. } => ApiError::bad_gateway(
             "source_unauthorized",
-            format!("{message} (check NEO4J_USER/NEO4J_PASSWORD or NEO4J_TOKEN); the run is saved"),
+            "the data source refused the credentials (check NEO4J_USER/NEO4J_PASSWORD or NEO4J_TOKEN); the run is saved",
         )
         .with_details(details),
-        SourceFailure::Gone { message } | SourceFailure::Failed { message, .. } => {
-            ApiError::bad_gateway("source_error", format!("{message}; the run is saved, resume with the continuation"))
-                .with_details(details)
-        }
+        SourceFailure::Gone { .. } | SourceFailure::Failed { .. } => ApiError::bad_gateway(
+            "source_error",
+            "the data source failed; the run is saved, resume with the continuation",
+        )
+        .with_details(details),
+    };
+    e.with_log_detail(f.message())
+}
+
+/// What `sync_state.last_error` keeps of a source failure: a fixed text per kind (the
+/// user can read the row; Neo4j's own words are in the log).
+fn stored_error(f: &SourceFailure) -> &'static str {
+    match f {
+        SourceFailure::RateLimited { .. } => "the data source is limiting requests",
+        SourceFailure::Unauthorized { .. } => "the data source refused the credentials",
+        SourceFailure::Gone { .. } | SourceFailure::Failed { .. } => "the data source failed",
     }
 }
 
@@ -587,7 +603,7 @@ impl Populate<'_> {
                         }
                         _ => ("failed", None),
                     };
-                    self.finish("neo4j", &lease, outcome, Some(f.message()), retry, &mut req).await?;
+                    self.finish("neo4j", &lease, outcome, Some(stored_error(&f)), retry, &mut req).await?;
                     return Err(source_error(&f, &token));
                 }
             };
