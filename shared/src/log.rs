@@ -104,6 +104,16 @@ mod tests {
     }
 
     #[test]
+    fn what_an_upstream_said_is_logged_but_never_answered() {
+        let err = ApiError::new(429, "source_rate_limited", "the data source is limiting requests")
+            .with_log_detail("Neo4j answered HTTP 429 at http://neo4j.internal:7474");
+        let v = line(&RequestLog { status: 429, error: Some(&err), ..base() });
+        assert_eq!(v["error_detail"], "Neo4j answered HTTP 429 at http://neo4j.internal:7474");
+        assert!(!err.body("rid").to_string().contains("neo4j.internal"), "{}", err.body("rid"));
+        assert!(line(&base()).get("error_detail").is_none());
+    }
+
+    #[test]
     fn the_query_string_is_never_logged_and_warnings_only_when_there_are_some() {
         let warnings = vec!["ALLOWED_ORIGINS: not an origin: localhost:3000".to_owned()];
         let v = line(&RequestLog { path: "/sync?since=secret", warnings: &warnings, ..base() });

@@ -473,6 +473,11 @@ fn source_error(f: &SourceFailure, continuation: &str) -> ApiError {
             "the data source refused the credentials (check NEO4J_USER/NEO4J_PASSWORD or NEO4J_TOKEN); the run is saved",
         )
         .with_details(details),
+        SourceFailure::TimedOut { ms, .. } => ApiError::bad_gateway(
+            "source_error",
+            format!("the data source did not answer within {ms} ms; the run is saved, resume with the continuation"),
+        )
+        .with_details(details.clone()),
         SourceFailure::Gone { .. } | SourceFailure::Failed { .. } => ApiError::bad_gateway(
             "source_error",
             "the data source failed; the run is saved, resume with the continuation",
@@ -488,6 +493,7 @@ fn stored_error(f: &SourceFailure) -> &'static str {
     match f {
         SourceFailure::RateLimited { .. } => "the data source is limiting requests",
         SourceFailure::Unauthorized { .. } => "the data source refused the credentials",
+        SourceFailure::TimedOut { .. } => "the data source did not answer in time",
         SourceFailure::Gone { .. } | SourceFailure::Failed { .. } => "the data source failed",
     }
 }

@@ -106,6 +106,8 @@ pub enum SourceFailure {
     Unauthorized { status: u16, message: String },
     /// Any other failure, with the HTTP status when there was an answer.
     Failed { status: Option<u16>, message: String },
+    /// No answer within `NEO4J_TIMEOUT_MS`.
+    TimedOut { ms: u64, message: String },
 }
 
 impl SourceFailure {
@@ -114,7 +116,8 @@ impl SourceFailure {
             SourceFailure::RateLimited { message, .. }
             | SourceFailure::Gone { message }
             | SourceFailure::Unauthorized { message, .. }
-            | SourceFailure::Failed { message, .. } => message,
+            | SourceFailure::Failed { message, .. }
+            | SourceFailure::TimedOut { message, .. } => message,
         }
     }
 }
@@ -228,8 +231,8 @@ pub async fn query(
         parse_answer(status, retry_after.as_deref(), &body)
     };
     within(Some(Deadline { ms: cfg.timeout_ms, sleep }), exchange).await.unwrap_or_else(|| {
-        Err(SourceFailure::Failed {
-            status: None,
+        Err(SourceFailure::TimedOut {
+            ms: cfg.timeout_ms,
             message: format!("Neo4j did not answer within {} ms", cfg.timeout_ms),
         })
     })
