@@ -3,7 +3,7 @@
 //! available but not created (sql/bootstrap/local_supabase.sql, run as supabase_admin,
 //! sets it up as Supabase does).
 
-use edgesync_integration::{db, stack, uuid};
+use edgesync_integration::{db, eventually, stack, uuid};
 use std::process::Command;
 use xtask::stack::StackInfo;
 
@@ -95,10 +95,16 @@ fn every_migration_applies_as_a_non_superuser_and_a_second_push_applies_nothing(
     tx.batch_execute(&as_user).unwrap();
     tx.batch_execute("insert into public.entries (title) values ('made on a fresh database')").unwrap();
     tx.commit().unwrap();
+    // Transaction ids are the cluster's: a write running in another database of the
+    // stack holds the pull's watermark too, so wait until the row is below it.
+    eventually("the pull to return the entry", std::time::Duration::from_secs(30), || {
+        let mut tx = pg.transaction().unwrap();
+        tx.batch_execute(&as_user).unwrap();
+        let page: String = tx.query_one("select public.edgesync_pull()::text", &[]).unwrap().get(0);
+        page.contains("made on a fresh database")
+    });
     let mut tx = pg.transaction().unwrap();
     tx.batch_execute(&as_user).unwrap();
-    let page: String = tx.query_one("select public.edgesync_pull()::text", &[]).unwrap().get(0);
-    assert!(page.contains("made on a fresh database"), "{page}");
     let found: i64 = tx
         .query_one(
             "select count(*) from public.search_entries(array_fill(0.1, array[1536])::real[]::extensions.vector, -1, 5)",
