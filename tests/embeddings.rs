@@ -775,3 +775,85 @@ fn a_user_with_thousands_of_entries_is_searched_through_the_hnsw_index_and_sees_
     // or so of PostgREST's connection going idle).
     eventually("the HNSW index scan to be counted", Duration::from_secs(10), || index_scans(&mut db) > before);
 }
+
+/// `POST /embed_entry/drain` as the service role: its report.
+fn drain_now(info: &StackInfo) -> Value {
+    let a = call("POST", &format!("{}/embed_entry/drain", info.functions_url), Some(&info.service_role_key), None);
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.body
+}
+
+#[test]
+fn one_users_refused_entry_fails_only_itself_and_a_blank_entry_needs_no_request() {
+    let _x = exclusive();
+    let info = stack();
+    let _clean = NoFaultsAfter(&info);
+    let _quiet = RelayStopped::new(&info);
+    let mut db = db(&info);
+    let (_, token_a) = new_user(&info);
+    let (_, token_b) = new_user(&info);
+
+    // A's entry that will be made blank, embedded first.
+    let blanked = uuid();
+    let (data, content) = entry("Soon blank", "This text goes away.", &["x"]);
+    upload(&info, &token_a, &uuid(), json!([put(1, &blanked, data)]));
+    drain_now(&info);
+    wait_embedded(&mut db, &blanked, &content);
+
+    // One batch: A's blank entry, A's entry the API refuses, B's twelve entries.
+    let poison = format!("POISON-{}", uuid());
+    faults(&info, Some(json!({"status": 400, "input_contains": poison})));
+    let refused = uuid();
+    upload(
+        &info,
+        &token_a,
+        &uuid(),
+        json!([
+            put(1, &blanked, json!({"title": " ", "body_markdown": "", "tags": []})),
+            put(2, &refused, json!({"title": poison})),
+        ]),
+    );
+    let b: Vec<(String, EntryContent)> = (0..12)
+        .map(|i| {
+            let (data, content) = entry(&format!("B's entry {i}"), "Mine, and fine.", &["b"]);
+            let id = uuid();
+            upload(&info, &token_b, &uuid(), json!([put(1, &id, data)]));
+            (id, content)
+        })
+        .collect();
+    let report = drain_now(&info);
+    assert!(report["claimed"].as_u64().unwrap() >= 14, "{report}");
+    assert_eq!(report["failed"], 1, "only the refused entry is charged: {report}");
+    assert!(report["cleared"].as_u64().unwrap() >= 1, "{report}");
+    for (id, content) in &b {
+        wait_embedded(&mut db, id, content);
+        assert_eq!(job(&mut db, id), None, "B's job is done");
+    }
+    assert_eq!(stored(&mut db, &blanked).0, None, "the blank entry's stale embedding is cleared");
+    assert_eq!(job(&mut db, &blanked), None, "and its job finished, with no failure");
+    let (status, _, attempts, last_error) = job(&mut db, &refused).expect("the refused entry's job stays");
+    assert_eq!((status.as_str(), attempts), ("pending", 1));
+    assert!(last_error.unwrap().contains("400"));
+
+    // Refused until its attempts run out: it alone ends failed; B's entries are untouched.
+    for _ in 0..10 {
+        if job(&mut db, &refused).is_some_and(|j| j.0 == "failed") {
+            break;
+        }
+        db.execute(
+            "update edgesync.embedding_jobs set next_attempt_at = now() where entry_id = $1::text::uuid",
+            &[&refused],
+        )
+        .unwrap();
+        drain_now(&info);
+    }
+    assert_eq!(job(&mut db, &refused).map(|j| j.0).as_deref(), Some("failed"));
+    for (id, _) in &b {
+        assert!(stored(&mut db, id).0.is_some() && job(&mut db, id).is_none());
+    }
+    // Blank again: no request at all.
+    let before = faults(&info, None);
+    upload(&info, &token_a, &uuid(), json!([put(3, &blanked, json!({"title": ""}))]));
+    let report = drain_now(&info);
+    assert_eq!(report["api_requests"], 0, "{report} {before}");
+}

@@ -125,7 +125,7 @@ pub fn handle<E: Embed>(
         };
     }
     // POST /v1/embeddings
-    if let Some((error, retry_after)) = state.faults.as_ref().and_then(Faults::take) {
+    if let Some((error, retry_after)) = state.faults.as_ref().and_then(|f| f.take(None)) {
         return Reply { retry_after, ..error.into() };
     }
     let body = match read_body() {
@@ -136,6 +136,9 @@ pub fn handle<E: Embed>(
         Ok(r) => r,
         Err(e) => return e.into(),
     };
+    if let Some((error, retry_after)) = state.faults.as_ref().and_then(|f| f.take(Some(&req.inputs))) {
+        return Reply { retry_after, ..error.into() };
+    }
     let Some(model) = state.model.get() else {
         return ApiError::server(503, "model_loading", "The model is still loading; retry in a few seconds.").into();
     };

@@ -10,8 +10,17 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// The embedding text is cut at this many characters (Unicode scalar values).
-pub const MAX_CHARS: usize = 8000;
+/// The input limit of OpenAI's embedding models (text-embedding-3-small/-large,
+/// text-embedding-ada-002), in tokens, and the default for any other model.
+pub const DEFAULT_MAX_TOKENS: usize = 8191;
+
+/// The input limit, in tokens, of `model` when `EMBEDDINGS_MAX_TOKENS` does not say.
+pub fn model_max_tokens(model: &str) -> usize {
+    match model {
+        "text-embedding-3-small" | "text-embedding-3-large" | "text-embedding-ada-002" => 8191,
+        _ => DEFAULT_MAX_TOKENS,
+    }
+}
 pub const DEFAULT_MODEL: &str = "text-embedding-3-small";
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 /// The width of `entries.embedding`.
@@ -41,8 +50,15 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, 
 }
 
 /// Seed 004 §5.2: title, body, then `Tags: a, b`, `Contexts: …`, `People: …` for the
-/// non-empty lists, joined by newlines, trimmed, cut at [`MAX_CHARS`] characters.
-pub fn embedding_text(e: &EntryContent) -> String {
+/// non-empty lists, joined by newlines, trimmed, and cut so it cannot pass the model's
+/// limit of `max_tokens` tokens.
+///
+/// The cut is by bytes: OpenAI's models tokenize byte-level BPE, where every token
+/// stands for at least one byte of UTF-8, so `max_tokens` bytes are never more than
+/// `max_tokens` tokens, whatever the script (a cut by characters let 8,000 CJK
+/// characters or emoji pass 8,191 tokens, and the API refused the whole batch). It
+/// falls on a character boundary. English text keeps about the first 1,300 words.
+pub fn embedding_text(e: &EntryContent, max_tokens: usize) -> String {
     let mut parts: Vec<String> = vec![e.title.clone().unwrap_or_default(), e.body_markdown.clone().unwrap_or_default()];
     for (label, list) in [("Tags", &e.tags), ("Contexts", &e.contexts), ("People", &e.people)] {
         if !list.is_empty() {
@@ -51,10 +67,11 @@ pub fn embedding_text(e: &EntryContent) -> String {
     }
     let text = parts.join("\n");
     let text = text.trim();
-    match text.char_indices().nth(MAX_CHARS) {
-        Some((cut, _)) => text[..cut].to_owned(),
-        None => text.to_owned(),
+    if text.len() <= max_tokens {
+        return text.to_owned();
     }
+    let cut = (0..=max_tokens).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    text[..cut].trim_end().to_owned()
 }
 
 /// The hash stored in `entries.embedding_hash`: SHA-256 over model, dimensions and
@@ -79,6 +96,9 @@ pub struct EmbeddingsConfig {
     pub api_key: Option<String>,
     /// How long one embeddings request may take (`EMBEDDINGS_TIMEOUT_MS`, default 30 s).
     pub timeout_ms: u64,
+    /// The model's input limit in tokens (`EMBEDDINGS_MAX_TOKENS`, default
+    /// [`model_max_tokens`]); see [`embedding_text`].
+    pub max_tokens: usize,
 }
 
 impl EmbeddingsConfig {
@@ -104,12 +124,21 @@ impl EmbeddingsConfig {
                 problem: "is not set, and EMBEDDINGS_BASE_URL is OpenAI's".into(),
             });
         }
+        let model = get("EMBEDDINGS_MODEL").unwrap_or_else(|| DEFAULT_MODEL.into());
+        let max_tokens = match get("EMBEDDINGS_MAX_TOKENS") {
+            None => model_max_tokens(&model),
+            Some(v) => v.parse::<usize>().ok().filter(|n| (16..=1_000_000).contains(n)).ok_or(ConfigError {
+                setting: "EMBEDDINGS_MAX_TOKENS",
+                problem: "must be a whole number of tokens from 16 to 1000000".into(),
+            })?,
+        };
         Ok(EmbeddingsConfig {
             timeout_ms: crate::config::timeout_ms(get, "EMBEDDINGS_TIMEOUT_MS", 30_000)?,
             base_url: base_url.trim_end_matches('/').to_owned(),
-            model: get("EMBEDDINGS_MODEL").unwrap_or_else(|| DEFAULT_MODEL.into()),
+            model,
             dimensions,
             api_key,
+            max_tokens,
         })
     }
 
@@ -281,29 +310,38 @@ mod tests {
     fn the_text_follows_the_seed() {
         let e = entry(json!({"title": "Gym", "body_markdown": "Leg day", "tags": ["fitness", "health"],
                              "contexts": [], "people": ["Ana"]}));
-        assert_eq!(embedding_text(&e), "Gym\nLeg day\nTags: fitness, health\nPeople: Ana");
+        assert_eq!(embedding_text(&e, DEFAULT_MAX_TOKENS), "Gym\nLeg day\nTags: fitness, health\nPeople: Ana");
     }
 
     #[test]
     fn empty_and_missing_fields_leave_no_labels_and_no_blank_edges() {
-        assert_eq!(embedding_text(&entry(json!({}))), "");
-        assert_eq!(embedding_text(&entry(json!({"title": null, "body_markdown": "  body  ", "tags": null}))), "body");
-        assert_eq!(embedding_text(&entry(json!({"title": "T"}))), "T");
-        assert_eq!(embedding_text(&entry(json!({"contexts": ["work"]}))), "Contexts: work");
+        assert_eq!(embedding_text(&entry(json!({})), DEFAULT_MAX_TOKENS), "");
+        assert_eq!(
+            embedding_text(
+                &entry(json!({"title": null, "body_markdown": "  body  ", "tags": null})),
+                DEFAULT_MAX_TOKENS
+            ),
+            "body"
+        );
+        assert_eq!(embedding_text(&entry(json!({"title": "T"})), DEFAULT_MAX_TOKENS), "T");
+        assert_eq!(embedding_text(&entry(json!({"contexts": ["work"]})), DEFAULT_MAX_TOKENS), "Contexts: work");
     }
 
     #[test]
-    fn long_text_is_cut_at_a_character_boundary() {
-        let body = "é".repeat(MAX_CHARS + 10);
-        let text = embedding_text(&entry(json!({"title": "x", "body_markdown": body})));
-        assert_eq!(text.chars().count(), MAX_CHARS);
+    fn long_text_is_cut_so_it_cannot_pass_the_token_limit() {
+        // Two bytes a character: cut at the last boundary within the limit.
+        let body = "é".repeat(DEFAULT_MAX_TOKENS);
+        let text = embedding_text(&entry(json!({"title": "x", "body_markdown": body})), DEFAULT_MAX_TOKENS);
+        assert!(text.len() <= DEFAULT_MAX_TOKENS && text.len() >= DEFAULT_MAX_TOKENS - 1, "{}", text.len());
         assert!(text.starts_with("x\né"));
-        let emoji = "🦀".repeat(20_000);
-        let t = embedding_text(&entry(json!({"body_markdown": emoji})));
-        assert_eq!(t.chars().count(), MAX_CHARS);
+        // Emoji: four bytes, and at least one token, each; 8,000 of them passed the limit before.
+        let emoji = "🦀".repeat(8_000);
+        let t = embedding_text(&entry(json!({"body_markdown": emoji})), DEFAULT_MAX_TOKENS);
+        assert_eq!(t.chars().count(), DEFAULT_MAX_TOKENS / 4);
         assert!(t.chars().all(|c| c == '🦀'));
-        let short = "a".repeat(MAX_CHARS);
-        assert_eq!(embedding_text(&entry(json!({"title": short.clone()}))), short);
+        let fits = "a".repeat(DEFAULT_MAX_TOKENS);
+        assert_eq!(embedding_text(&entry(json!({"title": fits.clone()})), DEFAULT_MAX_TOKENS), fits);
+        assert_eq!(embedding_text(&entry(json!({"title": "abc def"})), 5), "abc d");
     }
 
     #[test]
@@ -325,6 +363,7 @@ mod tests {
             dimensions: 3,
             api_key: None,
             timeout_ms: 1000,
+            max_tokens: DEFAULT_MAX_TOKENS,
         }
     }
 
@@ -362,7 +401,15 @@ mod tests {
         assert_eq!(EmbeddingsConfig::from_lookup(map(&[])).unwrap_err().setting, "OPENAI_API_KEY");
         let local = EmbeddingsConfig::from_lookup(map(&[("EMBEDDINGS_BASE_URL", "http://127.0.0.1:1/v1/")])).unwrap();
         assert_eq!(local.url(), "http://127.0.0.1:1/v1/embeddings");
-        for (k, v) in [("EMBEDDINGS_BASE_URL", "ftp://x"), ("EMBEDDINGS_DIMENSIONS", "384")] {
+        assert_eq!(c.max_tokens, 8191);
+        let small = EmbeddingsConfig::from_lookup(map(&[("OPENAI_API_KEY", "k"), ("EMBEDDINGS_MAX_TOKENS", "512")]));
+        assert_eq!(small.unwrap().max_tokens, 512);
+        for (k, v) in [
+            ("EMBEDDINGS_BASE_URL", "ftp://x"),
+            ("EMBEDDINGS_DIMENSIONS", "384"),
+            ("EMBEDDINGS_MAX_TOKENS", "0"),
+            ("EMBEDDINGS_MAX_TOKENS", "many"),
+        ] {
             assert_eq!(EmbeddingsConfig::from_lookup(map(&[(k, v), ("OPENAI_API_KEY", "k")])).unwrap_err().setting, k);
         }
     }

@@ -43,10 +43,12 @@ pub struct Todo {
 }
 
 /// What to do with a batch of claimed jobs: finish the current ones as they are,
-/// embed the others.
+/// finish the blank ones by clearing their embedding (an entry with no text has none,
+/// and the API refuses an empty input), embed the others.
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
     pub current: Vec<Value>,
+    pub blank: Vec<Value>,
     pub todo: Vec<Todo>,
 }
 
@@ -55,10 +57,16 @@ pub struct Plan {
 pub fn plan(cfg: &EmbeddingsConfig, claimed: Vec<Claimed>) -> Plan {
     let mut p = Plan::default();
     for c in claimed {
-        let text = embedding_text(&c.content);
+        let text = embedding_text(&c.content, cfg.max_tokens);
         let hash = content_hash(&cfg.model, cfg.dimensions, &text);
         if c.embedding_hash.as_deref() == Some(hash.as_str()) && c.embedding_model.as_deref() == Some(&cfg.model) {
             p.current.push(json!({ "entry_id": c.entry_id, "generation": c.generation }));
+        } else if text.is_empty() {
+            // Its hash is recorded, so rewriting it blank again is "current".
+            p.blank.push(json!({
+                "entry_id": c.entry_id, "generation": c.generation,
+                "embedding": null, "model": cfg.model, "hash": hash,
+            }));
         } else {
             p.todo.push(Todo { entry_id: c.entry_id, generation: c.generation, text, hash });
         }
@@ -81,6 +89,8 @@ pub struct DrainReport {
     pub embedded: usize,
     /// Jobs whose stored embedding was already current.
     pub unchanged: usize,
+    /// Jobs of entries with no text: finished without a request, their embedding cleared.
+    pub cleared: usize,
     pub failed: usize,
     pub api_requests: usize,
     pub last_error: Option<String>,
@@ -102,6 +112,14 @@ pub struct ApiFailure {
     pub status: Option<u16>,
     pub message: String,
     pub retry_after: u64,
+}
+
+impl ApiFailure {
+    /// The API refused the input itself (a 4xx other than 429: too long, empty, against
+    /// its policy), as opposed to failing for every request (5xx, 429, no answer).
+    pub fn refuses_input(&self) -> bool {
+        matches!(self.status, Some(400..=499)) && !matches!(self.status, Some(401 | 403 | 404 | 408 | 429))
+    }
 }
 
 impl From<ApiFailure> for ApiError {
@@ -190,25 +208,46 @@ impl Drain<'_> {
             report.claimed += claimed.len();
             let plan = plan(self.embeddings, claimed);
             report.unchanged += plan.current.len();
+            report.cleared += plan.blank.len();
             let mut done = plan.current;
+            done.extend(plan.blank);
             let mut stop = false;
-            if !plan.todo.is_empty() {
-                let texts = plan.todo.iter().map(|t| t.text.clone()).collect();
-                match embed_texts(self.embeddings, texts, self.sleep, &mut report.api_requests).await {
+            // Groups to embed; a group the API refuses as bad input is split in two,
+            // down to the one entry it refuses, so only that entry is charged (one
+            // user's entry must not fail other users' jobs in the same batch).
+            let mut groups = vec![plan.todo];
+            while let Some(mut group) = groups.pop() {
+                if group.is_empty() {
+                    continue;
+                }
+                let texts = group.iter().map(|t| t.text.clone()).collect();
+                let failure = match embed_texts(self.embeddings, texts, self.sleep, &mut report.api_requests).await {
                     Ok(vectors) => {
                         report.embedded += vectors.len();
-                        done.extend(plan.todo.iter().zip(&vectors).map(|(t, v)| completion(self.embeddings, t, v)));
+                        done.extend(group.iter().zip(&vectors).map(|(t, v)| completion(self.embeddings, t, v)));
+                        continue;
                     }
-                    Err(f) => {
-                        let ids: Vec<&str> = plan.todo.iter().map(|t| t.entry_id.as_str()).collect();
-                        let args = json!({ "p_entries": ids, "p_error": f.message, "p_retry_after_secs": f.retry_after,
-                                           "p_max_attempts": self.max_attempts });
-                        self.api.rpc(Caller::ServiceRole(self.service_key), FAIL_RPC, &args).await?;
-                        report.failed += ids.len();
-                        report.last_error = Some(f.message);
-                        stop = true;
+                    Err(f) if f.refuses_input() && group.len() > 1 => {
+                        let second = group.split_off(group.len() / 2);
+                        groups.push(second);
+                        groups.push(group);
+                        continue;
                     }
+                    Err(f) => f,
+                };
+                // Refused for this entry alone, or the API failed for everyone: then this
+                // group and those not tried yet are charged (a failing upstream should
+                // back off), and the drain stops.
+                if !failure.refuses_input() {
+                    group.extend(groups.drain(..).flatten());
+                    stop = true;
                 }
+                let ids: Vec<&str> = group.iter().map(|t| t.entry_id.as_str()).collect();
+                let args = json!({ "p_entries": ids, "p_error": failure.message, "p_retry_after_secs": failure.retry_after,
+                                   "p_max_attempts": self.max_attempts });
+                self.api.rpc(Caller::ServiceRole(self.service_key), FAIL_RPC, &args).await?;
+                report.failed += ids.len();
+                report.last_error = Some(failure.message);
             }
             if !done.is_empty() {
                 self.api
@@ -234,6 +273,7 @@ mod tests {
             dimensions: 1536,
             api_key: None,
             timeout_ms: 1000,
+            max_tokens: crate::embed::DEFAULT_MAX_TOKENS,
         }
     }
 
@@ -246,6 +286,39 @@ mod tests {
         .unwrap();
         assert_eq!(row.content.tags, vec!["a"]);
         assert_eq!(row.generation, 3);
+    }
+
+    #[test]
+    fn an_entry_with_no_text_is_finished_without_a_request_and_its_embedding_cleared() {
+        let blank = Claimed {
+            entry_id: "blank".into(),
+            generation: 2,
+            attempts: 1,
+            content: EntryContent { title: Some("  ".into()), ..Default::default() },
+            embedding_hash: Some("old".into()),
+            embedding_model: Some("m".into()),
+        };
+        let p = plan(&cfg(), vec![blank.clone()]);
+        assert!(p.todo.is_empty() && p.current.is_empty());
+        let hash = content_hash("m", 1536, "");
+        assert_eq!(
+            p.blank,
+            vec![json!({"entry_id": "blank", "generation": 2, "embedding": null, "model": "m", "hash": hash})]
+        );
+        // Written blank again: current, nothing to do.
+        let again = Claimed { embedding_hash: Some(hash), ..blank };
+        assert_eq!(plan(&cfg(), vec![again]).current.len(), 1);
+    }
+
+    #[test]
+    fn only_refused_input_is_split_out_of_a_batch() {
+        let f = |status| ApiFailure { status, message: String::new(), retry_after: 0 };
+        for s in [400, 413, 422] {
+            assert!(f(Some(s)).refuses_input(), "{s}");
+        }
+        for s in [Some(401), Some(403), Some(404), Some(429), Some(500), Some(503), None] {
+            assert!(!f(s).refuses_input(), "{s:?}");
+        }
     }
 
     #[test]
@@ -270,6 +343,7 @@ mod tests {
             ],
         );
         assert_eq!(p.current, vec![json!({"entry_id": "current", "generation": 1})]);
+        assert!(p.blank.is_empty());
         assert_eq!(p.todo.iter().map(|t| t.entry_id.as_str()).collect::<Vec<_>>(), ["never", "other-model", "edited"]);
         assert!(p.todo.iter().all(|t| t.text == "T" && t.hash == hash));
         let c = completion(&cfg(), &p.todo[0], &[0.5, 0.25]);
