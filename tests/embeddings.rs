@@ -10,7 +10,7 @@
 //! that drive the job table by hand.
 
 use edgesync_integration::*;
-use edgesync_shared::embed::{content_hash, embedding_text, EntryContent};
+use edgesync_shared::embed::{content_hash, embedding_text, EntryContent, DEFAULT_MAX_TOKENS};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -386,7 +386,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// Wait until the entry's job is gone and an embedding made from `content` is stored.
 #[track_caller]
 fn wait_embedded(db: &mut postgres::Client, id: &str, content: &EntryContent) -> Vec<f32> {
-    let hash = content_hash(stack::LOCAL_EMBEDDINGS_MODEL, 1536, &embedding_text(content));
+    let hash = content_hash(stack::LOCAL_EMBEDDINGS_MODEL, 1536, &embedding_text(content, DEFAULT_MAX_TOKENS));
     eventually(&format!("entry {id} to be embedded"), EMBED_TIMEOUT, || {
         job(db, id).is_none() && stored(db, id).2.as_deref() == Some(hash.as_str())
     });
@@ -459,7 +459,7 @@ fn an_uploaded_entry_is_embedded_once_per_content_change_and_the_write_back_does
     let v = wait_embedded(&mut db, &id, &content);
     assert_eq!(v.len(), 1536);
     // It is the model's vector for the seed-004 text, not something else's.
-    let expected = embed_locally(&info, &[embedding_text(&content)]).remove(0);
+    let expected = embed_locally(&info, &[embedding_text(&content, DEFAULT_MAX_TOKENS)]).remove(0);
     assert!(cosine(&v, &expected) > 0.9999, "cosine {}", cosine(&v, &expected));
     assert_eq!(embedding_writes(&mut db, &id), 1);
     // The write-back changed neither the row version (clients do not re-download the
