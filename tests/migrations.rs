@@ -20,6 +20,24 @@ impl<'a> FreshDatabase<'a> {
         FreshDatabase { info, name }
     }
 
+    /// Set it up as Supabase does (sql/bootstrap, as supabase_admin). One at a time:
+    /// the bootstrap also alters the cluster's roles, which two sessions cannot at once.
+    fn bootstrap(&self) {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let paths = xtask::tools::Paths::discover().unwrap();
+        xtask::util::output(
+            xtask::db::psql(&self.info.pg_bin, &self.url(&self.info.database_url))
+                .arg("-v")
+                .arg(format!("authpw={}", self.info.authenticator_password))
+                .arg("-v")
+                .arg(format!("pgpw={}", self.info.postgres_password))
+                .arg("-f")
+                .arg(paths.root.join("sql/bootstrap/local_supabase.sql")),
+        )
+        .expect("bootstrap the new database as supabase_admin");
+    }
+
     /// `url` (the stack's, for database `postgres`) pointed at this database instead.
     fn url(&self, url: &str) -> String {
         let (server, _) = url.rsplit_once('/').expect("a database URL ends in /NAME");
@@ -50,16 +68,7 @@ fn every_migration_applies_as_a_non_superuser_and_a_second_push_applies_nothing(
     let info = stack();
     let paths = xtask::tools::Paths::discover().unwrap();
     let fresh = FreshDatabase::create(&info);
-    xtask::util::output(
-        xtask::db::psql(&info.pg_bin, &fresh.url(&info.database_url))
-            .arg("-v")
-            .arg(format!("authpw={}", info.authenticator_password))
-            .arg("-v")
-            .arg(format!("pgpw={}", info.postgres_password))
-            .arg("-f")
-            .arg(paths.root.join("sql/bootstrap/local_supabase.sql")),
-    )
-    .expect("bootstrap the new database as supabase_admin");
+    fresh.bootstrap();
     let url = fresh.url(&info.postgres_url);
 
     // The premise: the role is not a superuser, and vector is available, not created.
@@ -123,4 +132,121 @@ fn every_migration_applies_as_a_non_superuser_and_a_second_push_applies_nothing(
     let second = db_push(&info, &url);
     assert!(!second.contains("applying "), "{second}");
     assert!(second.contains(&format!("nothing to apply; schema version {expected} (current)")), "{second}");
+}
+
+/// Stand-ins, in the test's own database, for what a hosted project has and the local
+/// Postgres cannot load: Supabase Vault's documented functions and views (the secret
+/// kept as plain text here: a stand-in, not encryption), pg_net's `net.http_post`
+/// (recording each request instead of sending it) and pg_cron's `cron.schedule`.
+const HOSTED_STAND_INS: &str = r#"
+create schema vault;
+create table vault.secrets (
+  id uuid primary key default gen_random_uuid(), name text unique, description text not null default '',
+  secret text not null, created_at timestamptz not null default now(), updated_at timestamptz not null default now());
+create view vault.decrypted_secrets as select *, secret as decrypted_secret from vault.secrets;
+create function vault.create_secret(new_secret text, new_name text default null, new_description text default '',
+                                    new_key_id uuid default null) returns uuid language sql as
+  $$ insert into vault.secrets (secret, name, description) values (new_secret, new_name, new_description) returning id $$;
+create function vault.update_secret(secret_id uuid, new_secret text default null, new_name text default null,
+                                    new_description text default null, new_key_id uuid default null) returns void
+  language sql as $$ update vault.secrets set secret = coalesce(new_secret, secret), name = coalesce(new_name, name),
+                       description = coalesce(new_description, description), updated_at = now() where id = secret_id $$;
+create schema net;
+create table net.requests (id bigserial primary key, url text, body jsonb, headers jsonb);
+create function net.http_post(url text, body jsonb default '{}', params jsonb default '{}',
+                              headers jsonb default '{"Content-Type": "application/json"}',
+                              timeout_milliseconds integer default 5000) returns bigint language sql as
+  $$ insert into net.requests (url, body, headers) values (url, body, headers) returning id $$;
+create schema cron;
+create table cron.job (jobid bigserial primary key, jobname text unique, schedule text, command text);
+create function cron.schedule(job_name text, schedule text, command text) returns bigint language sql as
+  $$ insert into cron.job (jobname, schedule, command) values (job_name, schedule, command)
+     on conflict (jobname) do update set schedule = excluded.schedule, command = excluded.command returning jobid $$;
+grant usage on schema vault, net, cron to postgres;
+grant all on all tables in schema vault, net, cron to postgres;
+grant all on all sequences in schema net, cron to postgres;
+grant execute on all functions in schema vault, net, cron to postgres;
+"#;
+
+#[test]
+fn the_webhook_secret_lives_in_vault_and_pg_cron_gets_the_jobs() {
+    let info = stack();
+    let fresh = FreshDatabase::create(&info);
+    fresh.bootstrap();
+    postgres::Client::connect(&fresh.url(&info.database_url), postgres::NoTls)
+        .unwrap()
+        .batch_execute(HOSTED_STAND_INS)
+        .unwrap();
+    let url = fresh.url(&info.postgres_url);
+    db_push(&info, &url);
+    let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let jobs = |pg: &mut postgres::Client| -> Vec<(String, String, String)> {
+        pg.query("select jobname, schedule, command from cron.job order by jobname", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    };
+    assert_eq!(
+        jobs(&mut pg),
+        [(
+            "edgesync-purge-tombstones".into(),
+            "17 3 * * *".into(),
+            "select edgesync.purge_tombstones('30 days')".into()
+        )]
+    );
+
+    let hook = "https://edge.example.test/embed_entry";
+    let configure = |pg: &mut postgres::Client, secret: &str| -> String {
+        pg.query_one("select edgesync.configure_embed_webhook($1, $2)", &[&hook, &secret]).unwrap().get(0)
+    };
+    let said = configure(&mut pg, "first-secret-0123456789");
+    assert!(said.contains("Vault") && said.contains("edgesync-embed-drain"), "{said}");
+    // An entry's job calls the webhook with the secret read from Vault.
+    let write = |pg: &mut postgres::Client, title: &str| {
+        let user = uuid();
+        let mut tx = pg.transaction().unwrap();
+        tx.batch_execute(&format!(
+            "set local role authenticated;
+             select set_config('request.jwt.claims', '{{\"sub\": \"{user}\", \"role\": \"authenticated\"}}', true);
+             insert into public.entries (title) values ('{title}');"
+        ))
+        .unwrap();
+        tx.commit().unwrap();
+    };
+    let last_request = |pg: &mut postgres::Client| -> (String, String) {
+        let r =
+            pg.query_one("select url, headers ->> 'x-webhook-secret' from net.requests order by id desc limit 1", &[]);
+        let r = r.unwrap();
+        (r.get(0), r.get(1))
+    };
+    write(&mut pg, "one");
+    assert_eq!(last_request(&mut pg), (hook.to_owned(), "first-secret-0123456789".to_owned()));
+    // Rotated: one secret in Vault, the next call sends the new one, no function changed.
+    configure(&mut pg, "second-secret-0123456789");
+    write(&mut pg, "two");
+    assert_eq!(last_request(&mut pg).1, "second-secret-0123456789");
+    let stored: Vec<String> = pg
+        .query("select secret from vault.secrets where name = 'edgesync_embed_webhook_secret'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, ["second-secret-0123456789"]);
+    // No secret in any function body, nor in a cron command: pg_proc and cron.job are
+    // readable by every role.
+    let in_bodies: i64 =
+        pg.query_one("select count(*) from pg_proc where prosrc like '%-secret-0123456789%'", &[]).unwrap().get(0);
+    assert_eq!(in_bodies, 0);
+    let jobs = jobs(&mut pg);
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    let (name, schedule, command) = &jobs[0];
+    assert_eq!((name.as_str(), schedule.as_str()), ("edgesync-embed-drain", "* * * * *"));
+    assert!(
+        command.contains("https://edge.example.test/embed_entry/drain") && !command.contains("0123456789"),
+        "{command}"
+    );
+    // A bad call stores nothing.
+    let refused = pg.query_one("select edgesync.configure_embed_webhook($1, $2)", &[&"ftp://x", &"short"]);
+    assert!(refused.is_err());
 }

@@ -51,7 +51,7 @@ pub fn object_has_nul(m: &serde_json::Map<String, serde_json::Value>) -> bool {
 
 /// The database schema version this code expects; the migrations in `sql/migrations`
 /// record theirs in `edgesync.schema_migrations`, and `/health` compares the two.
-pub const EXPECTED_SCHEMA_VERSION: i64 = 9;
+pub const EXPECTED_SCHEMA_VERSION: i64 = 10;
 
 /// The version of the functions, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
