@@ -80,7 +80,11 @@ begin
   if length(coalesce(p_secret, '')) < 16 then
     raise exception 'the secret must be at least 16 characters (EMBED_WEBHOOK_SECRET)' using errcode = '22023';
   end if;
-  if to_regprocedure('vault.create_secret(text,text,text)') is null
+  -- By name: Vault's create_secret(new_secret, new_name, new_description, new_key_id)
+  -- has grown arguments across versions.
+  if not exists (select from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+                  where n.nspname = 'vault' and p.proname in ('create_secret', 'update_secret')
+                  having count(distinct p.proname) = 2)
      or to_regclass('vault.decrypted_secrets') is null then
     raise exception 'Supabase Vault (vault.create_secret) is not available: the secret is not stored anywhere else'
       using errcode = '0A000';
