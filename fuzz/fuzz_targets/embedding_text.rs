@@ -1,14 +1,15 @@
 //! `embed::embedding_text` and `embed::content_hash` on entries from any JSON (as the
 //! webhook, the job claim and PostgREST deliver them) and on entries built field by
-//! field from the bytes: never panic; the text is deterministic, at most MAX_CHARS
-//! characters, never starts with whitespace, contains each non-empty list's line
-//! when short enough; the hash is 64 lowercase hex digits and depends on every input.
+//! field from the bytes: never panic; the text is deterministic, at most the token
+//! limit in bytes (so never more tokens), never starts or ends with whitespace, is the
+//! uncut text's prefix, contains each non-empty list's line when uncut; the hash is 64
+//! lowercase hex digits and depends on every input.
 
 #![no_main]
 
 use arbitrary::Unstructured;
 use edgesync_fuzz::{object, Dict};
-use edgesync_shared::embed::{content_hash, embedding_text, EntryContent, MAX_CHARS};
+use edgesync_shared::embed::{content_hash, embedding_text, EntryContent, DEFAULT_MAX_TOKENS};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -48,18 +49,24 @@ fn built(u: &mut Unstructured) -> arbitrary::Result<EntryContent> {
 }
 
 fn check(e: &EntryContent) {
-    let text = embedding_text(e);
-    assert_eq!(text, embedding_text(&e.clone()), "embedding_text is not deterministic");
-    let chars = text.chars().count();
-    assert!(chars <= MAX_CHARS, "{chars} characters");
-    assert_eq!(text.trim_start(), text, "the text starts with whitespace");
-    if chars < MAX_CHARS {
-        assert_eq!(text.trim_end(), text, "an uncut text ends with whitespace");
-        for (label, list) in [("Tags", &e.tags), ("Contexts", &e.contexts), ("People", &e.people)] {
-            if !list.is_empty() {
-                let line = format!("{label}: {}", list.join(", "));
-                assert!(text.contains(line.trim()), "{line:?} is missing from {text:?}");
-            }
+    let whole = embedding_text(e, usize::MAX);
+    // A small limit cuts most inputs; the real one, long ones.
+    for limit in [64, DEFAULT_MAX_TOKENS] {
+        let text = embedding_text(e, limit);
+        assert_eq!(text, embedding_text(&e.clone(), limit), "embedding_text is not deterministic");
+        assert!(text.len() <= limit, "{} bytes over a limit of {limit}", text.len());
+        assert_eq!(text.trim(), text, "the text starts or ends with whitespace");
+        assert!(whole.starts_with(&text), "the cut text is not a prefix of the whole");
+        if whole.len() <= limit {
+            assert_eq!(text, whole, "a text within the limit was cut");
+        }
+    }
+    let text = whole;
+    assert_eq!(text.trim(), text, "the text starts or ends with whitespace");
+    for (label, list) in [("Tags", &e.tags), ("Contexts", &e.contexts), ("People", &e.people)] {
+        if !list.is_empty() {
+            let line = format!("{label}: {}", list.join(", "));
+            assert!(text.contains(line.trim()), "{line:?} is missing from {text:?}");
         }
     }
 
