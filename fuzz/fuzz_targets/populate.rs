@@ -345,6 +345,8 @@ fn check_answer(status: u16, retry_after: Option<&str>, body: &str) {
         Err(SourceFailure::Gone { message }) => assert!(status == 410 && !message.is_empty()),
         Err(SourceFailure::Unauthorized { status: s, message }) => assert!(s == status && !message.is_empty()),
         Err(SourceFailure::Failed { status: s, message }) => assert!(s == Some(status) && !message.is_empty()),
+        // Only the exchange's deadline makes one; an answer, however bad, never does.
+        Err(f @ SourceFailure::TimedOut { .. }) => panic!("an answer was read as a timeout: {f:?}"),
     }
 }
 
