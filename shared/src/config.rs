@@ -49,6 +49,24 @@ pub struct Config {
 /// Default of `UPSTREAM_TIMEOUT_MS`.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 10_000;
 
+/// A whole-number setting within `min..=max`, `default` when unset or blank.
+pub fn whole_number(
+    get: impl Fn(&str) -> Option<String>,
+    setting: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    match get(setting).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or(ConfigError { setting, problem: format!("must be a whole number from {min} to {max}") }),
+    }
+}
+
 /// A timeout setting in milliseconds, 100 ms to 2 minutes.
 pub fn timeout_ms(
     get: impl Fn(&str) -> Option<String>,

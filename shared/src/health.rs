@@ -57,16 +57,7 @@ pub const THRESHOLD_SETTINGS: [&str; 5] = [
 impl Thresholds {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Thresholds, ConfigError> {
         let d = Thresholds::default();
-        let number = |setting: &'static str, default: u64, max: u64| -> Result<u64, ConfigError> {
-            match get(setting).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n <= max)
-                    .ok_or(ConfigError { setting, problem: format!("must be a whole number from 0 to {max}") }),
-            }
-        };
+        let number = |setting, default, max| crate::config::whole_number(&get, setting, default, 0, max);
         let [lag, overdue, max_overdue, max_failed, max_populate] = THRESHOLD_SETTINGS;
         Ok(Thresholds {
             max_watermark_lag_ms: number(lag, d.max_watermark_lag_ms / 1000, 86_400)? * 1000,

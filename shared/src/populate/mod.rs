@@ -52,15 +52,7 @@ pub struct PopulateConfig {
 
 impl PopulateConfig {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<PopulateConfig, ConfigError> {
-        let number = |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-            match get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
-                None => Ok(default),
-                Some(v) => v.parse::<u64>().ok().filter(|n| (min..=max).contains(n)).ok_or(ConfigError {
-                    setting: name,
-                    problem: format!("must be a whole number from {min} to {max}"),
-                }),
-            }
-        };
+        let number = |name, default, min, max| crate::config::whole_number(&get, name, default, min, max);
         Ok(PopulateConfig {
             page_size: number("POPULATE_PAGE_SIZE", 1000, 1, 5000)? as u32,
             max_subrequests: number("POPULATE_MAX_SUBREQUESTS", 45, 5, 10_000)? as u32,
