@@ -22,6 +22,7 @@ pub mod embed;
 pub mod embed_jobs;
 pub mod error;
 pub mod health;
+pub mod live;
 pub mod log;
 pub mod populate;
 pub mod raw_json;
@@ -51,7 +52,7 @@ pub fn object_has_nul(m: &serde_json::Map<String, serde_json::Value>) -> bool {
 
 /// The database schema version this code expects; the migrations in `sql/migrations`
 /// record theirs in `edgesync.schema_migrations`, and `/health` compares the two.
-pub const EXPECTED_SCHEMA_VERSION: i64 = 10;
+pub const EXPECTED_SCHEMA_VERSION: i64 = 11;
 
 /// The version of the functions, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

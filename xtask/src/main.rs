@@ -240,13 +240,14 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             let file = flags.value("--file")?.context("--file is required")?;
             stack::serve_jwks(port, std::path::Path::new(&file))?;
         }
-        "embed-relay" => {
+        "embed-relay" | "live-relay" => {
+            let relay = if task == "live-relay" { &xtask::relay::LIVE } else { &xtask::relay::EMBED };
             let database_url = flags.value("--database-url")?.context("--database-url is required")?;
             let target = flags.value("--target")?.context("--target is required")?;
             flags.done()?;
-            let secret = std::env::var(xtask::relay::SECRET_ENV)
-                .context(format!("{} must carry the webhook secret", xtask::relay::SECRET_ENV))?;
-            xtask::relay::run(&database_url, &target, &secret);
+            let secret = std::env::var(relay.secret_env)
+                .context(format!("{} must carry the relay's secret", relay.secret_env))?;
+            xtask::relay::run(relay, &database_url, &target, &secret);
         }
         "fuzz" => {
             let seconds = match flags.value("--seconds")? {

@@ -93,12 +93,15 @@ pub struct Pids {
     /// The webhook relay (`xtask embed-relay`).
     #[serde(default)]
     pub relay: u32,
+    /// The live pokes' relay (`xtask live-relay`).
+    #[serde(default)]
+    pub live_relay: u32,
 }
 
 impl Pids {
     /// Every recorded process.
-    pub fn all(&self) -> [u32; 6] {
-        [self.postgres, self.postgrest, self.wrangler, self.auth, self.embedder, self.relay]
+    pub fn all(&self) -> [u32; 7] {
+        [self.postgres, self.postgrest, self.wrangler, self.auth, self.embedder, self.relay, self.live_relay]
     }
 }
 
@@ -160,6 +163,10 @@ pub struct StackInfo {
     /// Workers as `EMBED_WEBHOOK_SECRET` and used by the relay. Empty in an older stack.json.
     #[serde(default)]
     pub embed_webhook_secret: String,
+    /// The secret of `POST /live/poke` (`x-live-secret`), given to the sync Worker as
+    /// `LIVE_POKE_SECRET` and used by the live relay. Empty in an older stack.json.
+    #[serde(default)]
+    pub live_poke_secret: String,
     /// The Neo4j Query API the populate Worker is given (`NEO4J_URL`, `NEO4J_USER`,
     /// `NEO4J_PASSWORD`): `EDGESYNC_NEO4J_URL`/`_USER`/`_PASSWORD` when set (a real local
     /// Neo4j), else 127.0.0.1 on `ports.neo4j` with a password derived per stack.
@@ -255,6 +262,7 @@ impl StackInfo {
             && self.crons.iter().all(|c| procs::alive(c.pid))
             && (self.embeddings_url.is_empty() || procs::alive(p.embedder))
             && (self.embed_webhook_secret.is_empty() || procs::alive(p.relay))
+            && (self.live_poke_secret.is_empty() || procs::alive(p.live_relay))
     }
 
     /// The Cron Worker process of `worker`.
@@ -272,25 +280,48 @@ impl StackInfo {
 
     /// Start the webhook relay and wait until it is listening.
     pub fn start_relay(&mut self) -> Result<()> {
+        let pid = self.spawn_relay(&crate::relay::EMBED, "embed-relay", "embed_entry", &self.embed_webhook_secret)?;
+        self.pids.relay = pid;
+        self.wait_for_relay(&crate::relay::EMBED, pid)?;
+        self.record_pid(|p| p.relay = pid)
+    }
+
+    /// Stop the live relay: from now on, commits poke no one (tests that a missing poke
+    /// delays a change but never loses it).
+    pub fn stop_live_relay(&mut self) -> Result<()> {
+        procs::stop_group(self.pids.live_relay, libc::SIGTERM, Duration::from_secs(10))?;
+        self.pids.live_relay = 0;
+        self.record_pid(|p| p.live_relay = 0)
+    }
+
+    /// Start the live relay and wait until it is listening.
+    pub fn start_live_relay(&mut self) -> Result<()> {
+        let pid = self.spawn_relay(&crate::relay::LIVE, "live-relay", "live/poke", &self.live_poke_secret)?;
+        self.pids.live_relay = pid;
+        self.wait_for_relay(&crate::relay::LIVE, pid)?;
+        self.record_pid(|p| p.live_relay = pid)
+    }
+
+    fn spawn_relay(&self, relay: &crate::relay::Relay, command: &str, path: &str, secret: &str) -> Result<u32> {
         let mut cmd = Command::new(&self.xtask_bin);
-        cmd.args(["embed-relay", "--database-url", &self.database_url, "--target"])
-            .arg(format!("{}/embed_entry", self.functions_url))
-            .env(crate::relay::SECRET_ENV, &self.embed_webhook_secret);
-        let log = self.logs_dir.join("relay.log");
-        self.pids.relay = procs::spawn(cmd, &log, None)?;
-        let pid = self.pids.relay;
-        let query = format!(
-            "select count(*) from pg_stat_activity where application_name = '{}'",
-            crate::relay::APPLICATION_NAME
-        );
-        wait_for("the webhook relay to listen", Duration::from_secs(20), || {
+        cmd.args([command, "--database-url", &self.database_url, "--target"])
+            .arg(format!("{}/{path}", self.functions_url))
+            .env(relay.secret_env, secret);
+        procs::spawn(cmd, &self.logs_dir.join(format!("{command}.log")), None)
+    }
+
+    /// Wait until a relay is listening on the database.
+    fn wait_for_relay(&self, relay: &crate::relay::Relay, pid: u32) -> Result<()> {
+        let log = self.logs_dir.join(format!("{}.log", if relay.coalesce { "live-relay" } else { "embed-relay" }));
+        let query =
+            format!("select count(*) from pg_stat_activity where application_name = '{}'", relay.application_name);
+        wait_for(&format!("the {} relay to listen", relay.channel), Duration::from_secs(20), || {
             if !procs::alive(pid) {
-                bail!("the webhook relay exited:\n{}", tail(&log, 20));
+                bail!("the {} relay exited:\n{}", relay.channel, tail(&log, 20));
             }
             let n = output(psql(self).args(["-tAc", &query]))?;
             Ok((n.trim() != "0").then_some(()))
-        })?;
-        self.record_pid(|p| p.relay = pid)
+        })
     }
 
     /// Record one process's pid in stack.json as it is now on disk, so that two copies
@@ -307,6 +338,32 @@ impl StackInfo {
         procs::stop_group(self.pids.postgrest, libc::SIGTERM, Duration::from_secs(10))?;
         self.pids.postgrest = 0;
         self.record_pid(|p| p.postgrest = 0)
+    }
+
+    /// Crash Postgres: SIGQUIT to its processes, the immediate shutdown, which ends
+    /// every backend at once and writes no shutdown checkpoint, so the next start runs
+    /// crash recovery. (What a crash of the database server, not of the machine, does.)
+    pub fn crash_postgres(&mut self) -> Result<()> {
+        procs::stop_group(self.pids.postgres, libc::SIGQUIT, Duration::from_secs(20))?;
+        self.pids.postgres = 0;
+        self.record_pid(|p| p.postgres = 0)
+    }
+
+    /// Start Postgres again on its data directory, with the same settings, and wait
+    /// until it accepts connections (after crash recovery, if it crashed) and the
+    /// webhook relay, if it runs, has reconnected.
+    pub fn start_postgres(&mut self) -> Result<()> {
+        let run_as = self.run_as()?;
+        start_postgres(self, run_as, false)?;
+        let pid = self.pids.postgres;
+        self.record_pid(|p| p.postgres = pid)?;
+        if self.pids.relay != 0 {
+            self.wait_for_relay(&crate::relay::EMBED, self.pids.relay)?;
+        }
+        if self.pids.live_relay != 0 {
+            self.wait_for_relay(&crate::relay::LIVE, self.pids.live_relay)?;
+        }
+        Ok(())
     }
 
     /// Start PostgREST again with the same settings and wait until it is ready.
@@ -478,6 +535,7 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
         // Derived, so it changes with the data directory's other secrets.
         embed_webhook_secret: util::sha256_hex(format!("embed-webhook:{}", secrets.jwt_secret).as_bytes())[..32]
             .to_owned(),
+        live_poke_secret: util::sha256_hex(format!("live-poke:{}", secrets.jwt_secret).as_bytes())[..32].to_owned(),
         neo4j_url: std::env::var("EDGESYNC_NEO4J_URL")
             .unwrap_or_else(|_| format!("http://127.0.0.1:{}", opts.ports.neo4j)),
         neo4j_user: std::env::var("EDGESYNC_NEO4J_USER").unwrap_or_else(|_| "neo4j".into()),
@@ -518,6 +576,7 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
         wait_for_embedder(&info)?;
         start_wrangler(paths, &mut info)?;
         info.start_relay()?;
+        info.start_live_relay()?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -599,11 +658,12 @@ fn start_postgres(info: &mut StackInfo, run_as: Option<RunAs>, fresh: bool) -> R
         &format!("port={}", info.ports.postgres),
         "-c",
         "unix_socket_directories=",
-        // A throwaway development cluster: durability is not the point, speed is.
+        // A throwaway development cluster: surviving a crash of the machine is not the
+        // point, speed is. A crash of Postgres alone must still keep every commit it
+        // acknowledged (the convergence test crashes it), so commits stay synchronous:
+        // with fsync off that is one write(2) to the WAL per commit, not a flush.
         "-c",
         "fsync=off",
-        "-c",
-        "synchronous_commit=off",
         "-c",
         "full_page_writes=off",
         "-c",
@@ -766,6 +826,8 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
         "EMBEDDINGS_TIMEOUT_MS": "120000",
         // The relay (the local stand-in for the pg_net webhook) sends it.
         "EMBED_WEBHOOK_SECRET": info.embed_webhook_secret,
+        // The live relay (the local stand-in for the pg_net poke) sends it.
+        "LIVE_POKE_SECRET": info.live_poke_secret,
         // The populate Worker's Neo4j source.
         "NEO4J_URL": info.neo4j_url,
         "NEO4J_USER": info.neo4j_user,
@@ -990,6 +1052,7 @@ pub fn down(dir: &Path) -> Result<()> {
     let mut failures = Vec::new();
     for (name, pid, signal) in [
         ("webhook relay", info.pids.relay, libc::SIGTERM),
+        ("live relay", info.pids.live_relay, libc::SIGTERM),
         ("wrangler", info.pids.wrangler, libc::SIGTERM),
         ("PostgREST", info.pids.postgrest, libc::SIGTERM),
         ("auth stand-in", info.pids.auth, libc::SIGTERM),
@@ -1057,7 +1120,14 @@ pub fn status(dir: &Path) -> Result<String> {
         lines.push(row(
             "relay",
             info.pids.relay,
-            format!("LISTEN {} -> {}/embed_entry", crate::relay::CHANNEL, info.functions_url),
+            format!("LISTEN {} -> {}/embed_entry", crate::relay::EMBED.channel, info.functions_url),
+        ));
+    }
+    if !info.live_poke_secret.is_empty() {
+        lines.push(row(
+            "live relay",
+            info.pids.live_relay,
+            format!("LISTEN {} -> {}/live/poke", crate::relay::LIVE.channel, info.functions_url),
         ));
     }
     Ok(lines.join("\n"))
@@ -1143,7 +1213,7 @@ mod tests {
         v.as_object_mut().unwrap().remove("embeddings");
         assert_eq!(serde_json::from_value::<Ports>(v).unwrap().embeddings, 54325);
         let pids: Pids = serde_json::from_str(r#"{"postgres":1,"postgrest":2,"wrangler":3,"auth":4}"#).unwrap();
-        assert_eq!(pids.all(), [1, 2, 3, 4, 0, 0]);
+        assert_eq!(pids.all(), [1, 2, 3, 4, 0, 0, 0]);
     }
 
     #[test]
