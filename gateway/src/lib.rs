@@ -21,6 +21,8 @@ const OPENAPI_PATH: &str = "/openapi.json";
 const ROUTES: &[(&str, &str)] = &[
     ("/health", "HEALTH"),
     ("/sync", "SYNC"),
+    // Live updates are the sync Worker's: its Durable Object holds the sockets.
+    ("/live", "SYNC"),
     ("/upload", "UPLOAD"),
     ("/populate", "POPULATE"),
     ("/embed_entry", "EMBED_ENTRY"),

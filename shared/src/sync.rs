@@ -30,6 +30,9 @@ pub struct PullRequest {
     pub tables: Option<Vec<String>>,
     pub since: Option<Cursor>,
     pub limit: u32,
+    /// Long-poll: hold an empty page up to this many seconds for a change (0: answer
+    /// at once; see `crate::live::LongPoll`).
+    pub wait: u32,
 }
 
 /// Is `name` usable as a table name on the wire (the same rule the SQL registry uses)?
@@ -47,15 +50,20 @@ impl PullRequest {
         let mut since = None;
         let mut tables = None;
         let mut limit = None;
+        let mut wait = None;
         for (key, value) in parse_query(query)? {
             let slot = match key.as_str() {
                 "since" => &mut since,
                 "tables" => &mut tables,
                 "limit" => &mut limit,
+                "wait" => &mut wait,
                 other => {
                     return Err(ApiError::bad_request(
                         "invalid_parameter",
-                        format!("unknown query parameter `{}`; /sync takes since, tables and limit", truncate(other)),
+                        format!(
+                            "unknown query parameter `{}`; /sync takes since, tables, limit and wait",
+                            truncate(other)
+                        ),
                     ))
                 }
             };
@@ -118,7 +126,11 @@ impl PullRequest {
                 Some(cursor)
             }
         };
-        Ok(PullRequest { tables, since, limit })
+        let wait = match wait {
+            None => 0,
+            Some(v) => crate::live::parse_wait(&v)?,
+        };
+        Ok(PullRequest { tables, since, limit, wait })
     }
 
     /// Arguments of the `edgesync_pull` RPC.
@@ -227,7 +239,7 @@ mod tests {
     #[test]
     fn defaults() {
         let r = PullRequest::from_query("").unwrap();
-        assert_eq!(r, PullRequest { tables: None, since: None, limit: DEFAULT_LIMIT });
+        assert_eq!(r, PullRequest { tables: None, since: None, limit: DEFAULT_LIMIT, wait: 0 });
         let args = r.rpc_args();
         assert_eq!(args["since_txid"], "0");
         assert_eq!(args["since_id"], NIL_ID);
@@ -246,6 +258,15 @@ mod tests {
         let many: Vec<String> = (0..65).map(|i| format!("t{i}")).collect();
         let e = PullRequest::from_query(&format!("tables={}", many.join(","))).unwrap_err();
         assert!(e.message.contains("at most"), "{e:?}");
+    }
+
+    #[test]
+    fn wait_is_parsed_and_bounded() {
+        assert_eq!(PullRequest::from_query("wait=25&limit=3").unwrap().wait, 25);
+        assert_eq!(PullRequest::from_query("").unwrap().wait, 0);
+        for bad in ["wait=56", "wait=-1", "wait=1&wait=2"] {
+            assert_eq!(PullRequest::from_query(bad).unwrap_err().code, "invalid_parameter", "{bad}");
+        }
     }
 
     #[test]

@@ -121,7 +121,7 @@ pub fn build(paths: &Paths, tools: &Tools, only: &[String]) -> Result<usize> {
 pub const GZIP_BUDGETS: &[(&str, u64)] = &[
     // name          budget      size when set (gzip -9; opt-level 3, see Cargo.toml)
     ("health", 248_000),      // 224,808
-    ("sync", 476_000),        // 432,636
+    ("sync", 555_000),        // 504,769 (with the LiveHub Durable Object and its WebSocket bindings)
     ("upload", 478_000),      // 434,346
     ("populate", 576_000),    // 523,463
     ("embed_entry", 535_000), // 486,669

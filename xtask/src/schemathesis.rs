@@ -83,7 +83,7 @@ pub fn plans(info: &StackInfo, examples: u32) -> Result<Vec<Plan>> {
     let mut plans = vec![
         Plan {
             name: "user token",
-            paths: "^/(health|openapi\\.json|sync|upload|populate|search)$",
+            paths: "^/(health|openapi\\.json|sync|live|upload|populate|search)$",
             headers: bearer(&user_token),
             generate_auth: false,
             examples,
@@ -112,14 +112,25 @@ pub fn plans(info: &StackInfo, examples: u32) -> Result<Vec<Plan>> {
             examples: (examples / 3).max(5),
         });
     }
+    if !info.live_poke_secret.is_empty() {
+        plans.push(Plan {
+            name: "live poke secret",
+            paths: "^/live/poke$",
+            headers: vec![(edgesync_shared::live::POKE_SECRET_HEADER.to_owned(), info.live_poke_secret.clone())],
+            generate_auth: false,
+            examples: (examples / 3).max(5),
+        });
+    }
     Ok(plans)
 }
 
 /// The command line of one run (tokens are passed as they are; they are the test
 /// stack's own, valid for an hour).
-pub fn command(st: &Path, functions_url: &str, plan: &Plan) -> Command {
+pub fn command(st: &Path, schema: &Path, functions_url: &str, plan: &Plan) -> Command {
     let mut cmd = Command::new(st);
-    cmd.args(["run", &format!("{functions_url}/openapi.json"), "--url", functions_url])
+    cmd.arg("run")
+        .arg(schema)
+        .args(["--url", functions_url])
         .args(["--checks", CHECKS])
         .args(["--max-response-time", &MAX_RESPONSE_TIME_SECS.to_string()])
         .args(["--max-examples", &plan.examples.to_string()])
@@ -164,6 +175,24 @@ pub fn cases_generated(output: &str) -> Option<u64> {
     })
 }
 
+/// The API description as fuzzed: the served `/openapi.json`, with `/sync`'s `wait`
+/// bounded to 1 s. Each generated long-poll of a user with nothing to pull would
+/// otherwise hold its answer for up to 55 s, past the response time limit; the waits
+/// themselves are tested in `tests/live.rs`.
+pub fn fuzzed_schema(served: &str) -> Result<String> {
+    let mut doc: serde_json::Value = serde_json::from_str(served).context("/openapi.json is not JSON")?;
+    let params = doc
+        .pointer_mut("/paths/~1sync/get/parameters")
+        .and_then(|p| p.as_array_mut())
+        .context("/openapi.json has no parameters for GET /sync")?;
+    let wait = params
+        .iter_mut()
+        .find(|p| p["name"] == "wait")
+        .context("/openapi.json documents no `wait` for GET /sync")?;
+    wait["schema"]["maximum"] = serde_json::json!(1);
+    Ok(doc.to_string())
+}
+
 /// What the runs found.
 pub struct Outcome {
     pub ok: bool,
@@ -178,10 +207,16 @@ pub fn run_all(paths: &Paths, info: &StackInfo, examples: u32) -> Result<Outcome
     let _neo4j = EmptyNeo4j::serve(info)?;
     let dir = info.stack_dir.join("schemathesis");
     std::fs::create_dir_all(&dir)?;
+    let served = ureq::get(&format!("{}/openapi.json", info.functions_url))
+        .call()
+        .map_err(|e| Error(format!("GET /openapi.json: {e}")))?
+        .into_string()?;
+    let schema = dir.join("openapi.json");
+    std::fs::write(&schema, fuzzed_schema(&served)?)?;
     let mut ok = true;
     let mut cases = 0;
     for plan in plans(info, examples)? {
-        let mut cmd = command(&st, &info.functions_url, &plan);
+        let mut cmd = command(&st, &schema, &info.functions_url, &plan);
         cmd.current_dir(&dir);
         step(format!("schemathesis ({}): {}", plan.name, shown(&cmd)));
         let (success, output) = pass_through(&mut cmd)?;
@@ -308,12 +343,28 @@ mod tests {
             generate_auth: false,
             examples: 7,
         };
-        let cmd = command(Path::new("/x/st"), "http://127.0.0.1:1", &plan);
+        let cmd = command(Path::new("/x/st"), Path::new("/x/openapi.json"), "http://127.0.0.1:1", &plan);
         let s = shown(&cmd);
         assert!(!s.contains("secret.token"), "{s}");
         assert!(s.contains("'Authorization: …'"), "{s}");
         assert!(s.contains("--max-examples 7") && s.contains("--checks not_a_server_error"), "{s}");
         assert!(s.contains("--max-response-time 5"), "{s}");
+    }
+
+    #[test]
+    fn the_fuzzed_schema_bounds_the_long_poll_and_nothing_else() {
+        let served = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.yaml"));
+        let served: serde_json::Value = serde_yaml::from_str(served).unwrap();
+        let fuzzed: serde_json::Value = serde_json::from_str(&fuzzed_schema(&served.to_string()).unwrap()).unwrap();
+        let wait = |doc: &serde_json::Value| {
+            doc.pointer("/paths/~1sync/get/parameters").unwrap().as_array().unwrap().iter().find(|p| p["name"] == "wait").cloned().unwrap()
+        };
+        assert_eq!(wait(&served)["schema"]["maximum"], 55);
+        assert_eq!(wait(&fuzzed)["schema"]["maximum"], 1);
+        let mut back = fuzzed.clone();
+        *back.pointer_mut("/paths/~1sync/get/parameters").unwrap() = served.pointer("/paths/~1sync/get/parameters").unwrap().clone();
+        assert_eq!(back, served, "only `wait` changes");
+        assert!(fuzzed_schema("{}").is_err());
     }
 
     #[test]

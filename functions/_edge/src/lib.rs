@@ -266,7 +266,13 @@ pub fn now_ms() -> u64 {
 /// Verify the request's bearer token; every failure is a JSON 401/403/503.
 pub async fn authenticate(req: &Request, config: &Config) -> Result<Verified, ApiError> {
     let header = req.headers().get("authorization").ok().flatten();
-    auth::authenticate(header.as_deref(), &config.auth, now_secs(), Some(deadline(config.upstream_timeout_ms)))
+    authenticate_header(header.as_deref(), config).await
+}
+
+/// As [`authenticate`], for a token that did not come in `Authorization` (a
+/// WebSocket's subprotocol).
+pub async fn authenticate_header(header: Option<&str>, config: &Config) -> Result<Verified, ApiError> {
+    auth::authenticate(header, &config.auth, now_secs(), Some(deadline(config.upstream_timeout_ms)))
         .await
         .map_err(ApiError::from)
 }

@@ -1,0 +1,215 @@
+//! `LiveHub`: one Durable Object per user (named by the user id), holding that user's
+//! WebSockets (Hibernation API: an idle hub is evicted while its sockets stay open)
+//! and the pulls waiting in `/sync?wait=`. It knows nothing but checkpoints: a poke
+//! is passed to every socket as `{"type":"poke","checkpoint":"<n>"}` and wakes every
+//! waiting pull whose page is older. What a user gets is decided by their next pull.
+//!
+//! Reached only from this Worker (a Durable Object has no URL of its own), at
+//! `https://hub/poke`, `/wait` and `/socket`.
+
+use std::cell::{Cell, RefCell};
+
+use edgesync_edge::edgesync_shared::live;
+use edgesync_edge::{self as edge, edgesync_shared::ApiError};
+use futures_channel::oneshot;
+use worker::{
+    durable_object, worker_sys::WebSocketRequestResponsePair, Env, Headers, Method, Request, RequestInit, Response,
+    State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
+};
+
+/// The binding of the `LiveHub` namespace (`wrangler.toml`).
+const BINDING: &str = "LIVE";
+
+#[durable_object]
+pub struct LiveHub {
+    state: State,
+    /// The newest checkpoint poked (0 after an eviction: then a waiting pull simply
+    /// waits for the next poke or its deadline, and pulls then).
+    poked: Cell<u64>,
+    /// The newest checkpoint sent to the sockets: an older poke is not sent again.
+    sent: Cell<u64>,
+    waiters: RefCell<Vec<(u64, oneshot::Sender<u64>)>>,
+}
+
+/// What a socket remembers across hibernation.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Attachment {
+    /// The token's `exp` (seconds): the socket closes then.
+    expires: u64,
+}
+
+impl worker::DurableObject for LiveHub {
+    fn new(state: State, _env: Env) -> Self {
+        // Heartbeats are answered by the runtime, without waking the object.
+        if let Ok(pair) = WebSocketRequestResponsePair::new(live::PING, live::PONG) {
+            state.set_websocket_auto_response(&pair);
+        }
+        LiveHub { state, poked: Cell::new(0), sent: Cell::new(0), waiters: RefCell::new(Vec::new()) }
+    }
+
+    async fn fetch(&self, req: Request) -> worker::Result<Response> {
+        let url = req.url()?;
+        let number = |name: &str| {
+            url.query_pairs().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<u64>().ok()).unwrap_or(0)
+        };
+        match url.path() {
+            "/poke" => {
+                self.poke(number("checkpoint"));
+                Response::empty().map(|r| r.with_status(204))
+            }
+            "/wait" => {
+                let poked = self.wait(number("after"), number("ms")).await;
+                Response::from_json(&serde_json::json!({ "poked": poked.map(|p| p.to_string()) }))
+            }
+            "/socket" => self.accept(number("expires"), number("subprotocol") == 1).await,
+            _ => Response::error("no such hub path", 404),
+        }
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        // Close every socket whose token has expired; wake again for the next one.
+        let now = edge::now_secs();
+        let mut next: Option<u64> = None;
+        for ws in self.state.get_websockets() {
+            let expires = ws.deserialize_attachment::<Attachment>().ok().flatten().map_or(0, |a| a.expires);
+            if expires <= now {
+                let _ = ws.close(Some(live::CLOSE_TOKEN_EXPIRED), Some("token expired"));
+            } else {
+                next = Some(next.map_or(expires, |n| n.min(expires)));
+            }
+        }
+        if let Some(at) = next {
+            self.state.storage().set_alarm(alarm_offset(at)).await?;
+        }
+        Response::empty()
+    }
+
+    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> worker::Result<()> {
+        // Pings are answered by the runtime; anything else is not part of the protocol.
+        if let WebSocketIncomingMessage::String(text) = message {
+            if text == live::PING {
+                ws.send_with_str(live::PONG)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn websocket_close(&self, ws: WebSocket, code: usize, _reason: String, _clean: bool) -> worker::Result<()> {
+        // Complete the closing handshake the client began (1005 "no code" cannot be sent).
+        let code = u16::try_from(code).ok().filter(|c| *c == 1000 || (3000..5000).contains(c)).unwrap_or(1000);
+        let _ = ws.close(Some(code), Some("closed"));
+        Ok(())
+    }
+
+    async fn websocket_error(&self, _ws: WebSocket, _error: worker::Error) -> worker::Result<()> {
+        Ok(())
+    }
+}
+
+impl LiveHub {
+    fn poke(&self, checkpoint: u64) {
+        self.poked.set(self.poked.get().max(checkpoint));
+        // Wake the pulls whose page is older than this change.
+        let waiting = std::mem::take(&mut *self.waiters.borrow_mut());
+        let (wake, keep): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(after, _)| checkpoint > *after);
+        *self.waiters.borrow_mut() = keep;
+        for (_, tx) in wake {
+            let _ = tx.send(checkpoint);
+        }
+        // Coalesced: a poke no newer than one already sent is not sent again.
+        if checkpoint > self.sent.get() {
+            self.sent.set(checkpoint);
+            let message = live::poke_message(checkpoint);
+            for ws in self.state.get_websockets() {
+                let _ = ws.send_with_str(&message);
+            }
+        }
+    }
+
+    async fn wait(&self, after: u64, ms: u64) -> Option<u64> {
+        // A poke that came between the caller's pull and this call is not missed.
+        if self.poked.get() > after {
+            return Some(self.poked.get());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().push((after, tx));
+        let poked = edgesync_edge::edgesync_shared::deadline::within(Some(edge::deadline(ms)), rx).await;
+        // At the deadline the sender is still listed: drop it.
+        self.waiters.borrow_mut().retain(|(_, tx)| !tx.is_canceled());
+        poked.and_then(Result::ok)
+    }
+
+    async fn accept(&self, expires: u64, subprotocol: bool) -> worker::Result<Response> {
+        let pair = WebSocketPair::new()?;
+        self.state.accept_web_socket(&pair.server);
+        pair.server.serialize_attachment(Attachment { expires })?;
+        let storage = self.state.storage();
+        let due = storage.get_alarm().await?;
+        if due.is_none_or(|t| t > (expires * 1000) as i64) {
+            storage.set_alarm(alarm_offset(expires)).await?;
+        }
+        let response = Response::from_websocket(pair.client)?;
+        if subprotocol {
+            let headers = Headers::new();
+            headers.set("sec-websocket-protocol", live::SUBPROTOCOL)?;
+            return Ok(response.with_headers(headers));
+        }
+        Ok(response)
+    }
+}
+
+/// Milliseconds from now until `at` (seconds since the epoch), at least 1.
+fn alarm_offset(at: u64) -> i64 {
+    ((at * 1000).saturating_sub(edge::now_ms()) as i64).max(1)
+}
+
+fn stub(env: &Env, user: &str) -> Result<worker::Stub, ApiError> {
+    let unavailable = |e: worker::Error| {
+        ApiError::unavailable("live_unavailable", "live updates are not available right now")
+            .with_log_detail(e.to_string())
+    };
+    env.durable_object(BINDING).and_then(|ns| ns.get_by_name(user)).map_err(unavailable)
+}
+
+async fn call(env: &Env, user: &str, method: Method, path: &str) -> Result<Response, ApiError> {
+    let stub = stub(env, user)?;
+    let mut init = RequestInit::new();
+    init.with_method(method);
+    let req = Request::new_with_init(&format!("https://hub{path}"), &init)
+        .map_err(|e| ApiError::internal("could not ask the live hub").with_log_detail(e.to_string()))?;
+    edge::upstream(stub.fetch_with_request(req)).await.map_err(|e| {
+        ApiError::unavailable("live_unavailable", "live updates are not available right now")
+            .with_log_detail(e.to_string())
+    })
+}
+
+/// Tell `user`'s hub about a change reaching `checkpoint`.
+pub async fn poke(env: &Env, user: &str, checkpoint: u64) -> Result<(), ApiError> {
+    call(env, user, Method::Post, &format!("/poke?checkpoint={checkpoint}")).await.map(|_| ())
+}
+
+/// Wait up to `ms` for a poke newer than `after`: its checkpoint, or `None`.
+pub async fn wait(env: &Env, user: &str, after: u64, ms: u64) -> Result<Option<u64>, ApiError> {
+    let mut answer = call(env, user, Method::Get, &format!("/wait?after={after}&ms={ms}")).await?;
+    let body: serde_json::Value = answer
+        .json()
+        .await
+        .map_err(|e| ApiError::internal("the live hub's answer is not JSON").with_log_detail(e.to_string()))?;
+    Ok(body["poked"].as_str().and_then(|p| p.parse().ok()))
+}
+
+/// Open the caller's socket on their hub; the 101 answer is passed back as it is.
+pub async fn open_socket(env: &Env, user: &str, expires: u64, subprotocol: bool) -> Result<Response, ApiError> {
+    let stub = stub(env, user)?;
+    let headers = Headers::new();
+    let _ = headers.set("upgrade", "websocket");
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    let url = format!("https://hub/socket?expires={expires}&subprotocol={}", u8::from(subprotocol));
+    let req = Request::new_with_init(&url, &init)
+        .map_err(|e| ApiError::internal("could not ask the live hub").with_log_detail(e.to_string()))?;
+    stub.fetch_with_request(req).await.map_err(|e| {
+        ApiError::unavailable("live_unavailable", "live updates are not available right now")
+            .with_log_detail(e.to_string())
+    })
+}
