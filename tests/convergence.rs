@@ -1,6 +1,8 @@
 //! Convergence under faults: simulated devices of several users run the reference
 //! client (`client/`) against the real stack through a fault-injecting proxy, while
-//! PostgREST is killed and restarted and tombstones are purged mid-run. At the end
+//! Postgres crashes (an immediate shutdown, then crash recovery), PostgREST is killed
+//! and restarted, and tombstones are purged mid-run: the first device of each user is
+//! kept offline across the purge, so that its next pull must rebuild (410). At the end
 //! every device syncs to quiescence and the test checks, against the database itself:
 //!
 //! 1. every device of a user holds exactly the server's live rows for that user;
@@ -25,7 +27,7 @@ use edgesync_integration::faults::{splitmix, FaultCounts, FaultProxy, FaultRates
 use edgesync_integration::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,7 +104,8 @@ struct Tally {
     writes: u64,
     pushes: u64,
     pulls: u64,
-    /// Pulls that had to rebuild from scratch (410 resync_required after the purge).
+    /// Rebuilds from scratch begun (410 resync_required after the purge), counted
+    /// when they begin: a rebuild that fails part-way is still one.
     resyncs: u64,
     offline_periods: u64,
     /// Error kinds of failed exchanges (expected under faults).
@@ -122,9 +125,12 @@ struct Device {
     outcomes: HashMap<i64, Outcome>,
     tally: Tally,
     refreshes: Arc<AtomicU64>,
+    /// Held offline across the purge (see `Ctx::parked`).
+    parked: bool,
 }
 
-/// Shared by the device threads: the op counter that schedules the outage and the purge.
+/// Shared by the device threads: the op counter that schedules the crash, the
+/// outage and the purge.
 struct Ctx {
     sim: Sim,
     info: Mutex<StackInfo>,
@@ -132,15 +138,32 @@ struct Ctx {
     total: usize,
     user_ids: Vec<String>,
     events: Mutex<Vec<String>>,
+    /// From 60 % to 75 % of the run the first device of each user stays offline, so
+    /// it sleeps through the purge (at 70 %) with a cursor from before it. However
+    /// large the run, that device's next pull must rebuild.
+    parking: AtomicBool,
 }
 
 impl Ctx {
+    fn parked(&self, device: usize) -> bool {
+        device < self.sim.users && self.parking.load(Ordering::SeqCst)
+    }
+
     /// Called after every step; the thread that crosses a mark does the event.
     fn tick(&self) {
         let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
         let at = |pct: usize| n == self.total * pct / 100;
         if self.total >= 10_000 && n.is_multiple_of(self.total / 10) {
             eprintln!("converge: {n} of {} operations", self.total);
+        }
+        if at(20) {
+            // Every backend ends at once, uploads and pulls in flight included; what
+            // was committed and acknowledged must come back with crash recovery.
+            let mut info = self.info.lock().unwrap();
+            info.crash_postgres().expect("crash Postgres");
+            self.event(format!("Postgres crashed (immediate shutdown) at op {n}"));
+            info.start_postgres().expect("restart Postgres");
+            self.event(format!("Postgres recovered at op {}", self.done.load(Ordering::SeqCst)));
         }
         if at(35) {
             self.info.lock().unwrap().stop_postgrest().expect("stop PostgREST");
@@ -150,9 +173,17 @@ impl Ctx {
             self.info.lock().unwrap().start_postgrest().expect("restart PostgREST");
             self.event(format!("PostgREST restarted at op {n}"));
         }
+        if at(60) {
+            self.parking.store(true, Ordering::SeqCst);
+            self.event(format!("first devices parked offline at op {n}"));
+        }
         if at(70) {
             let purged = purge_tombstones(&self.info.lock().unwrap(), &self.user_ids);
             self.event(format!("purged {purged} tombstones at op {n}"));
+        }
+        if at(75) {
+            self.parking.store(false, Ordering::SeqCst);
+            self.event(format!("parked devices back online at op {n}"));
         }
     }
 
@@ -205,7 +236,17 @@ impl Device {
         (splitmix(&mut self.rng) % n as u64) as usize
     }
 
-    fn step(&mut self, sim: &Sim) {
+    fn step(&mut self, sim: &Sim, parked: bool) {
+        if parked {
+            // Offline, but the user keeps writing.
+            self.parked = true;
+            self.online = false;
+            self.write(sim);
+            return;
+        }
+        if std::mem::take(&mut self.parked) {
+            self.online = true;
+        }
         let r = unit(&mut self.rng);
         if self.online && r < 0.02 {
             self.online = false;
@@ -299,9 +340,16 @@ impl Device {
 
     fn pull(&mut self) {
         self.tally.pulls += 1;
+        let rebuilding = |c: &Client| c.status().expect("local status").resyncing;
+        let was_rebuilding = rebuilding(&self.client);
         match self.client.pull_delta() {
             Ok(p) => self.tally.resyncs += p.resynced as u64,
-            Err(e) => self.failed(e),
+            Err(e) => {
+                // A rebuild of many pages rarely gets through the faults in one pull:
+                // it began if the store is rebuilding now and was not before.
+                self.tally.resyncs += (!was_rebuilding && rebuilding(&self.client)) as u64;
+                self.failed(e)
+            }
         }
     }
 
@@ -383,8 +431,7 @@ fn run(sim: Sim) -> Summary {
     let _guard = exclusive();
     let started = Instant::now();
     let info = stack();
-    let mut admin = db(&info);
-    admin.batch_execute(AUDIT_SQL).unwrap();
+    db(&info).batch_execute(AUDIT_SQL).unwrap();
     let proxy = FaultProxy::start(&info.functions_url, sim.rates, sim.seed);
     let users: Vec<String> = (0..sim.users).map(|_| uuid()).collect();
     let dir = std::env::temp_dir().join(format!("edgesync-converge-{}-{}", sim.seed, uuid()));
@@ -425,6 +472,7 @@ fn run(sim: Sim) -> Summary {
             outcomes: HashMap::new(),
             tally: Tally::default(),
             refreshes,
+            parked: false,
         });
     }
 
@@ -436,6 +484,7 @@ fn run(sim: Sim) -> Summary {
         total: devices.len() * sim.ops_per_device,
         user_ids: users.clone(),
         events: Mutex::new(Vec::new()),
+        parking: AtomicBool::new(false),
     };
     let mut groups: Vec<Vec<Device>> = (0..sim.threads.max(1)).map(|_| Vec::new()).collect();
     for d in devices {
@@ -450,7 +499,7 @@ fn run(sim: Sim) -> Summary {
                 scope.spawn(move || {
                     for _ in 0..ctx.sim.ops_per_device {
                         for d in group.iter_mut() {
-                            d.step(&ctx.sim);
+                            d.step(&ctx.sim, ctx.parked(d.idx));
                             ctx.tick();
                         }
                     }
@@ -463,7 +512,11 @@ fn run(sim: Sim) -> Summary {
     let mut devices = devices;
     devices.sort_by_key(|d| d.idx);
     let events = ctx.events.lock().unwrap().clone();
-    assert!(events.iter().any(|e| e.contains("restarted")), "the outage did not happen: {events:?}");
+    for what in ["Postgres recovered", "PostgREST restarted", "purged", "back online"] {
+        assert!(events.iter().any(|e| e.contains(what)), "{what}: did not happen: {events:?}");
+    }
+    // The crash ended this connection with every other.
+    let mut admin = db(&info);
     let run_faults = proxy.counts();
 
     // Quiescence, faults still on: everyone online, sync until a round in which no
@@ -684,7 +737,9 @@ fn run(sim: Sim) -> Summary {
     );
     admin.batch_execute(AUDIT_DROP).unwrap();
     assert!(violations.is_empty(), "seed {}: {} violations:\n{}", sim.seed, violations.len(), violations.join("\n"));
-    assert!(resyncs > 0, "seed {}: the purge made no device rebuild", sim.seed);
+    for d in devices.iter().filter(|d| d.idx < sim.users) {
+        assert!(d.tally.resyncs > 0, "seed {}: device {} slept through the purge and did not rebuild", sim.seed, d.idx);
+    }
     assert!(refreshes >= devices.len() as u64, "every device starts with an expired token: {refreshes} refreshes");
     for (what, n) in [
         ("dropped requests", faults.dropped_requests),
