@@ -108,6 +108,9 @@ struct Tally {
     /// when they begin: a rebuild that fails part-way is still one.
     resyncs: u64,
     offline_periods: u64,
+    /// Pokes a live device got, and how often its socket had to be opened again.
+    pokes: u64,
+    reconnects: u64,
     /// Error kinds of failed exchanges (expected under faults).
     errors: BTreeMap<String, u64>,
     /// Anything that must never happen.
@@ -127,6 +130,9 @@ struct Device {
     refreshes: Arc<AtomicU64>,
     /// Held offline across the purge (see `Ctx::parked`).
     parked: bool,
+    /// The last device of each user is live: it holds a `/live` socket (opened
+    /// past the fault proxy, which speaks plain HTTP only) and pulls on each poke.
+    live: Option<edgesync_client::Live>,
 }
 
 /// Shared by the device threads: the op counter that schedules the crash, the
@@ -247,6 +253,9 @@ impl Device {
         if std::mem::take(&mut self.parked) {
             self.online = true;
         }
+        if self.online && self.listen() {
+            self.pull();
+        }
         let r = unit(&mut self.rng);
         if self.online && r < 0.02 {
             self.online = false;
@@ -335,6 +344,27 @@ impl Device {
         }
         if let Err(e) = result {
             self.failed(e);
+        }
+    }
+
+    /// Has a poke come (without waiting)? A socket that ended is opened again; one
+    /// that cannot be is tried at the next step (meanwhile pulls go on as ever).
+    fn listen(&mut self) -> bool {
+        use edgesync_client::LiveEvent;
+        let Some(live) = self.live.as_mut() else { return false };
+        match live.next(Duration::from_millis(1)) {
+            LiveEvent::Poke(_) => {
+                self.tally.pokes += 1;
+                true
+            }
+            LiveEvent::Quiet => false,
+            LiveEvent::TokenExpired | LiveEvent::Closed(_) => {
+                self.tally.reconnects += 1;
+                if let Ok(fresh) = self.client.open_live() {
+                    *live = fresh;
+                }
+                false
+            }
         }
     }
 
@@ -447,6 +477,10 @@ fn run(sim: Sim) -> Summary {
         cfg.backoff_base = Duration::from_millis(20);
         cfg.backoff_max = Duration::from_millis(400);
         cfg.headers.push((DEVICE_HEADER.into(), format!("d{idx}")));
+        let is_live = idx >= sim.users * (sim.devices_per_user - 1);
+        if is_live {
+            cfg.live_url = Some(info.functions_url.clone());
+        }
         let mut client = Client::open(&dir.join(format!("device{idx}.db")), cfg).unwrap();
         // Start with an expired token: the first exchange must refresh it.
         let sub = users[user].clone();
@@ -459,6 +493,13 @@ fn run(sim: Sim) -> Summary {
             Ok(token(&secret_info, &sub, 20))
         }));
         let client_id = client.status().unwrap().client_id;
+        // The first exchange refreshes the expired token; the socket needs a good one.
+        let live = is_live.then(|| {
+            client.set_token(&token(&info, &users[user], 20)).unwrap();
+            let live = client.open_live().expect("open /live");
+            client.set_token(&token(&info, &users[user], -60)).unwrap();
+            live
+        });
         let mut rng = sim.seed ^ (idx as u64).wrapping_mul(0xA24B_AED4_963E_E407);
         splitmix(&mut rng);
         devices.push(Device {
@@ -473,6 +514,7 @@ fn run(sim: Sim) -> Summary {
             tally: Tally::default(),
             refreshes,
             parked: false,
+            live,
         });
     }
 
@@ -731,12 +773,19 @@ fn run(sim: Sim) -> Summary {
         devices.iter().map(|d| d.outcomes.values().filter(|o| **o == Outcome::Conflict).count()).sum();
     let offline: u64 = devices.iter().map(|d| d.tally.offline_periods).sum();
     let resyncs: u64 = devices.iter().map(|d| d.tally.resyncs).sum();
+    let pokes: u64 = devices.iter().map(|d| d.tally.pokes).sum();
+    let reconnects: u64 = devices.iter().map(|d| d.tally.reconnects).sum();
     eprintln!(
-        "converge: {summary:?}\nconverge: acked {acked}, rejected {rejected}, conflicts {conflicts}, offline periods {offline}, resyncs {resyncs}, audit rows {}, errors {errors:?}\nconverge: events {events:?}\nconverge: faults during the run {run_faults:?}",
+        "converge: {summary:?}\nconverge: acked {acked}, rejected {rejected}, conflicts {conflicts}, offline periods {offline}, resyncs {resyncs}, pokes {pokes} ({reconnects} socket reconnects), audit rows {}, errors {errors:?}\nconverge: events {events:?}\nconverge: faults during the run {run_faults:?}",
         audit.len()
     );
     admin.batch_execute(AUDIT_DROP).unwrap();
     assert!(violations.is_empty(), "seed {}: {} violations:\n{}", sim.seed, violations.len(), violations.join("\n"));
+    let live: Vec<&Device> = devices.iter().filter(|d| d.live.is_some()).collect();
+    assert_eq!(live.len(), sim.users, "one live device per user");
+    for d in &live {
+        assert!(d.tally.pokes > 0, "seed {}: live device {} got no poke: {:?}", sim.seed, d.idx, d.tally);
+    }
     for d in devices.iter().filter(|d| d.idx < sim.users) {
         assert!(d.tally.resyncs > 0, "seed {}: device {} slept through the purge and did not rebuild", sim.seed, d.idx);
     }

@@ -149,7 +149,8 @@ fn with_nothing_to_pull_the_wait_ends_with_the_empty_page() {
     let (_, token) = new_user(&info);
     let since = cursor(&info, &token);
     let started = Instant::now();
-    let a = call("GET", &format!("{}/sync?tables=entries&since={since}&wait=2", info.functions_url), Some(&token), None);
+    let a =
+        call("GET", &format!("{}/sync?tables=entries&since={since}&wait=2", info.functions_url), Some(&token), None);
     assert_eq!(a.status, 200, "{}", a.text);
     assert!(titles(&a).is_empty());
     assert_eq!(a.body["has_more"], false);
@@ -381,7 +382,10 @@ fn the_live_trigger_notifies_once_per_statement_and_not_for_server_only_columns(
         .unwrap();
     // Server-only columns, then an update that changes nothing: no new version.
     admin
-        .execute("update public.entries set embedding_model = 'm', embedding_hash = 'h' where id = $1::text::uuid", &[&ids[0]])
+        .execute(
+            "update public.entries set embedding_model = 'm', embedding_hash = 'h' where id = $1::text::uuid",
+            &[&ids[0]],
+        )
         .unwrap();
     admin.execute("update public.entries set title = title where id = $1::text::uuid", &[&ids[1]]).unwrap();
     // A marker: the next notice after the insert's must be this one.
@@ -405,10 +409,143 @@ fn the_live_trigger_notifies_once_per_statement_and_not_for_server_only_columns(
             got.push(v);
         }
     }
-    let mut first: Vec<String> = got[0]["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_owned()).collect();
+    let mut first: Vec<String> =
+        got[0]["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_owned()).collect();
     first.sort();
     let mut expected = vec![a.clone(), b.clone()];
     expected.sort();
     assert_eq!(first, expected, "one notice for the statement, each user once: {got:?}");
     assert_eq!(got[1]["users"], json!([marker]), "the server-only and no-op updates notified: {got:?}");
+}
+
+fn client_device(info: &StackInfo, dir: &std::path::Path, name: &str, token: &str) -> edgesync_client::Client {
+    let mut c = edgesync_client::Client::open(
+        &dir.join(format!("{name}.db")),
+        edgesync_client::Config::new(&info.functions_url),
+    )
+    .unwrap();
+    c.set_token(token).unwrap();
+    c
+}
+
+#[test]
+fn the_reference_client_pulls_on_a_poke_and_long_polls_without_a_socket() {
+    let _guard = exclusive();
+    let info = stack();
+    let dir = std::env::temp_dir().join(format!("edgesync-live-{}", uuid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, token) = new_user(&info);
+    let mut phone = client_device(&info, &dir, "phone", &token);
+    let mut laptop = client_device(&info, &dir, "laptop", &token);
+    laptop.sync().unwrap();
+    let mut live = laptop.open_live().unwrap();
+
+    phone
+        .queue_mutation(edgesync_client::Mutation {
+            table: "entries".into(),
+            op: edgesync_client::Op::Put,
+            id: uuid(),
+            data: entry("poked").as_object().cloned(),
+        })
+        .unwrap();
+    phone.push_outbox().unwrap();
+    let checkpoint = match live.next(Duration::from_secs(20)) {
+        edgesync_client::LiveEvent::Poke(c) => c,
+        edgesync_client::LiveEvent::Quiet => panic!("no poke within 20 s"),
+        other => panic!("the socket ended: {other:?}"),
+    };
+    let pulled = laptop.pull_delta().unwrap();
+    assert_eq!(pulled.upserted, 1);
+    assert!(pulled.checkpoint >= checkpoint);
+
+    // The long-poll: the laptop's pull waits, the phone writes, the pull brings it.
+    let waiting = std::thread::spawn(move || {
+        let started = Instant::now();
+        let p = laptop.pull_waiting(Duration::from_secs(20)).unwrap();
+        (p, started.elapsed(), laptop)
+    });
+    // No readiness signal from inside the client: whether the write lands before or
+    // during the wait, the pull must bring exactly it.
+    phone
+        .queue_mutation(edgesync_client::Mutation {
+            table: "entries".into(),
+            op: edgesync_client::Op::Put,
+            id: uuid(),
+            data: entry("long-polled").as_object().cloned(),
+        })
+        .unwrap();
+    phone.push_outbox().unwrap();
+    let (p, took, laptop) = waiting.join().unwrap();
+    assert_eq!(p.upserted, 1, "{p:?}");
+    assert!(took < Duration::from_secs(18), "the wait ran out ({took:?}): the write did not wake it");
+    let titles: Vec<Value> = laptop.list("entries").unwrap().iter().map(|r| r["title"].clone()).collect();
+    assert_eq!(titles.len(), 2, "{titles:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn cli_bin() -> std::path::PathBuf {
+    let path = std::env::var_os("EDGESYNC_CLIENT_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/edgesync-client"));
+    assert!(path.exists(), "{} is missing: build it with `cargo build -p edgesync-client`", path.display());
+    path
+}
+
+/// README "Live updates": two terminals, each seeing the other's writes at once.
+#[test]
+fn two_terminals_with_sync_live_see_each_others_writes() {
+    use std::io::BufRead;
+    let _guard = exclusive();
+    let info = stack();
+    let dir = std::env::temp_dir().join(format!("edgesync-live-cli-{}", uuid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, token) = new_user(&info);
+    let cli = |db: &str, args: &[&str]| {
+        let out = std::process::Command::new(cli_bin())
+            .arg("--db")
+            .arg(dir.join(db))
+            .args(["--url", &info.functions_url])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    cli("a.db", &["login", "--token", &token]);
+    cli("b.db", &["login", "--token", &token]);
+    let mut watcher = std::process::Command::new(cli_bin())
+        .arg("--db")
+        .arg(dir.join("b.db"))
+        .args(["--url", &info.functions_url, "sync", "--live"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = watcher.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |what: &str| -> Duration {
+        let started = Instant::now();
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20).saturating_sub(started.elapsed()))
+                .unwrap_or_else(|_| panic!("`sync --live` never printed {what:?}"));
+            if line.contains(what) {
+                return started.elapsed();
+            }
+        }
+    };
+    wait_for("live: connected");
+    cli("a.db", &["put", "entries", r#"{"title":"typed in terminal a"}"#]);
+    let written = Instant::now();
+    cli("a.db", &["sync"]);
+    wait_for("pulled 1 rows");
+    eprintln!("live: terminal a's sync to terminal b's pull: {:?}", written.elapsed());
+    watcher.kill().ok();
+    watcher.wait().ok();
+    std::fs::remove_dir_all(&dir).ok();
 }

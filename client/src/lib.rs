@@ -20,6 +20,8 @@
 //! - a page and its cursor are applied in one local transaction;
 //! - `410 resync_required` rebuilds the local copy without touching the outbox.
 
+pub mod live;
+pub use live::{Live, LiveEvent};
 pub mod store;
 
 use serde_json::{json, Value};
@@ -46,6 +48,8 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Extra request headers (a test's device tag, an `apikey`).
     pub headers: Vec<(String, String)>,
+    /// Where the `/live` WebSocket is, when not at `url` (an HTTP-only proxy in front).
+    pub live_url: Option<String>,
 }
 
 impl Config {
@@ -59,6 +63,7 @@ impl Config {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             headers: Vec::new(),
+            live_url: None,
         }
     }
 }
@@ -219,6 +224,8 @@ pub struct Client {
     retry_at: Option<Instant>,
     jitter: u64,
     last_push: PushReport,
+    /// Set by `pull_waiting`: the first page's `wait`.
+    pull_wait: Option<u32>,
 }
 
 impl Client {
@@ -243,6 +250,7 @@ impl Client {
             retry_at: None,
             jitter: u64::from_le_bytes(seed) | 1,
             last_push: PushReport::default(),
+            pull_wait: None,
         })
     }
 
@@ -458,6 +466,10 @@ impl Client {
             }
             if let Some(c) = self.store.cursor()? {
                 path.push_str(&format!("&since={c}"));
+                // Only the first page of an up-to-date device waits.
+                if let Some(w) = self.pull_wait.take() {
+                    path.push_str(&format!("&wait={w}"));
+                }
             }
             let answer = match self.request("GET", &path, None, &mut refreshes) {
                 Ok(a) => a,
@@ -599,15 +611,20 @@ fn http_error(status: u16, resp: ureq::Response) -> HttpError {
     let request_id = resp.header("x-request-id").map(str::to_owned);
     let retry_after = resp.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
     let text = resp.into_string().unwrap_or_default();
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    HttpError { request_id, retry_after, ..http_error_from(status, &text) }
+}
+
+/// An error answer's status and body as an `HttpError` (no headers).
+fn http_error_from(status: u16, text: &str) -> HttpError {
+    let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     let err = &body["error"];
     HttpError {
         status,
         code: err["code"].as_str().unwrap_or("http_error").to_owned(),
         message: err["message"].as_str().map(str::to_owned).unwrap_or_else(|| text.chars().take(200).collect()),
         details: err["details"].clone(),
-        request_id,
-        retry_after,
+        request_id: err["request_id"].as_str().map(str::to_owned),
+        retry_after: None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! `edgesync-client`: a device on the command line. Each database file is one device;
 //! run two with different `--db` files and watch them converge.
 
-use edgesync_client::{store::random_uuid, Client, Config, PullProgress};
+use edgesync_client::{store::random_uuid, Client, Config, LiveEvent, PullProgress};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +18,8 @@ edgesync-client [--db FILE] [--url URL] [--page-limit N] <command>
   list TABLE                     every row of a table
   tables                         the tables this device mirrors
   sync [--watch SECS]            push the outbox, then pull until caught up (again every SECS)
+  sync --live                    sync, then again on every change (the /live WebSocket;
+                                 long-polling /sync?wait= when no socket can be had)
   status                         state, outbox length, last push and pull (JSON)
   rejected                       mutations the server refused, with the reason
   conflicts                      conflicts the server reported
@@ -87,6 +89,13 @@ fn take(args: &mut Vec<String>, name: &str) -> Result<Option<String>, Fail> {
         Some(_) => Err(Fail::Usage(format!("{name} needs a value"))),
         None => Ok(None),
     }
+}
+
+/// Remove the flag `name` from `args`; was it there?
+fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
+    let before = args.len();
+    args.retain(|a| a != name);
+    args.len() != before
 }
 
 /// The remaining arguments, which must be exactly `n` plain values.
@@ -179,7 +188,11 @@ fn run(mut args: Vec<String>) -> Result<(), Fail> {
             let watch = take(&mut args, "--watch")?
                 .map(|s| s.parse::<u64>().map_err(|_| Fail::Usage("--watch takes seconds".into())))
                 .transpose()?;
+            let live = take_flag(&mut args, "--live");
             positional(&command, &mut args, 0)?;
+            if live {
+                return sync_live(&mut client);
+            }
             loop {
                 let outcome = sync_once(&mut client);
                 match watch {
@@ -221,6 +234,59 @@ fn run(mut args: Vec<String>) -> Result<(), Fail> {
 }
 
 /// One push + pull, with progress on stderr for long pulls.
+/// How long a live device goes without pulling, pokes or not (a poke is a hint).
+const LIVE_SAFETY_PULL: Duration = Duration::from_secs(60);
+/// How long a long-poll waits when no socket can be had.
+const LONG_POLL: Duration = Duration::from_secs(25);
+
+/// `sync --live`: sync, then on every poke; long-poll while the socket cannot be had.
+fn sync_live(client: &mut Client) -> Result<(), Fail> {
+    loop {
+        report(sync_once(client));
+        match client.open_live() {
+            Ok(mut live) => {
+                eprintln!("live: connected; syncing on every change");
+                let mut last_pull = std::time::Instant::now();
+                loop {
+                    match live.next(Duration::from_secs(25)) {
+                        LiveEvent::Poke(checkpoint) => {
+                            if client.status()?.checkpoint < checkpoint {
+                                report(sync_once(client));
+                                last_pull = std::time::Instant::now();
+                            }
+                        }
+                        LiveEvent::Quiet if last_pull.elapsed() >= LIVE_SAFETY_PULL => {
+                            report(sync_once(client));
+                            last_pull = std::time::Instant::now();
+                        }
+                        LiveEvent::Quiet => {}
+                        LiveEvent::TokenExpired => {
+                            eprintln!("live: the token expired (4001); log in again with a fresh one");
+                            break;
+                        }
+                        LiveEvent::Closed(why) => {
+                            eprintln!("live: {why}; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("live: no socket ({e}); long-polling instead");
+                report(client.push_outbox().map(|_| ()).map_err(Fail::from));
+                report(client.pull_waiting(LONG_POLL).map(|_| ()).map_err(Fail::from));
+                std::thread::sleep(client.retry_in());
+            }
+        }
+    }
+}
+
+fn report(outcome: Result<(), Fail>) {
+    if let Err(Fail::Run(m) | Fail::Usage(m)) = outcome {
+        eprintln!("sync failed: {m}");
+    }
+}
+
 fn sync_once(client: &mut Client) -> Result<(), Fail> {
     let started = std::time::Instant::now();
     let mut progress = |p: &PullProgress| {
