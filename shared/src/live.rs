@@ -213,7 +213,8 @@ pub fn poke_message(checkpoint: u64) -> String {
 /// clients), else a `bearer.<jwt>` subprotocol beside `edgesync` (browsers). Returns
 /// the `Authorization` value to verify and whether to answer with the subprotocol.
 pub fn socket_credentials(authorization: Option<&str>, protocols: Option<&str>) -> (Option<String>, bool) {
-    let offered: Vec<&str> = protocols.unwrap_or_default().split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    let offered: Vec<&str> =
+        protocols.unwrap_or_default().split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
     let speaks = offered.contains(&SUBPROTOCOL);
     if let Some(a) = authorization {
         return (Some(a.to_owned()), speaks);
@@ -383,10 +384,7 @@ mod tests {
     #[test]
     fn a_socket_token_comes_from_the_header_or_the_bearer_subprotocol() {
         assert_eq!(socket_credentials(Some("Bearer x.y.z"), None), (Some("Bearer x.y.z".into()), false));
-        assert_eq!(
-            socket_credentials(None, Some("edgesync, bearer.aa.bb.cc")),
-            (Some("Bearer aa.bb.cc".into()), true)
-        );
+        assert_eq!(socket_credentials(None, Some("edgesync, bearer.aa.bb.cc")), (Some("Bearer aa.bb.cc".into()), true));
         assert_eq!(socket_credentials(None, Some("edgesync")), (None, true));
         assert_eq!(socket_credentials(None, Some("bearer.")), (None, false));
         assert_eq!(socket_credentials(None, None), (None, false));

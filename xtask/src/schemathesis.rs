@@ -185,10 +185,8 @@ pub fn fuzzed_schema(served: &str) -> Result<String> {
         .pointer_mut("/paths/~1sync/get/parameters")
         .and_then(|p| p.as_array_mut())
         .context("/openapi.json has no parameters for GET /sync")?;
-    let wait = params
-        .iter_mut()
-        .find(|p| p["name"] == "wait")
-        .context("/openapi.json documents no `wait` for GET /sync")?;
+    let wait =
+        params.iter_mut().find(|p| p["name"] == "wait").context("/openapi.json documents no `wait` for GET /sync")?;
     wait["schema"]["maximum"] = serde_json::json!(1);
     Ok(doc.to_string())
 }
@@ -357,12 +355,20 @@ mod tests {
         let served: serde_json::Value = serde_yaml::from_str(served).unwrap();
         let fuzzed: serde_json::Value = serde_json::from_str(&fuzzed_schema(&served.to_string()).unwrap()).unwrap();
         let wait = |doc: &serde_json::Value| {
-            doc.pointer("/paths/~1sync/get/parameters").unwrap().as_array().unwrap().iter().find(|p| p["name"] == "wait").cloned().unwrap()
+            doc.pointer("/paths/~1sync/get/parameters")
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "wait")
+                .cloned()
+                .unwrap()
         };
         assert_eq!(wait(&served)["schema"]["maximum"], 55);
         assert_eq!(wait(&fuzzed)["schema"]["maximum"], 1);
         let mut back = fuzzed.clone();
-        *back.pointer_mut("/paths/~1sync/get/parameters").unwrap() = served.pointer("/paths/~1sync/get/parameters").unwrap().clone();
+        *back.pointer_mut("/paths/~1sync/get/parameters").unwrap() =
+            served.pointer("/paths/~1sync/get/parameters").unwrap().clone();
         assert_eq!(back, served, "only `wait` changes");
         assert!(fuzzed_schema("{}").is_err());
     }
