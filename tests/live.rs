@@ -27,9 +27,20 @@ fn cursor(info: &StackInfo, token: &str) -> String {
 /// its first pull (seen in PostgREST's log), so a write after that can only reach
 /// the answer through a poke or a re-pull.
 fn long_poll(info: &StackInfo, token: &str, since: &str, wait: u32) -> std::thread::JoinHandle<(Answer, Duration)> {
+    long_poll_at(info, &info.functions_url, token, since, wait)
+}
+
+/// [`long_poll`] of the Worker at `base`.
+fn long_poll_at(
+    info: &StackInfo,
+    base: &str,
+    token: &str,
+    since: &str,
+    wait: u32,
+) -> std::thread::JoinHandle<(Answer, Duration)> {
     let log = PostgrestLog::new(info);
     let from = log.mark();
-    let url = format!("{}/sync?tables=entries&since={since}&wait={wait}", info.functions_url);
+    let url = format!("{base}/sync?tables=entries&since={since}&wait={wait}");
     let token = token.to_owned();
     let handle = std::thread::spawn(move || {
         let started = Instant::now();
@@ -548,4 +559,48 @@ fn two_terminals_with_sync_live_see_each_others_writes() {
     watcher.kill().ok();
     watcher.wait().ok();
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The sync Worker served alone, as deployed without the gateway: its own Durable
+/// Objects, poked the way pg_net would poke a deployment (here: this test forwards
+/// the database's notice to it, since the stack's relay pokes the gateway).
+#[test]
+fn a_sync_worker_served_alone_long_polls_and_takes_pokes() {
+    let _guard = exclusive();
+    let info = stack();
+    let Some(alone) = info.cron("sync") else {
+        panic!("the test stack serves sync alone (`cargo xtask test`); this stack does not")
+    };
+    let base = format!("http://127.0.0.1:{}", alone.port);
+    let (user, token) = new_user(&info);
+    let a = call("GET", &format!("{base}/sync?tables=entries"), Some(&token), None);
+    assert_eq!(a.status, 200, "{}", a.text);
+    let since = a.body["cursor"].as_str().unwrap().to_owned();
+    let mut listener = db(&info);
+    listener.batch_execute("listen edgesync_live").unwrap();
+    let waiting = long_poll_at(&info, &base, &token, &since, 20);
+    db(&info)
+        .execute(
+            "insert into public.entries (id, user_id, title, body_markdown, tags)
+             values ($1::text::uuid, $2::text::uuid, 'served alone', '', '{}')",
+            &[&uuid(), &user],
+        )
+        .unwrap();
+    let notice = {
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut notes = listener.notifications();
+        let mut it = notes.timeout_iter(Duration::from_secs(10));
+        loop {
+            let n = it.next().unwrap().expect("the insert's notice");
+            if n.payload().contains(&user) {
+                break n.payload().to_owned();
+            }
+        }
+    };
+    let headers = [("x-live-secret", info.live_poke_secret.clone()), ("content-type", "application/json".into())];
+    let poked = call_raw("POST", &format!("{base}/live/poke"), &headers, &notice);
+    assert_eq!(poked.status, 202, "{}", poked.text);
+    let (answer, took) = waiting.join().unwrap();
+    assert_eq!(titles(&answer), ["served alone"], "{}", answer.text);
+    assert!(took < Duration::from_secs(18), "the wait ran out ({took:?}) instead of the poke waking it");
 }

@@ -21,6 +21,7 @@
 //!   through the real triggers, with the webhook relay stopped; the embedding jobs the
 //!   inserts create are deleted, and the tables vacuumed and analysed, before measuring.
 
+mod live;
 mod load;
 mod plots;
 mod report;
@@ -88,6 +89,19 @@ pub struct Plan {
     pub pipeline_entries: usize,
     pub model_entries: usize,
     pub startup_runs: usize,
+    /// Live updates: writes per configuration, the user's listening devices, idle
+    /// sockets for the memory figure, and the waiting long-polls (clients, seconds).
+    #[serde(default)]
+    pub live_writes: usize,
+    #[serde(default)]
+    pub live_listeners: Vec<usize>,
+    #[serde(default)]
+    pub live_idle_sockets: usize,
+    #[serde(default)]
+    pub live_longpolls: (usize, u32),
+    /// Seconds an unrelated write transaction is held open.
+    #[serde(default)]
+    pub live_held_secs: u32,
 }
 
 impl Plan {
@@ -110,6 +124,11 @@ impl Plan {
             pipeline_entries: 2000,
             model_entries: 1024,
             startup_runs: startup::RUNS,
+            live_writes: 500,
+            live_listeners: vec![1, 10, 100],
+            live_idle_sockets: 200,
+            live_longpolls: (10, 55),
+            live_held_secs: 60,
         }
     }
 
@@ -132,6 +151,11 @@ impl Plan {
             pipeline_entries: 32,
             model_entries: 32,
             startup_runs: 1,
+            live_writes: 20,
+            live_listeners: vec![1, 10],
+            live_idle_sockets: 20,
+            live_longpolls: (3, 2),
+            live_held_secs: 3,
         }
     }
 }
@@ -306,6 +330,9 @@ pub struct Results {
     pub idle_cpu_per_sec: BTreeMap<String, f64>,
     pub ts_worker: Option<String>,
     pub notes: Vec<String>,
+    /// Live updates (`bench/live.rs`); absent in results from before them.
+    #[serde(default)]
+    pub live: Option<live::LiveFigures>,
     pub total_secs: f64,
     pub load_avg_before: String,
     pub load_avg_after: String,
@@ -401,6 +428,7 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
             idle_cpu_per_sec: std::mem::take(&mut bench.idle),
             ts_worker: ts_url.clone(),
             notes: std::mem::take(&mut bench.notes),
+            live: bench.live.take(),
             total_secs: 0.0,
             load_avg_before: bench.load_avg_before.clone(),
             load_avg_after: load_avg(),
@@ -687,6 +715,7 @@ struct Bench {
     loads: Vec<LoadNote>,
     notes: Vec<String>,
     pipeline: Option<Pipeline>,
+    live: Option<live::LiveFigures>,
     idle: BTreeMap<String, f64>,
     load_avg_before: String,
     big_user: (String, String),
@@ -763,6 +792,7 @@ impl Bench {
             loads: Vec::new(),
             notes: Vec::new(),
             pipeline: None,
+            live: None,
             idle: BTreeMap::new(),
             load_avg_before: load_avg(),
             big_user,
@@ -856,6 +886,24 @@ impl Bench {
         }
         self.search()?;
         self.model_and_pipeline()?;
+        self.live()?;
+        Ok(())
+    }
+
+    /// Live updates: write-to-other-device latency, memory per idle socket, the
+    /// long-poll's cost on PostgREST while idle.
+    fn live(&mut self) -> Result<()> {
+        step("live updates: pokes on /live, idle sockets, waiting long-polls");
+        let p = &self.plan;
+        let plan = live::LivePlan {
+            writes: p.live_writes,
+            listeners: p.live_listeners.clone(),
+            idle_sockets: p.live_idle_sockets,
+            longpoll_clients: p.live_longpolls.0,
+            longpoll_wait_secs: p.live_longpolls.1,
+            held_secs: p.live_held_secs,
+        };
+        self.live = Some(live::measure(&self.info, &plan)?);
         Ok(())
     }
 

@@ -433,7 +433,9 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String], st_examples: u32) -> 
     install_signal_handlers();
     let dir = paths.root.join("target/stack-test");
     stack::down(&dir)?;
-    let info = stack::up(paths, &t, &UpOptions { dir: dir.clone(), ports: Ports::free()?, fresh: true, alone: &[] })?;
+    // The sync Worker is also served alone, as deployed: tests/live.rs long-polls it there.
+    let opts = UpOptions { dir: dir.clone(), ports: Ports::free()?, fresh: true, alone: &["sync"] };
+    let info = stack::up(paths, &t, &opts)?;
     step(format!("test stack up in {:.1}s at {}", info.started_in_secs, info.functions_url));
     // The TypeScript baseline Worker, which tests/ts_baseline.rs compares with ours.
     let ts = match bench::start_ts_worker(paths, &info) {

@@ -55,6 +55,12 @@ pub fn draw(r: &Results, dir: &Path, font: &Path) -> Result<Vec<Plot>> {
     latency_by_endpoint(r, &file)?;
     out.push(Plot { title: "Latency per endpoint (bar: p50, line: p99)".into(), file });
 
+    if r.live.as_ref().is_some_and(|l| !l.latency.is_empty()) {
+        let file = dir.join("live_latency.png");
+        live_latency(r, &file)?;
+        out.push(Plot { title: "Write-to-other-device latency on /live (bar: p50, line: p99)".into(), file });
+    }
+
     if r.rows.iter().any(|row| row.target == Target::Ts) {
         let file = dir.join("cpu_per_request.png");
         cpu_per_request(r, &file)?;
@@ -326,6 +332,54 @@ fn latency_by_endpoint(r: &Results, file: &Path) -> Result<()> {
     }
     legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     draw_category_labels(&root, |i| chart.backend_coord(&(i as f64 + 0.5, lo)), &cats)?;
+    root.present().map_err(pe)
+}
+
+fn live_latency(r: &Results, file: &Path) -> Result<()> {
+    let Some(l) = &r.live else { return Ok(()) };
+    let rows = &l.latency;
+    let root = BitMapBackend::new(file, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(pe)?;
+    let hi = rows.iter().map(|r| r.p99_ms).fold(1.0, f64::max);
+    let n = rows.len() as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Write to the other devices' poke (bar: p50, line: p99)", (FONT, 24))
+        .margin(20)
+        .x_label_area_size(60)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..n, 0f64..hi * 1.15)
+        .map_err(pe)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .x_label_formatter(&|_| String::new())
+        .y_desc("latency, ms")
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 17))
+        .draw()
+        .map_err(pe)?;
+    let colour = |w: &str| if w == "upload" { color(Target::Edgesync) } else { color(Target::Direct) };
+    for writer in ["upload", "sql"] {
+        let c = colour(writer);
+        let mut bars = Vec::new();
+        let mut whiskers = Vec::new();
+        for (i, row) in rows.iter().enumerate().filter(|(_, row)| row.writer == writer) {
+            let x0 = i as f64 + 0.2;
+            bars.push(Rectangle::new([(x0, 0.0), (x0 + 0.6, row.p50_ms)], c.filled()));
+            whiskers
+                .push(PathElement::new(vec![(x0 + 0.3, row.p50_ms), (x0 + 0.3, row.p99_ms)], BLACK.stroke_width(1)));
+            whiskers
+                .push(PathElement::new(vec![(x0 + 0.1, row.p99_ms), (x0 + 0.5, row.p99_ms)], BLACK.stroke_width(2)));
+        }
+        let label = if writer == "upload" { "POST /upload" } else { "plain SQL" };
+        chart.draw_series(bars).map_err(pe)?.label(label).legend(bar_key(c));
+        chart.draw_series(whiskers).map_err(pe)?;
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    let cats: Vec<(String, &'static str, u64)> =
+        rows.iter().map(|r| (format!("{} listening\n{}", r.listeners, r.writer), "", 0)).collect();
+    draw_category_labels(&root, |i| chart.backend_coord(&(i as f64 + 0.5, 0.0)), &cats)?;
     root.present().map_err(pe)
 }
 
