@@ -205,7 +205,11 @@ fn a_socket_gets_a_poke_for_each_commit_whoever_writes_and_the_pull_after_it_has
     let id = uuid();
     let checkpoint = write_checkpoint(&upload(&info, &token, &uuid(), json!([put(1, "entries", &id, entry("one"))])));
     assert_eq!(pokes_until(&mut socket, checkpoint).last(), Some(&checkpoint));
-    let a = call("GET", &format!("{}/sync?tables=entries&since={since}", info.functions_url), Some(&token), None);
+    // The poke may come before the watermark has passed the change (any other open
+    // write transaction holds it): the pull after it waits, as clients do, and the
+    // Worker answers once the change is visible.
+    let a =
+        call("GET", &format!("{}/sync?tables=entries&since={since}&wait=10", info.functions_url), Some(&token), None);
     assert_eq!(titles(&a), ["one"]);
 
     // Plain SQL, one statement for two users: one notice, one poke each.
@@ -465,7 +469,8 @@ fn the_reference_client_pulls_on_a_poke_and_long_polls_without_a_socket() {
         edgesync_client::LiveEvent::Quiet => panic!("no poke within 20 s"),
         other => panic!("the socket ended: {other:?}"),
     };
-    let pulled = laptop.pull_delta().unwrap();
+    // After the poke: pull, waiting if the watermark has not passed the change yet.
+    let pulled = laptop.pull_waiting(Duration::from_secs(10)).unwrap();
     assert_eq!(pulled.upserted, 1);
     assert!(pulled.checkpoint >= checkpoint);
 
@@ -603,4 +608,40 @@ fn a_sync_worker_served_alone_long_polls_and_takes_pokes() {
     let (answer, took) = waiting.join().unwrap();
     assert_eq!(titles(&answer), ["served alone"], "{}", answer.text);
     assert!(took < Duration::from_secs(18), "the wait ran out ({took:?}) instead of the poke waking it");
+}
+
+/// Writes through PostgREST directly and through `/populate` poke too: the trigger is
+/// in the database, not in any Worker.
+#[test]
+fn postgrest_and_populate_writes_poke_as_well() {
+    let _guard = exclusive();
+    let info = stack();
+    let (_, token) = new_user(&info);
+    let mut socket = open_socket(&info, &token);
+    let mut admin = db(&info);
+    let before = current_txid(&mut admin);
+    let a = call_with_headers(
+        "POST",
+        &format!("{}/entries", info.postgrest_url),
+        &[("authorization", format!("Bearer {token}")), ("apikey", info.anon_key.clone())],
+        Some(&json!({"title": "through PostgREST", "body_markdown": "", "tags": []})),
+    );
+    assert_eq!(a.status, 201, "{}", a.text);
+    let first = pokes_until(&mut socket, before + 1);
+    let a = call(
+        "POST",
+        &format!("{}/populate", info.functions_url),
+        Some(&token),
+        Some(
+            &json!({"source": "legacy", "records": [{"legacyId": "l-1", "legacyType": "note", "rawText": "imported"}]}),
+        ),
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let after = *first.last().unwrap();
+    let second = pokes_until(&mut socket, after + 1);
+    assert!(second.last().unwrap() > &after, "{first:?} then {second:?}");
+    let a = call("GET", &format!("{}/sync?tables=entries&wait=10", info.functions_url), Some(&token), None);
+    let mut got = titles(&a);
+    got.sort();
+    assert!(got.contains(&"through PostgREST".to_owned()) && got.len() == 2, "{got:?}");
 }

@@ -250,3 +250,69 @@ fn the_webhook_secret_lives_in_vault_and_pg_cron_gets_the_jobs() {
     let refused = pg.query_one("select edgesync.configure_embed_webhook($1, $2)", &[&"ftp://x", &"short"]);
     assert!(refused.is_err());
 }
+
+/// On Supabase the live trigger's notice also goes through pg_net, once configured,
+/// with the secret read from Vault at call time.
+#[test]
+fn live_pokes_go_through_pg_net_with_the_secret_from_vault() {
+    let info = stack();
+    let fresh = FreshDatabase::create(&info);
+    fresh.bootstrap();
+    postgres::Client::connect(&fresh.url(&info.database_url), postgres::NoTls)
+        .unwrap()
+        .batch_execute(HOSTED_STAND_INS)
+        .unwrap();
+    let url = fresh.url(&info.postgres_url);
+    db_push(&info, &url);
+    let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let pokes = |pg: &mut postgres::Client| -> Vec<(String, serde_json::Value, String)> {
+        pg.query(
+            "select url, body::text, headers ->> 'x-live-secret' from net.requests where url like '%/live/poke'
+              order by id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), serde_json::from_str(r.get::<_, &str>(1)).unwrap(), r.get(2)))
+        .collect()
+    };
+    let write = |pg: &mut postgres::Client, user: &str| {
+        let mut tx = pg.transaction().unwrap();
+        tx.batch_execute(&format!(
+            "set local role authenticated;
+             select set_config('request.jwt.claims', '{{\"sub\": \"{user}\", \"role\": \"authenticated\"}}', true);
+             insert into public.entries (title) values ('a'), ('b');"
+        ))
+        .unwrap();
+        let txid: String = tx.query_one("select pg_current_xact_id()::text", &[]).unwrap().get(0);
+        tx.commit().unwrap();
+        txid.parse::<u64>().unwrap()
+    };
+    // Not configured: NOTIFY only.
+    write(&mut pg, &uuid());
+    assert!(pokes(&mut pg).is_empty());
+    let target = "https://edge.example.test/live/poke";
+    let said: String = pg
+        .query_one("select edgesync.configure_live_pokes($1, $2)", &[&target, &"live-secret-0123456789"])
+        .unwrap()
+        .get(0);
+    assert!(said.contains(target) && said.contains("Vault"), "{said}");
+    let user = uuid();
+    let txid = write(&mut pg, &user);
+    let sent = pokes(&mut pg);
+    assert_eq!(sent.len(), 1, "one request for the two-row statement: {sent:?}");
+    assert_eq!(sent[0].0, target);
+    assert_eq!(sent[0].1, serde_json::json!({"checkpoint": (txid + 1).to_string(), "users": [user]}));
+    assert_eq!(sent[0].2, "live-secret-0123456789");
+    let in_bodies: i64 =
+        pg.query_one("select count(*) from pg_proc where prosrc like '%live-secret-0123456789%'", &[]).unwrap().get(0);
+    assert_eq!(in_bodies, 0, "the secret is only in Vault");
+    // Bad calls are refused; `null` stops the pg_net pokes.
+    assert!(pg
+        .query_one("select edgesync.configure_live_pokes($1, $2)", &[&"https://x/elsewhere", &"live-secret-0123456789"])
+        .is_err());
+    assert!(pg.query_one("select edgesync.configure_live_pokes($1, $2)", &[&target, &"short"]).is_err());
+    pg.query_one("select edgesync.configure_live_pokes(null, null)", &[]).unwrap();
+    write(&mut pg, &uuid());
+    assert_eq!(pokes(&mut pg).len(), 1);
+}

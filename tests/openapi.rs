@@ -238,6 +238,7 @@ fn real_answers_match_the_document() {
     populate(&info, s);
     embed_entry_and_drain(&info, s);
     search(&info, s);
+    live(&info, s);
 
     let seen = s.seen.lock().unwrap().clone();
     let mut missing = Vec::new();
@@ -246,7 +247,8 @@ fn real_answers_match_the_document() {
             let method = method.to_ascii_uppercase();
             let statuses: Vec<u16> =
                 seen.iter().filter(|(m, p, _)| *m == method && p == path).map(|(_, _, st)| *st).collect();
-            if !statuses.iter().any(|st| (200..300).contains(st)) {
+            // A WebSocket's success is 101 Switching Protocols.
+            if !statuses.iter().any(|st| (200..300).contains(st) || *st == 101) {
                 missing.push(format!("{method} {path}: no 2xx"));
             }
             let public = path == "/health" || path == "/openapi.json";
@@ -281,6 +283,80 @@ fn health(info: &StackInfo, s: &Spec) {
         let r = s.expect(send(info, method, "/health", &[], None), 405, Some("method_not_allowed"));
         assert_eq!(r.header("allow"), Some("GET, HEAD"));
     }
+}
+
+/// A refused WebSocket handshake of `/live`: an upgrade request over plain HTTP, so the
+/// whole error answer is read (a WebSocket client may stop at the headers).
+fn live_refused(info: &StackInfo, headers: &[(&str, String)]) -> Resp {
+    let mut all = vec![
+        ("upgrade", "websocket".to_owned()),
+        ("connection", "Upgrade".to_owned()),
+        ("sec-websocket-version", "13".to_owned()),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==".to_owned()),
+    ];
+    all.extend(headers.iter().cloned());
+    send(info, "GET", "/live", &all, None)
+}
+
+/// An accepted `/live` handshake (ureq cannot upgrade), as a `Resp`.
+fn live_accepted(info: &StackInfo, headers: &[(&str, String)]) -> Resp {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}/live", info.functions_url.replacen("http://", "ws://", 1)).into_client_request().unwrap();
+    for (k, v) in headers {
+        let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        req.headers_mut().insert(name, v.parse().unwrap());
+    }
+    let (_, r) = tungstenite::connect(req).unwrap_or_else(|e| panic!("GET /live: {e}"));
+    let headers = r
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_ascii_lowercase(), v.to_owned())))
+        .collect();
+    Resp {
+        method: "GET".into(),
+        path: "/live".into(),
+        status: r.status().as_u16(),
+        headers,
+        text: String::new(),
+        body: Value::Null,
+    }
+}
+
+fn live(info: &StackInfo, s: &Spec) {
+    let (user, token) = new_user(info);
+    s.expect(get(info, "/live", Some(&token)), 426, Some("upgrade_required"));
+    s.expect(live_refused(info, &[]), 401, Some("missing_token"));
+    s.expect(live_refused(info, &[bearer("abc")]), 401, Some("invalid_token"));
+    s.expect(live_refused(info, &[bearer(&info.service_role_key)]), 403, Some("user_required"));
+    let r =
+        s.expect(live_accepted(info, &[("sec-websocket-protocol", format!("edgesync, bearer.{token}"))]), 101, None);
+    assert_eq!(r.header("sec-websocket-protocol"), Some("edgesync"));
+    s.expect(live_accepted(info, &[bearer(&token)]), 101, None);
+
+    let secret = ("x-live-secret", info.live_poke_secret.clone());
+    let poke = json!({"checkpoint": "7", "users": [user]});
+    let body = poke.to_string();
+    s.expect(send(info, "POST", "/live/poke", &[json_type(), secret.clone()], Some(body.as_bytes())), 202, None);
+    s.expect(send(info, "POST", "/live/poke", &[json_type()], Some(body.as_bytes())), 401, Some("invalid_poke_secret"));
+    s.expect(send(info, "POST", "/live/poke", &[json_type(), secret.clone()], Some(b"{}")), 400, Some("invalid_poke"));
+    s.expect(
+        send(info, "POST", "/live/poke", &[secret.clone()], Some(body.as_bytes())),
+        415,
+        Some("unsupported_media_type"),
+    );
+    s.expect(send(info, "GET", "/live/poke", &[secret], None), 405, Some("method_not_allowed"));
+    let big = format!(r#"{{"checkpoint":"7","users":[],"x":"{}"}}"#, "y".repeat(70_000));
+    s.expect(
+        send(
+            info,
+            "POST",
+            "/live/poke",
+            &[json_type(), ("x-live-secret", info.live_poke_secret.clone())],
+            Some(big.as_bytes()),
+        ),
+        413,
+        Some("payload_too_large"),
+    );
 }
 
 fn sync(info: &StackInfo, s: &Spec) {

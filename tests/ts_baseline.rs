@@ -461,7 +461,13 @@ fn assert_same_error(what: &str, r: &Answer, t: &Answer, same_message: bool) {
     let te = t.assert_error(r.status, r.body["error"]["code"].as_str().unwrap_or("?"));
     assert_eq!(te["details"], re["details"], "{what}:\nrust {}\nts   {}", r.text, t.text);
     if same_message {
-        assert_eq!(te["message"], re["message"], "{what}:\nrust {}\nts   {}", r.text, t.text);
+        // The TypeScript Worker has no long-poll: its list of /sync's parameters has no
+        // `wait`. Nothing else in a message may differ.
+        let rust = re["message"]
+            .as_str()
+            .unwrap_or_default()
+            .replace("since, tables, limit and wait", "since, tables and limit");
+        assert_eq!(te["message"].as_str().unwrap_or_default(), rust, "{what}:\nrust {}\nts   {}", r.text, t.text);
     }
     assert_eq!(t.www_authenticate, r.www_authenticate, "{what}: www-authenticate");
     assert_eq!(t.allow, r.allow, "{what}: allow");

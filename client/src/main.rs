@@ -252,6 +252,11 @@ fn sync_live(client: &mut Client) -> Result<(), Fail> {
                         LiveEvent::Poke(checkpoint) => {
                             if client.status()?.checkpoint < checkpoint {
                                 report(sync_once(client));
+                                // The poke can come before the watermark has passed its
+                                // change: then the next pull waits for it.
+                                if client.status()?.checkpoint < checkpoint {
+                                    report(pull_waiting(client));
+                                }
                                 last_pull = std::time::Instant::now();
                             }
                         }
@@ -274,11 +279,18 @@ fn sync_live(client: &mut Client) -> Result<(), Fail> {
             Err(e) => {
                 eprintln!("live: no socket ({e}); long-polling instead");
                 report(client.push_outbox().map(|_| ()).map_err(Fail::from));
-                report(client.pull_waiting(LONG_POLL).map(|_| ()).map_err(Fail::from));
+                report(pull_waiting(client));
                 std::thread::sleep(client.retry_in());
             }
         }
     }
+}
+
+/// A long-poll, reported like a sync.
+fn pull_waiting(client: &mut Client) -> Result<(), Fail> {
+    let p = client.pull_waiting(LONG_POLL)?;
+    eprintln!("pulled {} rows and {} deletions (waited); checkpoint {}", p.upserted, p.deleted, p.checkpoint);
+    Ok(())
 }
 
 fn report(outcome: Result<(), Fail>) {

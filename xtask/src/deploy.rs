@@ -683,7 +683,18 @@ pub fn dry_run(paths: &Paths, tools: &Tools, env: &Env, secrets: &BTreeMap<Strin
         let vars =
             g.table.get("vars").and_then(|v| v.as_table()).map(|v| v.keys().cloned().collect()).unwrap_or_default();
         let services: Vec<String> = service_field(&g.table, "binding").collect();
-        let expected: BTreeSet<String> = services.iter().cloned().chain::<Vec<String>>(vars).collect();
+        // Durable Object namespaces (the sync Worker's LIVE) are bindings too.
+        let objects: Vec<String> = g
+            .table
+            .get("durable_objects")
+            .and_then(|d| d.get("bindings"))
+            .and_then(|b| b.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+            .collect();
+        let expected: BTreeSet<String> =
+            services.iter().cloned().chain(objects).chain::<Vec<String>>(vars).collect();
         if seen != expected {
             problems.push(format!("{}: wrangler shows the bindings {seen:?}, not {expected:?}", g.worker));
         }
