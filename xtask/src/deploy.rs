@@ -693,8 +693,7 @@ pub fn dry_run(paths: &Paths, tools: &Tools, env: &Env, secrets: &BTreeMap<Strin
             .flatten()
             .filter_map(|b| b.get("name").and_then(|n| n.as_str()).map(str::to_owned))
             .collect();
-        let expected: BTreeSet<String> =
-            services.iter().cloned().chain(objects).chain::<Vec<String>>(vars).collect();
+        let expected: BTreeSet<String> = services.iter().cloned().chain(objects).chain::<Vec<String>>(vars).collect();
         if seen != expected {
             problems.push(format!("{}: wrangler shows the bindings {seen:?}, not {expected:?}", g.worker));
         }
