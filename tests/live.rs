@@ -156,6 +156,8 @@ fn a_plain_sql_write_wakes_a_waiting_pull() {
 
 #[test]
 fn with_nothing_to_pull_the_wait_ends_with_the_empty_page() {
+    // Its pulls would read as another test's long-poll having started (`long_poll`).
+    let _guard = exclusive();
     let info = stack();
     let (_, token) = new_user(&info);
     let since = cursor(&info, &token);
