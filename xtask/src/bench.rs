@@ -61,6 +61,8 @@ pub struct Options {
     pub report_only: bool,
     /// Leave the bench's stack (and the TS Worker) running afterwards.
     pub keep: bool,
+    /// Only the live-updates figures, on a stack of their own, into `bench/LIVE.md`.
+    pub live_only: bool,
 }
 
 /// What to run: sizes and request counts.
@@ -396,6 +398,9 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     let t = tools::ensure(paths)?;
     build::build(paths, &t, &[])?;
     ensure_font()?;
+    if opts.live_only {
+        return live_only(paths, &t, plan, opts.smoke);
+    }
     // The run's time, after the tools and the build (which are cached between runs).
     let started = Instant::now();
     let scratch = paths.target().join(if opts.smoke { "bench-smoke" } else { "bench" });
@@ -451,6 +456,59 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     results.total_secs = started.elapsed().as_secs_f64();
     std::fs::write(scratch.join("results.json"), serde_json::to_vec_pretty(&results)?)?;
     write_report(paths, &results, opts.smoke)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn live_plan(p: &Plan) -> live::LivePlan {
+    live::LivePlan {
+        writes: p.live_writes,
+        listeners: p.live_listeners.clone(),
+        idle_sockets: p.live_idle_sockets,
+        longpoll_clients: p.live_longpolls.0,
+        longpoll_wait_secs: p.live_longpolls.1,
+        held_secs: p.live_held_secs,
+    }
+}
+
+/// `cargo xtask bench --live`: the live-updates section alone, on its own stack, into
+/// `bench/LIVE.md` and `bench/plots/live_latency.png` (smoke: under target/).
+fn live_only(paths: &Paths, t: &tools::Tools, plan: Plan, smoke: bool) -> Result<ExitCode> {
+    let started = Instant::now();
+    let machine = report::Machine::describe(paths, t)?;
+    let dir = paths.target().join("stack-bench-live");
+    stack::down(&dir)?;
+    let info = stack::up(paths, t, &UpOptions { dir: dir.clone(), ports: Ports::free()?, fresh: true, alone: &[] })?;
+    let load_avg_before = load_avg();
+    let figures = live::measure(&info, &live_plan(&plan));
+    stack::down(&dir)?;
+    let results = Results {
+        smoke,
+        plan,
+        machine,
+        rows: Vec::new(),
+        wasm: Vec::new(),
+        pipeline: None,
+        loads: Vec::new(),
+        idle_cpu_per_sec: BTreeMap::new(),
+        ts_worker: None,
+        notes: Vec::new(),
+        live: Some(figures?),
+        total_secs: started.elapsed().as_secs_f64(),
+        load_avg_before,
+        load_avg_after: load_avg(),
+    };
+    let (out_dir, plots_dir) = if smoke {
+        let d = paths.target().join("bench-live-smoke");
+        (d.clone(), d.join("plots"))
+    } else {
+        (paths.root.join("bench"), paths.root.join("bench/plots"))
+    };
+    std::fs::create_dir_all(&plots_dir)?;
+    let plot = plots::live(&results, &plots_dir, Path::new(FONT))?;
+    std::fs::write(out_dir.join("results-live.json"), serde_json::to_vec_pretty(&results)?)?;
+    let file = out_dir.join("LIVE.md");
+    std::fs::write(&file, report::live_markdown(&results, &plot, &out_dir))?;
+    step(format!("live bench finished in {:.0}s: {}", results.total_secs, file.display()));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -894,16 +952,7 @@ impl Bench {
     /// long-poll's cost on PostgREST while idle.
     fn live(&mut self) -> Result<()> {
         step("live updates: pokes on /live, idle sockets, waiting long-polls");
-        let p = &self.plan;
-        let plan = live::LivePlan {
-            writes: p.live_writes,
-            listeners: p.live_listeners.clone(),
-            idle_sockets: p.live_idle_sockets,
-            longpoll_clients: p.live_longpolls.0,
-            longpoll_wait_secs: p.live_longpolls.1,
-            held_secs: p.live_held_secs,
-        };
-        self.live = Some(live::measure(&self.info, &plan)?);
+        self.live = Some(live::measure(&self.info, &live_plan(&self.plan))?);
         Ok(())
     }
 

@@ -277,6 +277,7 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
                 smoke: flags.flag("--smoke"),
                 keep: flags.flag("--keep"),
                 report_only: flags.flag("--report-only"),
+                live_only: flags.flag("--live"),
             };
             flags.done()?;
             return bench::run(&paths, opts);

@@ -111,6 +111,8 @@ fn held_back(info: &StackInfo, hold_secs: u32) -> Result<(f64, String)> {
     let sql = |e: postgres::Error| Error(format!("bench: the held transaction: {e}"));
     let mut holder = postgres::Client::connect(&info.database_url, postgres::NoTls).map_err(sql)?;
     let mut held = holder.transaction().map_err(sql)?;
+    // The stack ends transactions idle for 60 s; this one is held on purpose.
+    held.batch_execute("set local idle_in_transaction_session_timeout = 0").map_err(sql)?;
     held.query_one("select pg_current_xact_id()", &[]).map_err(sql)?;
     let held_at = Instant::now();
     let user = keys::random_uuid();

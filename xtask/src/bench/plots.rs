@@ -69,6 +69,17 @@ pub fn draw(r: &Results, dir: &Path, font: &Path) -> Result<Vec<Plot>> {
     Ok(out)
 }
 
+/// The live-updates plot alone (`cargo xtask bench --live`).
+pub fn live(r: &Results, dir: &Path, font: &Path) -> Result<Plot> {
+    let bytes = std::fs::read(font).context(format!("could not read the font {}", font.display()))?;
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font(FONT, FontStyle::Normal, bytes)
+        .map_err(|_| Error(format!("{} is not a font plotters can use", font.display())))?;
+    let file = dir.join("live_latency.png");
+    live_latency(r, &file)?;
+    Ok(Plot { title: "Write-to-other-device latency on /live (bar: p50, line: p99)".into(), file })
+}
+
 /// The legend box every plot has, at `position`.
 fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
