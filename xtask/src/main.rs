@@ -241,7 +241,7 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             stack::serve_jwks(port, std::path::Path::new(&file))?;
         }
         "embed-relay" | "live-relay" => {
-            let relay = if task == "live-relay" { &xtask::relay::LIVE } else { &xtask::relay::EMBED };
+            let relay = if task == xtask::relay::LIVE.command { &xtask::relay::LIVE } else { &xtask::relay::EMBED };
             let database_url = flags.value("--database-url")?.context("--database-url is required")?;
             let target = flags.value("--target")?.context("--target is required")?;
             flags.done()?;

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 /// One relay: the channel it listens on and how it delivers.
 #[derive(Debug, Clone, Copy)]
 pub struct Relay {
+    /// The xtask subcommand that runs it; also its log's name.
+    pub command: &'static str,
     pub channel: &'static str,
     /// Its `application_name` once listening: how the stack knows it is ready.
     pub application_name: &'static str,
@@ -35,6 +37,7 @@ pub struct Relay {
 
 /// The embedding webhook's relay (`xtask embed-relay`).
 pub const EMBED: Relay = Relay {
+    command: "embed-relay",
     channel: "edgesync_embed",
     application_name: "edgesync-embed-relay",
     secret_header: "x-webhook-secret",
@@ -44,6 +47,7 @@ pub const EMBED: Relay = Relay {
 
 /// The live pokes' relay (`xtask live-relay`).
 pub const LIVE: Relay = Relay {
+    command: "live-relay",
     channel: "edgesync_live",
     application_name: "edgesync-live-relay",
     secret_header: live::POKE_SECRET_HEADER,

@@ -280,7 +280,7 @@ impl StackInfo {
 
     /// Start the webhook relay and wait until it is listening.
     pub fn start_relay(&mut self) -> Result<()> {
-        let pid = self.spawn_relay(&crate::relay::EMBED, "embed-relay", "embed_entry", &self.embed_webhook_secret)?;
+        let pid = self.spawn_relay(&crate::relay::EMBED, "embed_entry", &self.embed_webhook_secret)?;
         self.pids.relay = pid;
         self.wait_for_relay(&crate::relay::EMBED, pid)?;
         self.record_pid(|p| p.relay = pid)
@@ -296,23 +296,23 @@ impl StackInfo {
 
     /// Start the live relay and wait until it is listening.
     pub fn start_live_relay(&mut self) -> Result<()> {
-        let pid = self.spawn_relay(&crate::relay::LIVE, "live-relay", "live/poke", &self.live_poke_secret)?;
+        let pid = self.spawn_relay(&crate::relay::LIVE, "live/poke", &self.live_poke_secret)?;
         self.pids.live_relay = pid;
         self.wait_for_relay(&crate::relay::LIVE, pid)?;
         self.record_pid(|p| p.live_relay = pid)
     }
 
-    fn spawn_relay(&self, relay: &crate::relay::Relay, command: &str, path: &str, secret: &str) -> Result<u32> {
+    fn spawn_relay(&self, relay: &crate::relay::Relay, path: &str, secret: &str) -> Result<u32> {
         let mut cmd = Command::new(&self.xtask_bin);
-        cmd.args([command, "--database-url", &self.database_url, "--target"])
+        cmd.args([relay.command, "--database-url", &self.database_url, "--target"])
             .arg(format!("{}/{path}", self.functions_url))
             .env(relay.secret_env, secret);
-        procs::spawn(cmd, &self.logs_dir.join(format!("{command}.log")), None)
+        procs::spawn(cmd, &self.logs_dir.join(format!("{}.log", relay.command)), None)
     }
 
     /// Wait until a relay is listening on the database.
     fn wait_for_relay(&self, relay: &crate::relay::Relay, pid: u32) -> Result<()> {
-        let log = self.logs_dir.join(format!("{}.log", if relay.coalesce { "live-relay" } else { "embed-relay" }));
+        let log = self.logs_dir.join(format!("{}.log", relay.command));
         let query =
             format!("select count(*) from pg_stat_activity where application_name = '{}'", relay.application_name);
         wait_for(&format!("the {} relay to listen", relay.channel), Duration::from_secs(20), || {

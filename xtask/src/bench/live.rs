@@ -227,8 +227,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    super::load::nearest_rank(sorted, p / 100.0)
 }
 
 fn latency(info: &StackInfo, writer: &str, listeners: usize, writes: usize) -> Result<LatencyRow> {

@@ -186,6 +186,12 @@ pub struct Measure {
     pub rss_mib: BTreeMap<String, f64>,
 }
 
+/// The nearest-rank percentile `p` (0 to 1) of sorted, non-empty `v`.
+pub fn nearest_rank(v: &[f64], p: f64) -> f64 {
+    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
 impl Measure {
     pub fn add(&mut self, other: Measure) {
         self.requests += other.requests;
@@ -209,8 +215,7 @@ impl Measure {
         }
         let mut v = self.latencies_ms.clone();
         v.sort_by(|a, b| a.total_cmp(b));
-        let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        v[rank - 1]
+        nearest_rank(&v, p)
     }
 
     pub fn requests_per_sec(&self) -> f64 {

@@ -31,12 +31,17 @@ fn color(t: Target) -> RGBColor {
 
 const FONT: &str = "sans-serif";
 
-pub fn draw(r: &Results, dir: &Path, font: &Path) -> Result<Vec<Plot>> {
+/// Give plotters the TTF file every plot's text is drawn with.
+fn register_font(font: &Path) -> Result<()> {
     let bytes = std::fs::read(font).context(format!("could not read the font {}", font.display()))?;
     // plotters keeps registered fonts for the life of the process.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font(FONT, FontStyle::Normal, bytes)
-        .map_err(|_| Error(format!("{} is not a font plotters can use", font.display())))?;
+        .map_err(|_| Error(format!("{} is not a font plotters can use", font.display())))
+}
+
+pub fn draw(r: &Results, dir: &Path, font: &Path) -> Result<Vec<Plot>> {
+    register_font(font)?;
     let mut out = Vec::new();
     let targets: Vec<Target> = [Target::Edgesync, Target::EdgesyncGateway, Target::Ts, Target::Direct]
         .into_iter()
@@ -71,10 +76,7 @@ pub fn draw(r: &Results, dir: &Path, font: &Path) -> Result<Vec<Plot>> {
 
 /// The live-updates plot alone (`cargo xtask bench --live`).
 pub fn live(r: &Results, dir: &Path, font: &Path) -> Result<Plot> {
-    let bytes = std::fs::read(font).context(format!("could not read the font {}", font.display()))?;
-    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    plotters::style::register_font(FONT, FontStyle::Normal, bytes)
-        .map_err(|_| Error(format!("{} is not a font plotters can use", font.display())))?;
+    register_font(font)?;
     let file = dir.join("live_latency.png");
     live_latency(r, &file)?;
     Ok(Plot { title: "Write-to-other-device latency on /live (bar: p50, line: p99)".into(), file })
