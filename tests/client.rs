@@ -278,14 +278,6 @@ fn a_pending_write_is_never_hidden_by_a_pull_and_the_conflict_is_reported() {
     assert_eq!(b.get("entries", &id).unwrap().unwrap()["title"], "a's edit");
 }
 
-fn cli_bin() -> PathBuf {
-    let path = std::env::var_os("EDGESYNC_CLIENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/edgesync-client"));
-    assert!(path.exists(), "{} is missing: build it with `cargo build -p edgesync-client`", path.display());
-    path
-}
-
 fn cli(db: &std::path::Path, url: Option<&str>, args: &[&str]) -> (bool, String, String) {
     let mut cmd = Command::new(cli_bin());
     cmd.arg("--db").arg(db);

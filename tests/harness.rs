@@ -226,6 +226,15 @@ pub fn uuid() -> String {
     keys::random_uuid()
 }
 
+/// The `edgesync-client` CLI binary (`cargo xtask test` builds it and says where).
+pub fn cli_bin() -> PathBuf {
+    let path = std::env::var_os("EDGESYNC_CLIENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/edgesync-client"));
+    assert!(path.exists(), "{} is missing: build it with `cargo build -p edgesync-client`", path.display());
+    path
+}
+
 /// A fresh user: (user id, HS256 token).
 pub fn new_user(info: &StackInfo) -> (String, String) {
     let id = uuid();

@@ -501,14 +501,6 @@ fn the_reference_client_pulls_on_a_poke_and_long_polls_without_a_socket() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn cli_bin() -> std::path::PathBuf {
-    let path = std::env::var_os("EDGESYNC_CLIENT_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/edgesync-client"));
-    assert!(path.exists(), "{} is missing: build it with `cargo build -p edgesync-client`", path.display());
-    path
-}
-
 /// README "Live updates": two terminals, each seeing the other's writes at once.
 #[test]
 fn two_terminals_with_sync_live_see_each_others_writes() {

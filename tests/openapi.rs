@@ -340,7 +340,7 @@ fn live(info: &StackInfo, s: &Spec) {
     s.expect(send(info, "POST", "/live/poke", &[json_type()], Some(body.as_bytes())), 401, Some("invalid_poke_secret"));
     s.expect(send(info, "POST", "/live/poke", &[json_type(), secret.clone()], Some(b"{}")), 400, Some("invalid_poke"));
     s.expect(
-        send(info, "POST", "/live/poke", &[secret.clone()], Some(body.as_bytes())),
+        send(info, "POST", "/live/poke", std::slice::from_ref(&secret), Some(body.as_bytes())),
         415,
         Some("unsupported_media_type"),
     );

@@ -171,10 +171,11 @@ fn stub(env: &Env, user: &str) -> Result<worker::Stub, ApiError> {
     env.durable_object(BINDING).and_then(|ns| ns.get_by_name(user)).map_err(unavailable)
 }
 
-async fn call(env: &Env, user: &str, method: Method, path: &str) -> Result<Response, ApiError> {
+/// One request to `user`'s hub; its answer as it is (a 101 included).
+async fn call(env: &Env, user: &str, method: Method, path: &str, headers: Headers) -> Result<Response, ApiError> {
     let stub = stub(env, user)?;
     let mut init = RequestInit::new();
-    init.with_method(method);
+    init.with_method(method).with_headers(headers);
     let req = Request::new_with_init(&format!("https://hub{path}"), &init)
         .map_err(|e| ApiError::internal("could not ask the live hub").with_log_detail(e.to_string()))?;
     edge::upstream(stub.fetch_with_request(req)).await.map_err(|e| {
@@ -185,12 +186,12 @@ async fn call(env: &Env, user: &str, method: Method, path: &str) -> Result<Respo
 
 /// Tell `user`'s hub about a change reaching `checkpoint`.
 pub async fn poke(env: &Env, user: &str, checkpoint: u64) -> Result<(), ApiError> {
-    call(env, user, Method::Post, &format!("/poke?checkpoint={checkpoint}")).await.map(|_| ())
+    call(env, user, Method::Post, &format!("/poke?checkpoint={checkpoint}"), Headers::new()).await.map(|_| ())
 }
 
 /// Wait up to `ms` for a poke newer than `after`: its checkpoint, or `None`.
 pub async fn wait(env: &Env, user: &str, after: u64, ms: u64) -> Result<Option<u64>, ApiError> {
-    let mut answer = call(env, user, Method::Get, &format!("/wait?after={after}&ms={ms}")).await?;
+    let mut answer = call(env, user, Method::Get, &format!("/wait?after={after}&ms={ms}"), Headers::new()).await?;
     let body: serde_json::Value = answer
         .json()
         .await
@@ -200,16 +201,8 @@ pub async fn wait(env: &Env, user: &str, after: u64, ms: u64) -> Result<Option<u
 
 /// Open the caller's socket on their hub; the 101 answer is passed back as it is.
 pub async fn open_socket(env: &Env, user: &str, expires: u64, subprotocol: bool) -> Result<Response, ApiError> {
-    let stub = stub(env, user)?;
     let headers = Headers::new();
     let _ = headers.set("upgrade", "websocket");
-    let mut init = RequestInit::new();
-    init.with_method(Method::Get).with_headers(headers);
-    let url = format!("https://hub/socket?expires={expires}&subprotocol={}", u8::from(subprotocol));
-    let req = Request::new_with_init(&url, &init)
-        .map_err(|e| ApiError::internal("could not ask the live hub").with_log_detail(e.to_string()))?;
-    stub.fetch_with_request(req).await.map_err(|e| {
-        ApiError::unavailable("live_unavailable", "live updates are not available right now")
-            .with_log_detail(e.to_string())
-    })
+    let path = format!("/socket?expires={expires}&subprotocol={}", u8::from(subprotocol));
+    call(env, user, Method::Get, &path, headers).await
 }
