@@ -242,10 +242,12 @@ pub fn new_user(info: &StackInfo) -> (String, String) {
     (id, token)
 }
 
-/// The id of the current transaction (on a plain connection: of a new one, which is
-/// later than every transaction committed before it).
-pub fn current_txid(db: &mut impl postgres::GenericClient) -> u64 {
-    db.query_one("select pg_current_xact_id()::text", &[]).unwrap().get::<_, String>(0).parse().unwrap()
+/// The sync position of the current transaction, the version its synced rows get
+/// (taken now if it has none; on a plain connection: of a new transaction, which is
+/// above every position committed before it). A transaction holding one holds the
+/// pull watermark until it ends.
+pub fn current_position(db: &mut impl postgres::GenericClient) -> u64 {
+    db.query_one("select edgesync.sync_position()::text", &[]).unwrap().get::<_, String>(0).parse().unwrap()
 }
 
 /// The version (`_txid`) of a row of `entries`.
@@ -364,7 +366,7 @@ impl Replica {
     }
 
     /// Pull until the replica has caught up with `checkpoint` (a write checkpoint from
-    /// `/upload`, or one past a transaction id).
+    /// `/upload`, or one past a sync position).
     pub fn catch_up(&mut self, checkpoint: u64, limit: u32) {
         eventually("the pull to reach the checkpoint", Duration::from_secs(30), || {
             self.drain(limit);

@@ -226,7 +226,7 @@ fn a_socket_gets_a_poke_for_each_commit_whoever_writes_and_the_pull_after_it_has
             &[&uuid(), &uuid(), &user, &other],
         )
         .unwrap();
-        let txid = current_txid(&mut tx);
+        let txid = current_position(&mut tx);
         tx.commit().unwrap();
         txid
     };
@@ -303,11 +303,11 @@ fn a_poke_ahead_of_the_watermark_is_waited_for_not_answered_empty() {
     let info = stack();
     let (user, token) = new_user(&info);
     let since = cursor(&info, &token);
-    // An unrelated write transaction takes its id first and stays open: the watermark
+    // Another synced writer takes its position first and stays open: the watermark
     // stays below it, so the user's change, committed after, is not yet pullable.
     let mut holder = db(&info);
     let mut held = holder.transaction().unwrap();
-    current_txid(&mut held);
+    current_position(&mut held);
     let waiting = long_poll(&info, &token, &since, 20);
     let mut admin = db(&info);
     admin
@@ -613,7 +613,7 @@ fn postgrest_and_populate_writes_poke_as_well() {
     let (_, token) = new_user(&info);
     let mut socket = open_socket(&info, &token);
     let mut admin = db(&info);
-    let before = current_txid(&mut admin);
+    let before = current_position(&mut admin);
     let a = call_with_headers(
         "POST",
         &format!("{}/entries", info.postgrest_url),

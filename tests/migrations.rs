@@ -284,7 +284,7 @@ fn live_pokes_go_through_pg_net_with_the_secret_from_vault() {
              insert into public.entries (title) values ('a'), ('b');"
         ))
         .unwrap();
-        let txid: String = tx.query_one("select pg_current_xact_id()::text", &[]).unwrap().get(0);
+        let txid: String = tx.query_one("select edgesync.sync_position()::text", &[]).unwrap().get(0);
         tx.commit().unwrap();
         txid.parse::<u64>().unwrap()
     };

@@ -429,7 +429,7 @@ fn sync(info: &StackInfo, s: &Spec) {
     let mut db = db(info);
     db.execute(
         "insert into edgesync.purge_horizons (user_id, horizon, purged_xid)
-         values ($1::text::uuid, pg_current_xact_id(), pg_current_xact_id())",
+         values ($1::text::uuid, edgesync.sync_position(), edgesync.sync_position())",
         &[&user],
     )
     .unwrap();

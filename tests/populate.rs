@@ -845,11 +845,12 @@ fn a_populate_answers_a_write_checkpoint_that_a_pull_reaches_with_its_rows() {
     let _x = exclusive();
     let info = stack();
     let (_user, token) = new_user(&info);
-    // Another write in flight, begun before the populate: the pull watermark stays below
-    // it, so the populated rows cannot be pulled yet, and the answer must say so.
+    // Another synced write in flight, begun before the populate: the pull watermark
+    // stays below it, so the populated rows cannot be pulled yet, and the answer must
+    // say so.
     let mut other = db(&info);
     let mut in_flight = other.transaction().unwrap();
-    in_flight.query_one("select pg_current_xact_id()::text", &[]).unwrap();
+    current_position(&mut in_flight);
 
     let records = json!([
         {"legacyId": "wc-1", "legacyType": "task", "title": "Loaded while another write was open"},

@@ -109,13 +109,13 @@ fn tombstones_carry_only_the_id_and_sync_never_sends_server_only_columns() {
         &[&vector, &keep],
     )
     .unwrap();
-    let marker = current_txid(&mut db);
+    let marker = current_position(&mut db);
     let before = replica.deliveries;
     replica.catch_up(marker + 1, 1000);
     assert_eq!(replica.deliveries, before, "an embedding-only write re-sent the row");
     // ...while a client-visible change is sent, still without the embedding.
     db.execute("update public.entries set title = 'changed' where id = $1::text::uuid", &[&keep]).unwrap();
-    let marker = current_txid(&mut db);
+    let marker = current_position(&mut db);
     replica.catch_up(marker + 1, 1000);
     assert_eq!(replica.table("entries")[&keep]["title"], "changed");
     assert!(replica.table("entries")[&keep].get("embedding").is_none());
@@ -187,7 +187,7 @@ fn a_row_committed_late_by_an_older_transaction_is_not_missed() {
         &[&r1, &uid],
     )
     .unwrap();
-    let r1_txid = current_txid(&mut t1);
+    let r1_txid = current_position(&mut t1);
     let mut t2 = db(&info);
     t2.execute(
         "insert into public.entries (id, user_id, title) values ($1::text::uuid, $2::text::uuid, 'R2 (T2, quick)')",
@@ -228,6 +228,61 @@ fn a_row_committed_late_by_an_older_transaction_is_not_missed() {
     // The control: the naive cursor has already passed R1's updated_at, so it never sees it.
     let second = naive(&mut reader, &naive_since);
     assert!(second.iter().all(|(id, _)| id != &r1), "the naive query was expected to miss R1");
+}
+
+/// A transaction takes its id in a write to a table no one syncs and stays open, as a
+/// pg_cron job, a backfill or a migration would. Meanwhile other writes are pulled at
+/// once: it holds no one's pull back (with the snapshot's xmin as the watermark, each
+/// `catch_up` here would wait for it and time out). Only later does it write a synced
+/// row, with its id now far below every cursor handed out meanwhile; while it is open
+/// the cursor does not pass that row, and once it commits the row is delivered.
+#[test]
+fn an_unrelated_long_transaction_holds_no_pull_back_and_its_late_synced_row_is_not_missed() {
+    let info = stack();
+    let (uid, token) = new_user(&info);
+    let client = uuid();
+    let mut replica = Replica::new(&info, &token, Some("entries"));
+    replica.drain(100);
+
+    let mut long_conn = db(&info);
+    let mut long = long_conn.transaction().unwrap();
+    long.batch_execute("create temporary table unrelated (x int) on commit drop; insert into unrelated values (1)")
+        .unwrap();
+    let has_id: bool = long.query_one("select pg_current_xact_id_if_assigned() is not null", &[]).unwrap().get(0);
+    assert!(has_id, "the scenario needs the long transaction to hold an id");
+
+    let mut quick = Vec::new();
+    for op in 1..=3 {
+        let id = uuid();
+        let up =
+            upload(&info, &token, &client, json!([put(op, "entries", &id, json!({"title": format!("quick {op}")}))]));
+        assert_eq!(statuses(&up), ["applied"], "{}", up.text);
+        replica.catch_up(write_checkpoint(&up), 100);
+        assert!(replica.table("entries").contains_key(&id), "quick write {op} not delivered");
+        quick.push(id);
+    }
+
+    // Now, late, its synced write.
+    let late = uuid();
+    long.execute(
+        "insert into public.entries (id, user_id, title) values ($1::text::uuid, $2::text::uuid, 'late, from the long transaction')",
+        &[&late, &uid],
+    )
+    .unwrap();
+    let late_position = current_position(&mut long);
+    // A write committed after it is not pullable past it while it is open.
+    let after = uuid();
+    let up = upload(&info, &token, &client, json!([put(4, "entries", &after, json!({"title": "after"}))]));
+    assert_eq!(statuses(&up), ["applied"], "{}", up.text);
+    replica.drain(1);
+    assert!(replica.checkpoint <= late_position, "the cursor passed a synced writer that is still open");
+    assert!(!replica.table("entries").contains_key(&late));
+
+    long.commit().unwrap();
+    replica.catch_up(write_checkpoint(&up).max(late_position + 1), 1);
+    let rows = replica.table("entries");
+    assert!(rows.contains_key(&late), "/sync missed the row the long transaction wrote late");
+    assert!(rows.contains_key(&after) && quick.iter().all(|id| rows.contains_key(id)));
 }
 
 /// Several writers commit randomly interleaved transactions (inserts, updates, soft
@@ -283,7 +338,7 @@ fn concurrent_writers_and_a_paging_reader_converge_exactly() {
         h.join().expect("a writer failed");
     }
     let mut db = db(&info);
-    let end = current_txid(&mut db);
+    let end = current_position(&mut db);
     let mut total = 0;
     for ((uid, _), replica) in users.iter().zip(&mut replicas) {
         replica.catch_up(end + 1, 3);
@@ -843,12 +898,12 @@ fn a_cursor_older_than_the_purge_horizon_must_resync() {
     stale.assert_error(410, "resync_required");
     // Starting over works, page by page through positions below the horizon (the
     // rebuild began after the purge), and no longer shows the purged row. A scan's
-    // origin is its first snapshot's xmin, so a transaction that began before the purge
-    // and is still running (another test's, or an embedding write-back) would date the
-    // rebuild before the purge: wait until every such transaction has ended.
-    eventually("transactions older than the purge to end", std::time::Duration::from_secs(30), || {
+    // origin is its first watermark, so a synced writer that took its position before
+    // the purge and is still running (another test's) would date the rebuild before the
+    // purge: wait until the watermark has passed the purge.
+    eventually("synced writers older than the purge to end", std::time::Duration::from_secs(30), || {
         db.query_one(
-            "select pg_snapshot_xmin(pg_current_snapshot()) > h.purged_xid from edgesync.purge_horizons h
+            "select edgesync.watermark() > h.purged_xid from edgesync.purge_horizons h
               where h.user_id = $1::text::uuid",
             &[&uid],
         )

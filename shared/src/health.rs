@@ -18,8 +18,8 @@ pub const HEALTH_RPC: &str = "edgesync_health";
 /// works, but something needs an operator). Each is a setting of the health Worker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Thresholds {
-    /// `HEALTH_MAX_WATERMARK_LAG_SECS` (30): the oldest running write transaction may be
-    /// this old. Every pull waits for it: rows written after it began are not returned
+    /// `HEALTH_MAX_WATERMARK_LAG_SECS` (30): the oldest running transaction that writes
+    /// synced rows (holds a sync position) may be this old. Every pull waits for it: rows written after it began are not returned
     /// until it ends.
     pub max_watermark_lag_ms: u64,
     /// `HEALTH_EMBEDDING_OVERDUE_SECS` (300): a job due this long and not done is overdue
@@ -200,7 +200,7 @@ fn operations(answer: &Value, t: &Thresholds, checks: &mut Map<String, Value>, d
         });
         if !ok {
             check["error"] = json!(format!(
-                "a write transaction has been open for {} s; pulls return nothing written after it began until it ends",
+                "a transaction writing synced rows has been open for {} s; pulls return nothing written after it began until it ends",
                 age / 1000
             ));
             degraded.push("watermark");

@@ -2,7 +2,7 @@
 //! sends (`POST /live/poke`), the WebSocket's token (`GET /live`) and its messages.
 //!
 //! A poke is a hint, never data: it names users and a `checkpoint` (the writing
-//! transaction's id + 1, like `write_checkpoint`), and the woken client pulls, so RLS
+//! transaction's sync position + 1, like `write_checkpoint`), and the woken client pulls, so RLS
 //! decides what it gets. A lost poke delays a change until the next pull; it can
 //! never lose one, because the pull's cursor is the only source of truth.
 //!
@@ -191,7 +191,7 @@ pub fn parse_poke(body: &[u8]) -> Result<Poke, ApiError> {
         .parse::<u64>()
         .ok()
         .filter(|c| *c > 0 && *c <= i64::MAX as u64)
-        .ok_or_else(|| bad("`checkpoint` must be a positive transaction id, as a string".into()))?;
+        .ok_or_else(|| bad("`checkpoint` must be a positive sync position, as a string".into()))?;
     if wire.users.len() > MAX_POKE_USERS {
         return Err(bad(format!("at most {MAX_POKE_USERS} users a poke")));
     }

@@ -1,8 +1,9 @@
 //! `GET /sync`: parse the query, build the `edgesync_pull` RPC arguments, and shape
 //! its answer into the wire format (SPEC §6a).
 //!
-//! The database does the hard part (one statement, one snapshot, the xmin watermark,
-//! `(txid, id)` order; see `sql/migrations/0002_sync_core.sql`). This module owns the
+//! The database does the hard part (one statement, one snapshot, the sync-position
+//! watermark, `(txid, id)` order; see `sql/migrations/0002_sync_core.sql` and
+//! `0012_sync_positions.sql`). This module owns the
 //! contract: parameter validation, the cursor, and the response.
 
 use serde_json::value::RawValue;
@@ -154,8 +155,8 @@ impl PullRequest {
     /// The rows are passed through as the database rendered them, without building a
     /// JSON tree in the Worker: a page can be megabytes.
     ///
-    /// Besides the contract's fields it adds `checkpoint`: every version with a
-    /// transaction id below it has been delivered once this page is applied. An
+    /// Besides the contract's fields it adds `checkpoint`: every version (sync
+    /// position) below it has been delivered once this page is applied. An
     /// `/upload`'s `write_checkpoint` is reached when `checkpoint >= write_checkpoint`
     /// (compared as integers).
     pub fn response(&self, answer: &[u8]) -> Result<Vec<u8>, ApiError> {

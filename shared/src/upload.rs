@@ -127,7 +127,7 @@ impl UploadBatch {
     }
 
     /// The `/upload` response from the RPC's answer. `write_checkpoint` is one past
-    /// the pushing transaction's id: a `/sync` whose `checkpoint` has reached it
+    /// the pushing transaction's sync position: a `/sync` whose `checkpoint` has reached it
     /// contains this batch's writes. The per-mutation results are passed on as they came.
     pub fn response(answer: &[u8]) -> Result<Vec<u8>, ApiError> {
         #[derive(serde::Deserialize)]

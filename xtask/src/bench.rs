@@ -985,8 +985,7 @@ impl Bench {
     }
 
     fn watermark(&mut self) -> Result<u64> {
-        let w: String =
-            self.db.query_one("select pg_snapshot_xmin(pg_current_snapshot())::text", &[]).sql("watermark")?.get(0);
+        let w: String = self.db.query_one("select edgesync.watermark()::text", &[]).sql("watermark")?.get(0);
         w.parse().context("watermark")
     }
 

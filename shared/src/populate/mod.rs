@@ -263,7 +263,7 @@ pub struct Report {
 }
 
 /// `write_checkpoint` from the answer of a call's last `edgesync_populate_finish`: one
-/// past its transaction id, which follows every write of the call.
+/// past its sync position, which follows every write of the call.
 pub fn write_checkpoint(finish: &Value) -> Result<String, ApiError> {
     finish
         .get("checkpoint")

@@ -105,8 +105,9 @@ pub fn measure(info: &StackInfo, plan: &LivePlan) -> Result<LiveFigures> {
 }
 
 /// Issue 18's stall: a write transaction that writes nothing synced (a backfill, a
-/// cron job) but has taken its id holds the watermark, so no pull may pass it. The
-/// poke arrives at once; the change can be pulled only once that transaction ends.
+/// cron job) but has taken its id. With the snapshot's xmin as the watermark it held
+/// every pull until it ended; with sync positions (migration 0012) it holds nothing,
+/// and the write reaches the other device as it would with nothing open.
 fn held_back(info: &StackInfo, hold_secs: u32) -> Result<(f64, String)> {
     let sql = |e: postgres::Error| Error(format!("bench: the held transaction: {e}"));
     let mut holder = postgres::Client::connect(&info.database_url, postgres::NoTls).map_err(sql)?;
@@ -268,9 +269,9 @@ fn latency(info: &StackInfo, writer: &str, listeners: usize, writes: usize) -> R
                     &[&id, &user],
                 )
                 .map_err(sql)?;
-                let txid: String = tx.query_one("select pg_current_xact_id()::text", &[]).map_err(sql)?.get(0);
+                let position: String = tx.query_one("select edgesync.sync_position()::text", &[]).map_err(sql)?.get(0);
                 tx.commit().map_err(sql)?;
-                txid.parse::<u64>().context("txid")? + 1
+                position.parse::<u64>().context("sync position")? + 1
             }
         };
         let mut seen = vec![false; listeners];

@@ -834,10 +834,10 @@ fn live(md: &mut String, r: &Results) {
     if l.held_secs > 0 {
         let _ = writeln!(
             md,
-            "- **An unrelated write transaction holds everyone back.** With one held open for {} s (it took \
+            "- **An unrelated write transaction holds no one back.** With one held open for {} s (it took \
              its id first and wrote nothing synced), a write through `/upload` reached a long-polling device \
-             of its user after {} ms: the poke came at once, but no pull may pass the open transaction's id \
-             until it ends. `/health` meanwhile: {}.\n",
+             of its user after {} ms. Only a transaction that has written synced rows (taken a sync \
+             position) holds the watermark, until it ends. `/health` meanwhile: {}.\n",
             l.held_secs,
             num(l.held_delivery_ms),
             l.held_health
