@@ -20,12 +20,16 @@ use worker::{
 /// The binding of the `LiveHub` namespace (`wrangler.toml`).
 const BINDING: &str = "LIVE";
 
+/// The storage key of the newest checkpoint poked, so an evicted hub remembers it.
+const POKED: &str = "poked";
+
 #[durable_object]
 pub struct LiveHub {
     state: State,
-    /// The newest checkpoint poked (0 after an eviction: then a waiting pull simply
-    /// waits for the next poke or its deadline, and pulls then).
-    poked: Cell<u64>,
+    /// The newest checkpoint poked; `None` until read from storage, where every poke
+    /// is kept: a hub evicted while a synced writer held the watermark still tells
+    /// the next waiting pull that its change came.
+    poked: Cell<Option<u64>>,
     /// The newest checkpoint sent to the sockets: an older poke is not sent again.
     sent: Cell<u64>,
     waiters: RefCell<Vec<(u64, oneshot::Sender<u64>)>>,
@@ -44,7 +48,7 @@ impl worker::DurableObject for LiveHub {
         if let Ok(pair) = WebSocketRequestResponsePair::new(live::PING, live::PONG) {
             state.set_websocket_auto_response(&pair);
         }
-        LiveHub { state, poked: Cell::new(0), sent: Cell::new(0), waiters: RefCell::new(Vec::new()) }
+        LiveHub { state, poked: Cell::new(None), sent: Cell::new(0), waiters: RefCell::new(Vec::new()) }
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
@@ -54,7 +58,11 @@ impl worker::DurableObject for LiveHub {
         };
         match url.path() {
             "/poke" => {
-                self.poke(number("checkpoint"));
+                let checkpoint = number("checkpoint");
+                if checkpoint > self.poked().await {
+                    self.state.storage().put(POKED, checkpoint).await?;
+                }
+                self.poke(checkpoint);
                 Response::empty().map(|r| r.with_status(204))
             }
             "/wait" => {
@@ -107,8 +115,20 @@ impl worker::DurableObject for LiveHub {
 }
 
 impl LiveHub {
+    /// The newest checkpoint poked, read from storage once per instance.
+    async fn poked(&self) -> u64 {
+        if let Some(p) = self.poked.get() {
+            return p;
+        }
+        let stored = self.state.storage().get::<u64>(POKED).await.ok().flatten().unwrap_or(0);
+        // A poke may have been handled while storage was read.
+        let p = stored.max(self.poked.get().unwrap_or(0));
+        self.poked.set(Some(p));
+        p
+    }
+
     fn poke(&self, checkpoint: u64) {
-        self.poked.set(self.poked.get().max(checkpoint));
+        self.poked.set(Some(self.poked.get().unwrap_or(0).max(checkpoint)));
         // Wake the pulls whose page is older than this change.
         let waiting = std::mem::take(&mut *self.waiters.borrow_mut());
         let (wake, keep): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(after, _)| checkpoint > *after);
@@ -127,9 +147,11 @@ impl LiveHub {
     }
 
     async fn wait(&self, after: u64, ms: u64) -> Option<u64> {
-        // A poke that came between the caller's pull and this call is not missed.
-        if self.poked.get() > after {
-            return Some(self.poked.get());
+        // A poke that came between the caller's pull and this call (or before this hub
+        // was evicted) is not missed.
+        let poked = self.poked().await;
+        if poked > after {
+            return Some(poked);
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.borrow_mut().push((after, tx));
