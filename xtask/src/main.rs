@@ -404,6 +404,12 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String], st_examples: u32) -> 
                 .current_dir(&paths.root),
             &mut counts,
         )?;
+    // The TypeScript client: its unit tests and the conformance scenarios, in Node.
+    let js = xtask::jsclient::ensure(paths)?;
+    let (js_counts, js_ok) = xtask::jsclient::unit_tests(&js)?;
+    counts.passed += js_counts.passed;
+    counts.failed += js_counts.failed;
+    let unit = unit && js_ok;
     if !unit {
         counts.summary(false);
         eprintln!("xtask: unit tests failed");
