@@ -10,7 +10,8 @@
 //! c.sync().ok(); // push the outbox, then pull until caught up; errors leave everything queued
 //! ```
 //!
-//! Guarantees, each backed by a test (`client/src/*` unit tests, `tests/client.rs`,
+//! Guarantees, each backed by a test (`client/src/*` unit tests, the protocol scenarios
+//! of `tests/conformance/` run by `client/tests/conformance.rs`, `tests/client.rs`,
 //! `tests/convergence.rs`):
 //! - a local write and its outbox entry commit together; reads never need the network;
 //! - an outbox entry leaves only after `/upload` acknowledged it (and stays, as
@@ -50,6 +51,8 @@ pub struct Config {
     pub headers: Vec<(String, String)>,
     /// Where the `/live` WebSocket is, when not at `url` (an HTTP-only proxy in front).
     pub live_url: Option<String>,
+    /// The engine's clock, for backoff deadlines (`Instant::now`; a test can freeze it).
+    pub now: fn() -> Instant,
 }
 
 impl Config {
@@ -64,6 +67,7 @@ impl Config {
             backoff_max: Duration::from_secs(60),
             headers: Vec::new(),
             live_url: None,
+            now: Instant::now,
         }
     }
 }
@@ -332,7 +336,7 @@ impl Client {
             checkpoint: self.store.checkpoint()?,
             resyncing: self.store.resyncing()?,
             last_error,
-            retry_in_ms: self.retry_at.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+            retry_in_ms: self.retry_at.map(|t| t.saturating_duration_since((self.cfg.now)()).as_millis() as u64),
             client_id: self.store.client_id()?,
             user_id: self.store.user_id()?,
         })
@@ -340,7 +344,7 @@ impl Client {
 
     /// How long until the engine will use the network again (zero: now).
     pub fn retry_in(&self) -> Duration {
-        self.retry_at.map(|t| t.saturating_duration_since(Instant::now())).unwrap_or_default()
+        self.retry_at.map(|t| t.saturating_duration_since((self.cfg.now)())).unwrap_or_default()
     }
 
     /// Forget the backoff (the app learned that the network is back).
@@ -459,15 +463,17 @@ impl Client {
         let mut refreshes = 0;
         let mut resyncs = 0;
         let user = self.store.user_id()?;
+        // Only the first request may wait, and only with a cursor: an up-to-date device.
+        let mut first_wait = self.pull_wait.take();
         loop {
+            let wait = first_wait.take();
             let mut path = format!("/sync?limit={}", self.cfg.page_limit);
             if let Some(t) = &self.cfg.tables {
                 path.push_str(&format!("&tables={}", t.join(",")));
             }
             if let Some(c) = self.store.cursor()? {
                 path.push_str(&format!("&since={c}"));
-                // Only the first page of an up-to-date device waits.
-                if let Some(w) = self.pull_wait.take() {
+                if let Some(w) = wait {
                     path.push_str(&format!("&wait={w}"));
                 }
             }
@@ -514,9 +520,11 @@ impl Client {
 
     /// Refuse to use the network while backing off.
     fn ready(&self) -> Result<()> {
-        match self.retry_at {
-            Some(t) if t > Instant::now() => Err(Error::BackingOff(t - Instant::now())),
-            _ => Ok(()),
+        let wait = self.retry_in();
+        if wait.is_zero() {
+            Ok(())
+        } else {
+            Err(Error::BackingOff(wait))
         }
     }
 
@@ -555,7 +563,7 @@ impl Client {
                 } {
                     wait = wait.max(ra.min(self.cfg.backoff_max.max(Duration::from_secs(1))));
                 }
-                self.retry_at = Some(Instant::now() + wait);
+                self.retry_at = Some((self.cfg.now)() + wait);
             }
         }
     }
@@ -611,7 +619,11 @@ fn http_error(status: u16, resp: ureq::Response) -> HttpError {
     let request_id = resp.header("x-request-id").map(str::to_owned);
     let retry_after = resp.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
     let text = resp.into_string().unwrap_or_default();
-    HttpError { request_id, retry_after, ..http_error_from(status, &text) }
+    let mut err = http_error_from(status, &text);
+    // The header's request id, else the body's.
+    err.request_id = request_id.or(err.request_id);
+    err.retry_after = retry_after;
+    err
 }
 
 /// An error answer's status and body as an `HttpError` (no headers).
@@ -668,12 +680,19 @@ pub fn parse_upload(answer: &Value) -> Result<(Vec<Ack>, u64)> {
     Ok((acks, wc))
 }
 
-/// A `/sync` page.
+/// A `/sync` page. Every table name must be one the store can mirror and every
+/// upserted row an object with a string `id`: anything else breaks the protocol.
 pub fn parse_page(answer: &Value) -> Result<Page> {
     let bad = |what: &str| Error::Protocol(format!("/sync answer without a valid {what}"));
     let mut changes = Vec::new();
     for (table, change) in answer["changes"].as_object().ok_or_else(|| bad("changes"))? {
+        if !store::valid_local_table(table) {
+            return Err(bad(&format!("table name ({:?})", table.chars().take(70).collect::<String>())));
+        }
         let upserted = change["upserted"].as_array().ok_or_else(|| bad("upserted"))?.clone();
+        if upserted.iter().any(|row| !row["id"].is_string()) {
+            return Err(bad(&format!("row of {table}")));
+        }
         let deleted = change["deleted"]
             .as_array()
             .ok_or_else(|| bad("deleted"))?
@@ -745,6 +764,17 @@ mod tests {
                                    "has_more": false, "checkpoint": "9"}))
         .is_err());
         assert!(parse_page(&json!({"changes": {}, "cursor": "c", "has_more": false})).is_err());
+        // A table the store cannot mirror, or a row without a string id, breaks the protocol.
+        for changes in [
+            json!({"_es_meta": {"upserted": [], "deleted": []}}),
+            json!({"Entries; drop": {"upserted": [], "deleted": []}}),
+            json!({"entries": {"upserted": [{"title": "no id"}], "deleted": []}}),
+            json!({"entries": {"upserted": [{"id": 7}], "deleted": []}}),
+            json!({"entries": {"upserted": ["a"], "deleted": []}}),
+        ] {
+            let page = json!({"changes": changes, "cursor": "c", "has_more": false, "checkpoint": "9"});
+            assert!(matches!(parse_page(&page), Err(Error::Protocol(_))), "{page}");
+        }
     }
 
     #[test]

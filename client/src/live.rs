@@ -15,6 +15,10 @@ use tungstenite::Message;
 
 use crate::{Client, Error, PullProgress, Result};
 
+/// How long a waiting pull waits for a change (after a poke that a sync did not reach,
+/// and when long-polling without a socket).
+pub const LONG_POLL: Duration = Duration::from_secs(25);
+
 /// An open `/live` socket.
 pub struct Live {
     socket: tungstenite::WebSocket<MaybeTlsStream<TcpStream>>,
@@ -62,8 +66,9 @@ impl Client {
         }
     }
 
-    /// Pull as [`Client::pull_delta`] does, but let the first page wait up to `wait`
-    /// (1-55 s, and below the request timeout) for a change.
+    /// Pull as [`Client::pull_delta`] does, but let the first request wait up to `wait`
+    /// (1-55 s, and 5 s below the request timeout) for a change. Only an up-to-date
+    /// device (one with a cursor) waits: a fresh device's pull never does.
     pub fn pull_waiting(&mut self, wait: Duration) -> Result<PullProgress> {
         let most = self.cfg.timeout.saturating_sub(Duration::from_secs(5)).as_secs().min(55);
         let secs = wait.as_secs().clamp(1, most.max(1)) as u32;
@@ -71,6 +76,21 @@ impl Client {
         let result = self.pull_delta();
         self.pull_wait = None;
         result
+    }
+
+    /// What a live client does on a poke naming `checkpoint`: nothing when the local
+    /// checkpoint is already there; otherwise sync, then, when the pull still fell short
+    /// (the poke came before the server's watermark passed its change), a waiting pull
+    /// for it. The first failure is returned. `Ok(true)`: it synced.
+    pub fn handle_poke(&mut self, checkpoint: u64) -> Result<bool> {
+        if self.store.checkpoint()? >= checkpoint {
+            return Ok(false);
+        }
+        self.sync()?;
+        if self.store.checkpoint()? < checkpoint {
+            self.pull_waiting(LONG_POLL)?;
+        }
+        Ok(true)
     }
 }
 

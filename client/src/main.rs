@@ -1,7 +1,7 @@
 //! `edgesync-client`: a device on the command line. Each database file is one device;
 //! run two with different `--db` files and watch them converge.
 
-use edgesync_client::{store::random_uuid, Client, Config, LiveEvent, PullProgress};
+use edgesync_client::{live::LONG_POLL, store::random_uuid, Client, Config, LiveEvent, PullProgress};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -236,8 +236,6 @@ fn run(mut args: Vec<String>) -> Result<(), Fail> {
 /// One push + pull, with progress on stderr for long pulls.
 /// How long a live device goes without pulling, pokes or not (a poke is a hint).
 const LIVE_SAFETY_PULL: Duration = Duration::from_secs(60);
-/// How long a long-poll waits when no socket can be had.
-const LONG_POLL: Duration = Duration::from_secs(25);
 
 /// `sync --live`: sync, then on every poke; long-poll while the socket cannot be had.
 fn sync_live(client: &mut Client) -> Result<(), Fail> {
