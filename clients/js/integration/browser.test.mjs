@@ -162,9 +162,15 @@ test('two devices of one user: offline writes persist, arrive live, conflict and
   });
 
   await t.test('search finds an entry by its meaning', async () => {
-    // The entry's embedding is made after its write (the webhook, then embed_entry):
-    // wait until its latest version is embedded and no job is left for it.
+    // The entry's embedding is made after its write (the webhook, then embed_entry;
+    // a job the webhook missed is the Cron's, run here as the drain it calls): wait
+    // until its latest version is embedded and no job is left for it.
     await eventually('the entry to be embedded', async () => {
+      const drain = await fetch(`${stack.functions_url}/embed_entry/drain`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${stack.service_role_key}` },
+      });
+      assert.equal(drain.status, 200, await drain.text());
       const { rows } = await db.query(
         `select count(*)::int as n from public.entries e
           where e.user_id = $1 and e.title = 'A''s edit' and e.embedding is not null

@@ -334,22 +334,29 @@ export class LocalStore {
       const gen = (await getMeta<number>(tx, 'gen')) ?? 0;
       const touched = new Map<string, [string, string]>();
       const touch = (table: string, id: string) => touched.set(rowKey(table, id), [table, id]);
+      // The server's version of each row this page names (null: deleted). The writes
+      // are issued together and awaited once: a storage pipelines them (IndexedDB
+      // would otherwise pay a round trip of the event loop per row).
+      const fresh = new Map<string, Row | null>();
+      const writes: Promise<void>[] = [];
       for (const { table, upserted, deleted } of page.changes) {
         await ensureTable(tx, table);
         for (const row of upserted) {
           const rec: ServerRecord = { table, id: row.id, data: row, gen };
-          await tx.put('server', rowKey(table, row.id), rec);
+          writes.push(tx.put('server', rowKey(table, row.id), rec));
+          fresh.set(rowKey(table, row.id), row);
           touch(table, row.id);
           applied.upserted += 1;
         }
         for (const id of deleted) {
-          await tx.delete('server', rowKey(table, id));
+          writes.push(tx.delete('server', rowKey(table, id)));
+          fresh.set(rowKey(table, id), null);
           touch(table, id);
           applied.deleted += 1;
         }
       }
-      await tx.put('meta', 'cursor', page.cursor);
-      await tx.put('meta', 'checkpoint', page.checkpoint);
+      writes.push(tx.put('meta', 'cursor', page.cursor), tx.put('meta', 'checkpoint', page.checkpoint));
+      await Promise.all(writes);
       const outbox: OutboxEntry[] = [];
       for (const e of (await tx.all('outbox')) as OutboxEntry[]) {
         if (e.ackedCheckpoint !== null && e.ackedCheckpoint <= page.checkpoint) {
@@ -359,19 +366,29 @@ export class LocalStore {
         } else outbox.push(e);
       }
       if (!page.hasMore && (await getMeta(tx, 'resyncing')) !== null) {
+        const drops: Promise<void>[] = [];
         for (const rec of (await tx.all('server')) as ServerRecord[]) {
           if (rec.gen < gen) {
-            await tx.delete('server', rowKey(rec.table, rec.id));
+            drops.push(tx.delete('server', rowKey(rec.table, rec.id)));
+            fresh.set(rowKey(rec.table, rec.id), null);
             touch(rec.table, rec.id);
             applied.dropped += 1;
           }
         }
-        await tx.delete('meta', 'resyncing');
+        drops.push(tx.delete('meta', 'resyncing'));
+        await Promise.all(drops);
       }
-      for (const [table, id] of touched.values()) {
-        await recompute(tx, outbox, table, id, user);
+      // A row with no outbox entry is the server's version, known from the page;
+      // the others are the server's version with their entries replayed on top.
+      const pending = new Set(outbox.map((e) => rowKey(e.table, e.id)));
+      const shown: Promise<void>[] = [];
+      for (const [key, [table, id]] of touched) {
         changed.add(table);
+        const row = fresh.get(key);
+        if (pending.has(key) || row === undefined) shown.push(recompute(tx, outbox, table, id, user));
+        else shown.push(row === null ? tx.delete('rows', key) : tx.put('rows', key, row));
       }
+      await Promise.all(shown);
       await tx.put('meta', 'last_pull_at', this.now());
     });
     this.emit(changed);
