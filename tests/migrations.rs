@@ -316,3 +316,62 @@ fn live_pokes_go_through_pg_net_with_the_secret_from_vault() {
     write(&mut pg, &uuid());
     assert_eq!(pokes(&mut pg).len(), 1);
 }
+
+/// `sql/current/` holds the definition every function has after all migrations, one
+/// file per function (`<schema>.<name>.sql`, overloads together), as Postgres prints it
+/// (`pg_get_functiondef`): a function restated by a later migration is still found in
+/// one place. Read from a new database that only the migrations touched; it fails when
+/// the committed copy differs. `EDGESYNC_UPDATE_SQL_CURRENT=1` rewrites the directory.
+#[test]
+fn sql_current_holds_the_definition_of_every_function_after_the_migrations() {
+    let info = stack();
+    let paths = xtask::tools::Paths::discover().unwrap();
+    let fresh = FreshDatabase::create(&info);
+    fresh.bootstrap();
+    db_push(&info, &fresh.url(&info.postgres_url));
+    let mut pg = postgres::Client::connect(&fresh.url(&info.database_url), postgres::NoTls).unwrap();
+    let rows = pg
+        .query(
+            "select n.nspname || '.' || p.proname || '.sql', pg_get_functiondef(p.oid)
+               from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+              where n.nspname in ('public', 'edgesync') and p.prokind in ('f', 'p')
+                and not exists (select from pg_depend d where d.classid = 'pg_proc'::regclass
+                                   and d.objid = p.oid and d.deptype = 'e')
+              order by 1, pg_get_function_identity_arguments(p.oid)",
+            &[],
+        )
+        .unwrap();
+    let mut want = std::collections::BTreeMap::<String, String>::new();
+    for row in &rows {
+        let def = want.entry(row.get(0)).or_insert_with(|| {
+            "-- Generated from the database after every migration (tests/migrations.rs); do not edit.\n".to_owned()
+        });
+        def.push('\n');
+        def.push_str(row.get::<_, &str>(1).trim_end());
+        def.push_str(";\n");
+    }
+    assert!(want.len() > 20, "too few functions to be edgesync's: {:?}", want.keys());
+    let dir = paths.root.join("sql/current");
+    if std::env::var_os("EDGESYNC_UPDATE_SQL_CURRENT").is_some() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, def) in &want {
+            std::fs::write(dir.join(file), def).unwrap();
+        }
+    }
+    let have: std::collections::BTreeMap<String, String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read_to_string(e.path()).unwrap()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let stale: Vec<&String> = want.keys().filter(|f| have.get(*f) != want.get(*f)).collect();
+    let extra: Vec<&String> = have.keys().filter(|f| !want.contains_key(*f)).collect();
+    assert!(
+        stale.is_empty() && extra.is_empty(),
+        "sql/current/ differs from the migrations: stale or missing {stale:?}, extra {extra:?}; \
+         rerun this test with EDGESYNC_UPDATE_SQL_CURRENT=1 and commit the result"
+    );
+}
