@@ -10,8 +10,7 @@
 
 use edgesync_integration::*;
 use serde_json::{json, Value};
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The longest the browser run may take (it takes a few seconds).
@@ -36,38 +35,14 @@ fn a_browser_on_an_allowed_origin_can_call_and_a_disallowed_one_is_blocked() {
     });
 
     let started = Instant::now();
-    let mut child = Command::new(&browser.node)
-        .arg(browser.scripts.join("cors.mjs"))
-        .arg(cfg.to_string())
-        .current_dir(&browser.scripts)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("could not start node");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the browser run took longer than {TIMEOUT:?}; stderr:\n{}", err.join().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    let Finished { status, stdout, stderr } = run_to_end(
+        Command::new(&browser.node)
+            .arg(browser.scripts.join("cors.mjs"))
+            .arg(cfg.to_string())
+            .current_dir(&browser.scripts),
+        TIMEOUT,
+        "the browser run",
+    );
     assert!(status.success(), "cors.mjs failed ({status}):\n{stderr}\n{stdout}");
     let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
     eprintln!(

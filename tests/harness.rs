@@ -562,3 +562,40 @@ impl PostgrestLog {
             .collect()
     }
 }
+
+/// What a finished child process said.
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `cmd` to its end with its output captured (read while it runs, so a full pipe
+/// never stalls it); past `timeout`, kill it and fail, naming `what`.
+pub fn run_to_end(cmd: &mut std::process::Command, timeout: Duration, what: &str) -> Finished {
+    use std::io::Read;
+    use std::process::Stdio;
+    let started = std::time::Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = pipe.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().unwrap()));
+    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} took longer than {timeout:?}; stderr:\n{}", err.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Finished { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}

@@ -12,8 +12,7 @@
 use edgesync_integration::faults::{FaultProxy, FaultRates};
 use edgesync_integration::*;
 use serde_json::json;
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The longest the Node run may take (it takes well under a minute).
@@ -45,42 +44,18 @@ fn the_typescript_client_and_the_example_app_sync_against_the_stack() {
     });
 
     let started = Instant::now();
-    let mut child = Command::new(&js.node)
-        .args(["--disable-warning=ExperimentalWarning", "--test", "--test-reporter=tap", "--test-concurrency=1"])
-        .args(["integration/node.test.mjs", "integration/browser.test.mjs"])
-        .current_dir(&js.dir)
-        .env("PATH", &js.path)
-        .env("EDGESYNC_STACK_DIR", &info.stack_dir)
-        .env("EDGESYNC_FAULT_URL", &proxy.url)
-        .env("EDGESYNC_BROWSER", browser_cfg.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("could not start node");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the Node tests took longer than {TIMEOUT:?}; stderr:\n{}", err.join().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    let Finished { status, stdout, stderr } = run_to_end(
+        Command::new(&js.node)
+            .args(["--disable-warning=ExperimentalWarning", "--test", "--test-reporter=tap", "--test-concurrency=1"])
+            .args(["integration/node.test.mjs", "integration/browser.test.mjs"])
+            .current_dir(&js.dir)
+            .env("PATH", &js.path)
+            .env("EDGESYNC_STACK_DIR", &info.stack_dir)
+            .env("EDGESYNC_FAULT_URL", &proxy.url)
+            .env("EDGESYNC_BROWSER", browser_cfg.to_string()),
+        TIMEOUT,
+        "the Node tests",
+    );
     eprintln!("{stdout}\n{stderr}");
     let counts =
         xtask::jsclient::node_counts(&stdout).unwrap_or_else(|| panic!("no test summary from node:\n{stdout}"));

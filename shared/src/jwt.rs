@@ -1,4 +1,4 @@
-//! JWT verification for Supabase tokens (SPEC §3).
+//! JWT verification for Supabase tokens (README.md, the opening section).
 //!
 //! Two ways a token can be signed, as on a Supabase project during key rotation:
 //! HS256 with the project's legacy JWT secret, or ES256/RS256 with a key published in

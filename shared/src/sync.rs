@@ -1,5 +1,5 @@
 //! `GET /sync`: parse the query, build the `edgesync_pull` RPC arguments, and shape
-//! its answer into the wire format (SPEC §6a).
+//! its answer into the wire format (README.md "Pull").
 //!
 //! The database does the hard part (one statement, one snapshot, the sync-position
 //! watermark, `(txid, id)` order; see `sql/migrations/0002_sync_core.sql` and

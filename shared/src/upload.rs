@@ -1,5 +1,5 @@
 //! `POST /upload`: validate the client's outbox batch, build the `edgesync_push` RPC
-//! arguments, and shape its answer (SPEC §6, §6a).
+//! arguments, and shape its answer (README.md "Push").
 //!
 //! Shape errors are caught here, all of them at once, one per mutation, before any
 //! database work. Errors that need the catalog (unknown table or column, a value the

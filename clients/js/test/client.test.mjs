@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Client, HttpError, LocalError, MemoryStorage, NoTokenError, OfflineError } from '../dist/index.js';
-import { A, B, BASE_URL, C, FakeClock, FakeServer, OTHER, T0, USER, deferred, errorBody, makeToken, page } from './helpers.mjs';
+import { A, B, BASE_URL, C, FakeClock, FakeServer, OTHER, T0, USER, deferred, errorBody, makeToken, page, statusWhen } from './helpers.mjs';
 
 async function setup(options = {}) {
   const server = new FakeServer();
@@ -25,19 +25,6 @@ async function setup(options = {}) {
 
 const applied = (...opIds) => ({ results: opIds.map((op_id) => ({ op_id, status: 'applied' })), last_op_id: opIds.at(-1), write_checkpoint: '5' });
 
-/** The first status snapshot (current or coming) for which `pred` holds. */
-async function statusWhen(client, pred) {
-  await client.settled();
-  if (pred(client.getStatus())) return client.getStatus();
-  return new Promise((resolve) => {
-    const off = client.subscribeStatus((s) => {
-      if (pred(s)) {
-        off();
-        resolve(s);
-      }
-    });
-  });
-}
 
 test('requests carry the token, the extra headers and a JSON body, below the base URL', async () => {
   const token = makeToken({ sub: USER });

@@ -201,3 +201,17 @@ export const backends = [
     open: async () => SqliteStorage.open(':memory:'),
   },
 ];
+
+/** The first status snapshot (current or coming) of `client` for which `pred` holds. */
+export async function statusWhen(client, pred) {
+  await client.settled();
+  if (pred(client.getStatus())) return client.getStatus();
+  return new Promise((resolve) => {
+    const off = client.subscribeStatus((s) => {
+      if (pred(s)) {
+        off();
+        resolve(s);
+      }
+    });
+  });
+}

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, test } from 'node:test';
 import { Client } from '../dist/index.js';
-import { A, B, BASE_URL, FakeClock, FakeServer, FakeWebSocket, USER, errorBody, makeToken, page } from './helpers.mjs';
+import { A, B, BASE_URL, FakeClock, FakeServer, FakeWebSocket, USER, errorBody, makeToken, page, statusWhen } from './helpers.mjs';
 
 const token = makeToken({ sub: USER }, 'first');
 const fresh = makeToken({ sub: USER }, 'fresh');
@@ -32,18 +32,6 @@ async function setup(options = {}) {
   return { server, clock, client };
 }
 
-async function statusWhen(client, pred) {
-  await client.settled();
-  if (pred(client.getStatus())) return client.getStatus();
-  return new Promise((resolve) => {
-    const off = client.subscribeStatus((s) => {
-      if (pred(s)) {
-        off();
-        resolve(s);
-      }
-    });
-  });
-}
 
 /** Start, answer the first sync's pull at `checkpoint`, and open the socket. */
 async function live(server, client, checkpoint = '10') {

@@ -1,4 +1,4 @@
-//! Verification cases, one per attack or rule in SPEC §3.
+//! Verification cases, one per attack or rule of token verification (ARCHITECTURE.md, `shared/src/jwt.rs`).
 
 use super::*;
 use jsonwebtoken::{encode, EncodingKey, Header};

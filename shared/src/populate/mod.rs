@@ -1,4 +1,4 @@
-//! `POST /populate` (SPEC §8): bulk load of a user's existing data into the sync
+//! `POST /populate` (README.md "Populate"): bulk load of a user's existing data into the sync
 //! tables, from a Neo4j graph or from a batch of legacy records.
 //!
 //! A Neo4j populate is a *run* that pages through the user's nodes, then their
@@ -122,7 +122,7 @@ impl PopulateRequest {
     pub fn parse(body: &[u8]) -> Result<PopulateRequest, ApiError> {
         let invalid = |m: String| ApiError::bad_request("invalid_request", m);
         let b: Body = serde_json::from_slice(body).map_err(|e| {
-            invalid(format!("the body must be {{\"source\": \"neo4j\" | \"legacy\", ...}} (SPEC §8): {e}"))
+            invalid(format!("the body must be {{\"source\": \"neo4j\" | \"legacy\", ...}} (README \"Populate\"): {e}"))
         })?;
         let user_id = match b.user_id {
             None => None,
