@@ -17,19 +17,26 @@
 --   2. take a transaction-scoped shared advisory lock keyed f (it shows in pg_locks
 --      at once, long before the transaction commits, and goes away only after the
 --      commit is visible to new snapshots);
---   3. p = nextval(sequence), so p > f. Every row the transaction writes gets p.
+--   3. p = nextval(sequence), so p >= f. Every row the transaction writes gets p.
 --
 -- A pull (edgesync.watermark(), then the page in a later statement, so a later
 -- snapshot) reads first X = the next position to be handed out, then L = the
 -- smallest key of such a lock still held, and returns versions below W = min(X, L):
 --
---   * a writer whose lock was held when the pull looked has f >= L >= W, and p > f;
+--   * a writer whose lock was held when the pull looked has f >= L >= W, and p >= f;
 --   * a writer that locked after the pull looked took p after it, so p >= X >= W;
 --   * a writer that had ended before the pull looked is visible to the page's later
 --     snapshot.
 --
 -- So every version below W is in the page's snapshot: no row is missed, and the lag
--- is bounded by the synced writers' own durations. Positions come from a sequence,
+-- is bounded by the synced writers' own durations.
+--
+-- W is not monotonic from one pull to the next: a writer may lock a floor it read
+-- before other writers moved the sequence on, so a later pull's W can be below an
+-- earlier one's. Each W is safe on its own (the proof above is per pull), and a
+-- cursor never moves back (a page's next position is greatest(since, W)). A scan's
+-- origin taken from such a lower W only makes a purge look later to it: at worst one
+-- more rebuild, never a missed delete. Positions come from a sequence,
 -- which any isolation level reads fresh; they start above every transaction id
 -- issued so far, so versions, cursors, write checkpoints and purge horizons from
 -- before this migration compare correctly with the new ones.
