@@ -872,13 +872,10 @@ impl Bench {
         for w in ALONE {
             stack::restart_own(&mut self.info, w)?;
         }
-        // The gateway's process too: the run's first full run died of its heap at the
-        // million-row pages (stack::restart_main says why).
-        stack::restart_main(&self.paths, &mut self.info)?;
         self.env.info = self.info.clone();
         self.runner.groups.retain(|g| !g.label.starts_with("edge."));
         self.runner.groups.extend(worker_groups("edge", &edge_devs(&self.info)));
-        let mut warm = vec![Target::Edgesync, Target::EdgesyncGateway];
+        let mut warm = vec![Target::Edgesync];
         if self.with_ts {
             let ts = start_ts_worker(&self.paths, &self.info)?.context("the TypeScript Worker did not start")?;
             let port = ts.url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);

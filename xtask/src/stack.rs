@@ -872,9 +872,14 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
     Ok(configs)
 }
 
-/// The `wrangler dev` serving the gateway and every function on `ports.functions`.
-fn main_process(info: &StackInfo, configs: Vec<PathBuf>) -> WranglerProcess {
-    WranglerProcess {
+fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> {
+    for w in all_workers(paths) {
+        if !w.main_module().is_file() {
+            bail!("{} is not built (run `cargo xtask build`)", w.name);
+        }
+    }
+    let configs = wrangler_configs(paths, info)?;
+    let main = WranglerProcess {
         what: "wrangler dev".into(),
         configs,
         port: info.ports.functions,
@@ -884,29 +889,7 @@ fn main_process(info: &StackInfo, configs: Vec<PathBuf>) -> WranglerProcess {
         // 200 or 503: either way the gateway and the health Worker answered.
         probe: format!("{}/health", info.functions_url),
         ready: |s| s == 200 || s == 503,
-    }
-}
-
-/// Serve the gateway and the functions afresh, on the same port (the bench does this
-/// before each workload: wrangler's inspector keeps every subrequest's answer body, so
-/// the runtime's heap grows with the bytes served and, around a few gigabytes of
-/// pages, runs out). Live sockets and Durable Objects start over.
-pub fn restart_main(paths: &Paths, info: &mut StackInfo) -> Result<()> {
-    let process = main_process(info, wrangler_configs(paths, info)?);
-    procs::stop_group(info.pids.wrangler, libc::SIGTERM, Duration::from_secs(15))?;
-    info.pids.wrangler = process.spawn(info)?;
-    info.save()?;
-    info.pids.wrangler = process.wait(info, info.pids.wrangler)?;
-    info.save()
-}
-
-fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> {
-    for w in all_workers(paths) {
-        if !w.main_module().is_file() {
-            bail!("{} is not built (run `cargo xtask build`)", w.name);
-        }
-    }
-    let main = main_process(info, wrangler_configs(paths, info)?);
+    };
     // The Cron Workers' own processes (see `CronWorker`) start meanwhile.
     let crons: Vec<WranglerProcess> = info.crons.iter().map(|c| own_process(info, c)).collect();
     info.pids.wrangler = main.spawn(info)?;
