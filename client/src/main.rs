@@ -1,40 +1,102 @@
 //! `edgesync-client`: a device on the command line. Each database file is one device;
 //! run two with different `--db` files and watch them converge.
 
+use clap::{Parser, Subcommand};
 use edgesync_client::{live::LONG_POLL, store::random_uuid, Client, Config, LiveEvent, PullProgress};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const HELP: &str = "\
-edgesync-client [--db FILE] [--url URL] [--page-limit N] <command>
+/// A device on the command line: a local SQLite store, an outbox and a sync engine.
+#[derive(Parser)]
+#[command(
+    name = "edgesync-client",
+    version,
+    after_help = "Local commands never need the network. The URL is --url, $EDGESYNC_URL, the one saved at \
+                  login, or http://127.0.0.1:8787 (`cargo xtask dev`)."
+)]
+struct Cli {
+    /// The device's local database (one file per device)
+    #[arg(long, env = "EDGESYNC_DB", default_value = "edgesync-client.db", global = true)]
+    db: PathBuf,
+    /// The functions' base URL
+    #[arg(long, env = "EDGESYNC_URL", global = true)]
+    url: Option<String>,
+    /// Rows per /sync page
+    #[arg(long, env = "EDGESYNC_PAGE_LIMIT", global = true)]
+    page_limit: Option<u32>,
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-  login [--token TOKEN | --token-file FILE]   keep a token (default: $EDGESYNC_TOKEN) and the URL
-  put TABLE JSON [--id UUID]     create or replace a row locally and queue it; prints the id
-  patch TABLE ID JSON            change some columns of a row
-  delete TABLE ID                delete a row
-  get TABLE ID                   one row as the app sees it
-  list TABLE                     every row of a table
-  tables                         the tables this device mirrors
-  sync [--watch SECS]            push the outbox, then pull until caught up (again every SECS)
-  sync --live                    sync, then again on every change (the /live WebSocket;
-                                 long-polling /sync?wait= when no socket can be had)
-  status                         state, outbox length, last push and pull (JSON)
-  rejected                       mutations the server refused, with the reason
-  conflicts                      conflicts the server reported
-
-Local commands never need the network. --db defaults to $EDGESYNC_DB or
-edgesync-client.db; --url to $EDGESYNC_URL, the URL saved at login, or
-http://127.0.0.1:8787 (`cargo xtask dev`).
-";
+#[derive(Subcommand)]
+enum Cmd {
+    /// Keep a token and the URL for this device
+    Login {
+        /// The user's access token
+        #[arg(long, env = "EDGESYNC_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// A file holding the token (read instead of --token)
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Create or replace a row locally and queue it; prints the id
+    Put {
+        table: String,
+        /// The row's columns, as a JSON object
+        json: String,
+        /// The row's id (default: a new UUID)
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Change some columns of a row
+    Patch {
+        table: String,
+        id: String,
+        /// The changed columns, as a JSON object
+        json: String,
+    },
+    /// Delete a row
+    Delete { table: String, id: String },
+    /// One row as the app sees it
+    Get { table: String, id: String },
+    /// Every row of a table
+    List { table: String },
+    /// The tables this device mirrors
+    Tables,
+    /// Push the outbox, then pull until caught up
+    Sync {
+        /// Sync again every SECS seconds
+        #[arg(long, value_name = "SECS", conflicts_with = "live")]
+        watch: Option<u64>,
+        /// Sync again on every change (the /live WebSocket; long-polling /sync?wait= when no
+        /// socket can be had)
+        #[arg(long)]
+        live: bool,
+    },
+    /// State, outbox length, last push and pull (JSON)
+    Status,
+    /// Mutations the server refused, with the reason
+    Rejected,
+    /// Conflicts the server reported
+    Conflicts,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(args) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout (quietly, if its reader is gone) and
+        // succeed; usage errors go to stderr with exit code 2.
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail::Usage(m)) => {
-            eprintln!("edgesync-client: {m}\n\n{HELP}");
+            eprintln!("edgesync-client: {m}\n\nFor more information, try '--help'.");
             ExitCode::from(2)
         }
         Err(Fail::Run(m)) => {
@@ -78,34 +140,6 @@ impl<E: std::fmt::Display> From<E> for Fail {
     }
 }
 
-/// Remove `--name VALUE` from `args`.
-fn take(args: &mut Vec<String>, name: &str) -> Result<Option<String>, Fail> {
-    match args.iter().position(|a| a == name) {
-        Some(i) if i + 1 < args.len() => {
-            let v = args.remove(i + 1);
-            args.remove(i);
-            Ok(Some(v))
-        }
-        Some(_) => Err(Fail::Usage(format!("{name} needs a value"))),
-        None => Ok(None),
-    }
-}
-
-/// Remove the flag `name` from `args`; was it there?
-fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
-    let before = args.len();
-    args.retain(|a| a != name);
-    args.len() != before
-}
-
-/// The remaining arguments, which must be exactly `n` plain values.
-fn positional(command: &str, args: &mut Vec<String>, n: usize) -> Result<Vec<String>, Fail> {
-    if args.iter().any(|a| a.starts_with("--")) || args.len() != n {
-        return Err(Fail::Usage(format!("{command} takes {n} argument(s), got {args:?}")));
-    }
-    Ok(std::mem::take(args))
-}
-
 fn json_arg(text: &str) -> Result<Value, Fail> {
     serde_json::from_str(text).map_err(|e| Fail::Usage(format!("not JSON ({e}): {text}")))
 }
@@ -115,109 +149,72 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), Fail> {
     Ok(())
 }
 
-fn run(mut args: Vec<String>) -> Result<(), Fail> {
-    if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h" || a == "help") {
-        out!("{}", HELP.trim_end());
-        return Ok(());
-    }
-    let db = take(&mut args, "--db")?
-        .or_else(|| std::env::var("EDGESYNC_DB").ok())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("edgesync-client.db"));
-    let url_flag = take(&mut args, "--url")?.or_else(|| std::env::var("EDGESYNC_URL").ok());
-    let store = edgesync_client::Store::open(&db)?;
-    let url = url_flag.clone().or(store.meta("url")?).unwrap_or_else(|| "http://127.0.0.1:8787".into());
+fn run(cli: Cli) -> Result<(), Fail> {
+    let store = edgesync_client::Store::open(&cli.db)?;
+    let url = cli.url.clone().or(store.meta("url")?).unwrap_or_else(|| "http://127.0.0.1:8787".into());
     let mut cfg = Config::new(&url);
-    if let Some(n) = take(&mut args, "--page-limit")?.or_else(|| std::env::var("EDGESYNC_PAGE_LIMIT").ok()) {
-        cfg.page_limit = n.parse().map_err(|_| Fail::Usage("--page-limit takes a number of rows".into()))?;
+    if let Some(n) = cli.page_limit {
+        cfg.page_limit = n;
     }
     let mut client = Client::with_store(store, cfg)?;
-    let command = args.remove(0);
-    match command.as_str() {
-        "login" => {
-            let token = match (take(&mut args, "--token")?, take(&mut args, "--token-file")?) {
+    match cli.command {
+        Cmd::Login { token, token_file } => {
+            let token = match (token, token_file) {
+                (_, Some(f)) => std::fs::read_to_string(&f)
+                    .map_err(|e| Fail::Run(format!("could not read {}: {e}", f.display())))?
+                    .trim()
+                    .to_owned(),
                 (Some(t), None) => t,
-                (None, Some(f)) => std::fs::read_to_string(&f)?.trim().to_owned(),
-                (None, None) => std::env::var("EDGESYNC_TOKEN")
-                    .map_err(|_| Fail::Usage("give --token, --token-file or $EDGESYNC_TOKEN".into()))?,
-                _ => return Err(Fail::Usage("give one of --token and --token-file".into())),
+                (None, None) => return Err(Fail::Usage("give --token, --token-file or $EDGESYNC_TOKEN".into())),
             };
-            positional(&command, &mut args, 0)?;
             client.set_token(token.trim())?;
             client.store().set_meta("url", &url)?;
             let s = client.status()?;
             out!("logged in as {} on {url} (device {})", s.user_id.unwrap_or_default(), s.client_id);
         }
-        "put" => {
-            let id = take(&mut args, "--id")?.unwrap_or_else(random_uuid);
-            let a = positional(&command, &mut args, 2)?;
-            let op_id = client.put(&a[0], &id, json_arg(&a[1])?)?;
+        Cmd::Put { table, json, id } => {
+            let id = id.unwrap_or_else(random_uuid);
+            let op_id = client.put(&table, &id, json_arg(&json)?)?;
             out!("{id}");
             eprintln!("queued op {op_id}");
         }
-        "patch" => {
-            let a = positional(&command, &mut args, 3)?;
-            let op_id = client.patch(&a[0], &a[1], json_arg(&a[2])?)?;
+        Cmd::Patch { table, id, json } => {
+            let op_id = client.patch(&table, &id, json_arg(&json)?)?;
             eprintln!("queued op {op_id}");
         }
-        "delete" => {
-            let a = positional(&command, &mut args, 2)?;
-            let op_id = client.delete(&a[0], &a[1])?;
+        Cmd::Delete { table, id } => {
+            let op_id = client.delete(&table, &id)?;
             eprintln!("queued op {op_id}");
         }
-        "get" => {
-            let a = positional(&command, &mut args, 2)?;
-            match client.get(&a[0], &a[1])? {
-                Some(row) => print_json(&row)?,
-                None => return Err(Fail::Run(format!("no row {} in {}", a[1], a[0]))),
-            }
-        }
-        "list" => {
-            let a = positional(&command, &mut args, 1)?;
-            for row in client.list(&a[0])? {
+        Cmd::Get { table, id } => match client.get(&table, &id)? {
+            Some(row) => print_json(&row)?,
+            None => return Err(Fail::Run(format!("no row {id} in {table}"))),
+        },
+        Cmd::List { table } => {
+            for row in client.list(&table)? {
                 out!("{row}");
             }
         }
-        "tables" => {
-            positional(&command, &mut args, 0)?;
+        Cmd::Tables => {
             for t in client.store().tables()? {
                 out!("{t}");
             }
         }
-        "sync" => {
-            let watch = take(&mut args, "--watch")?
-                .map(|s| s.parse::<u64>().map_err(|_| Fail::Usage("--watch takes seconds".into())))
-                .transpose()?;
-            let live = take_flag(&mut args, "--live");
-            positional(&command, &mut args, 0)?;
-            if live {
-                return sync_live(&mut client);
+        Cmd::Sync { live: true, .. } => return sync_live(&mut client),
+        Cmd::Sync { watch: None, .. } => return sync_once(&mut client),
+        Cmd::Sync { watch: Some(secs), .. } => loop {
+            if let Err(Fail::Run(m) | Fail::Usage(m)) = sync_once(&mut client) {
+                eprintln!("sync failed: {m}");
             }
-            loop {
-                let outcome = sync_once(&mut client);
-                match watch {
-                    None => return outcome,
-                    Some(secs) => {
-                        if let Err(Fail::Run(m) | Fail::Usage(m)) = outcome {
-                            eprintln!("sync failed: {m}");
-                        }
-                        std::thread::sleep(Duration::from_secs(secs).max(client.retry_in()));
-                    }
-                }
-            }
-        }
-        "status" => {
-            positional(&command, &mut args, 0)?;
-            print_json(&client.status()?)?;
-        }
-        "rejected" => {
-            positional(&command, &mut args, 0)?;
+            std::thread::sleep(Duration::from_secs(secs).max(client.retry_in()));
+        },
+        Cmd::Status => print_json(&client.status()?)?,
+        Cmd::Rejected => {
             for r in client.store().rejections()? {
                 out!("op {} {} {}/{}: {} — {}", r.op_id, r.op.as_str(), r.table, r.id, r.code, r.message);
             }
         }
-        "conflicts" => {
-            positional(&command, &mut args, 0)?;
+        Cmd::Conflicts => {
             for c in client.store().conflicts()? {
                 out!(
                     "op {} {}{}: server row {}",
@@ -228,7 +225,6 @@ fn run(mut args: Vec<String>) -> Result<(), Fail> {
                 );
             }
         }
-        other => return Err(Fail::Usage(format!("unknown command {other:?}"))),
     }
     Ok(())
 }
