@@ -470,12 +470,20 @@ mod tests {
     }
 
     #[test]
-    fn small_helpers() {
+    fn a_vector_is_written_as_pgvector_text() {
         assert_eq!(vector_literal(&[1.0, -0.5, 0.25]), "[1,-0.5,0.25]");
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_nothing_when_unreadable() {
         assert_eq!(retry_after_secs(Some("2")), Some(2));
         assert_eq!(retry_after_secs(Some("0.2")), Some(1));
         assert_eq!(retry_after_secs(Some("soon")), None);
         assert_eq!(retry_after_secs(None), None);
+    }
+
+    #[test]
+    fn secrets_are_equal_only_byte_for_byte_and_length_for_length() {
         assert!(secrets_equal(b"abc", b"abc"));
         assert!(!secrets_equal(b"abc", b"abd") && !secrets_equal(b"abc", b"ab"));
     }

@@ -238,7 +238,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults() {
+    fn an_empty_query_pulls_every_table_from_the_start_with_the_default_limit() {
         let r = PullRequest::from_query("").unwrap();
         assert_eq!(r, PullRequest { tables: None, since: None, limit: DEFAULT_LIMIT, wait: 0 });
         let args = r.rpc_args();

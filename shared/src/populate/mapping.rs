@@ -543,7 +543,7 @@ mod tests {
     }
 
     #[test]
-    fn timestamps() {
+    fn timestamps_are_unix_seconds_or_milliseconds_or_iso_8601_that_postgres_accepts() {
         let ok = |v: Value| timestamp(Some(&v)).unwrap().unwrap();
         assert_eq!(ok(json!(0)), "1970-01-01T00:00:00.000Z");
         assert_eq!(ok(json!(1_700_000_000)), "2023-11-14T22:13:20.000Z");
