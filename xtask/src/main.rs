@@ -1,5 +1,6 @@
-//! `cargo xtask <task>`: see `cargo xtask help`.
+//! `cargo xtask <task>`: see `cargo xtask --help`.
 
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,48 +22,198 @@ mod bench;
 
 mod deploy;
 
-const HELP: &str = "\
-cargo xtask <task>
+/// Project automation for edgesync: install, build, run the local stack, test, bench,
+/// deploy. Everything it installs is pinned and cached outside the clone.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
 
-  setup                 install every tool edgesync needs (pinned, cached outside the clone),
-                        the embedding model's files, and the embeddings server (native build)
-  build [NAME...]       build the Workers (.wasm bundles); all by default
-  dev                   setup + build + the whole stack in the foreground; Ctrl-C stops it
-  test                  setup + build + unit tests + the stack on free ports + integration tests
-  stack up|down|status  the local stack in the background (target/stack/stack.json)
-  token [--sub UUID] [--es256] [--ttl SECS] [--role service_role|anon]
-                        print a token for the running stack
-  schemathesis [--dir DIR] [--examples N]
-                        schemathesis against the running stack's /openapi.json (as in test)
-  fuzz [--seconds N] [--target NAME]
-                        replay fuzz/regressions, then fuzz each cargo-fuzz target in fuzz/
-                        (or only NAME) for N seconds (default 15); fails on any crash
-  bench [--smoke] [--keep] [--report-only]
-                        edgesync against PostgREST direct and the TypeScript Worker on a stack
-                        of its own: BENCHMARKS.md + bench/plots/ (--smoke: tiny, into target/)
-  deploy [--env NAME] [--dry-run] [--secrets FILE] [--config FILE]
-                        build, then deploy every function Worker and then the gateway to
-                        Cloudflare with the settings of [env.NAME] in deploy.toml (default:
-                        its default_env) and the secrets from the environment or FILE
-                        (dotenv); --dry-run: bundle and check every Worker, no network
-  db push --db-url URL  apply the pending migrations (sql/migrations) as URL's role, e.g. a
-                        hosted Supabase project's `postgres`; prints what it applied
-  db layout             write supabase/migrations/ (for `supabase db push`) from sql/migrations
+#[derive(Subcommand)]
+enum Task {
+    /// Install every tool edgesync needs (pinned, cached outside the clone), the
+    /// embedding model's files, and the embeddings server (native build)
+    Setup,
+    /// Build the Workers' .wasm bundles (all by default)
+    Build {
+        /// Only these Workers (health, sync, upload, populate, embed_entry, gateway)
+        names: Vec<String>,
+    },
+    /// setup + build + the whole stack in the foreground; Ctrl-C stops it
+    Dev(UpArgs),
+    /// setup + build + unit tests + the stack on free ports + integration tests
+    Test {
+        /// Leave the test stack running afterwards
+        #[arg(long)]
+        keep: bool,
+        /// schemathesis test cases per operation and phase (default 60; also
+        /// $EDGESYNC_SCHEMATHESIS_EXAMPLES); 0 skips it. Skipped by default when a test
+        /// filter is given after --
+        #[arg(long, value_name = "N")]
+        schemathesis_examples: Option<u32>,
+        /// Passed to the integration tests' harness (e.g. a test name filter)
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The local stack in the background (target/stack/stack.json)
+    #[command(subcommand)]
+    Stack(StackTask),
+    /// Print a token for the running stack
+    Token {
+        /// The stack's directory (default: target/stack in the checkout)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The user id (default: a new one)
+        #[arg(long)]
+        sub: Option<String>,
+        /// Sign with the stack's ES256 key (verified through the JWKS) instead of HS256
+        #[arg(long)]
+        es256: bool,
+        /// Lifetime in seconds
+        #[arg(long, default_value_t = 3600, allow_negative_numbers = true)]
+        ttl: i64,
+        /// An API key's token instead of a user's
+        #[arg(long, value_parser = ["service_role", "anon"])]
+        role: Option<String>,
+    },
+    /// schemathesis against the running stack's /openapi.json (as in test)
+    Schemathesis {
+        /// The stack's directory (default: target/stack in the checkout)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Test cases per operation and phase
+        #[arg(long, default_value_t = schemathesis::DEFAULT_EXAMPLES)]
+        examples: u32,
+    },
+    /// Replay fuzz/regressions, then fuzz each cargo-fuzz target in fuzz/ for a while;
+    /// fails on any crash
+    Fuzz {
+        /// Seconds per target
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+        /// Only this target (repeatable)
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+    },
+    /// edgesync against PostgREST direct and the TypeScript Worker on a stack of its own:
+    /// BENCHMARKS.md + bench/plots/
+    Bench {
+        /// Tiny sizes, a few requests, into target/bench-smoke/
+        #[arg(long)]
+        smoke: bool,
+        /// Leave the bench stack running afterwards
+        #[arg(long)]
+        keep: bool,
+        /// Write the report from the last results again, measuring nothing
+        #[arg(long)]
+        report_only: bool,
+        /// Only the live-updates figures, into bench/LIVE.md
+        #[arg(long)]
+        live: bool,
+    },
+    /// Build, then deploy every function Worker and then the gateway to Cloudflare
+    Deploy {
+        /// The [env.NAME] of deploy.toml (default: its default_env)
+        #[arg(long)]
+        env: Option<String>,
+        /// Bundle and check every Worker; no network
+        #[arg(long)]
+        dry_run: bool,
+        /// A dotenv file with the secrets (default: the environment)
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
+        /// Another deploy.toml
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Migrations: apply them to a database, or lay them out for the Supabase CLI
+    #[command(subcommand)]
+    Db(DbTask),
+    /// The stack's stand-in for Supabase Auth's JWKS endpoint (started by the stack)
+    #[command(hide = true)]
+    ServeJwks {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// The stack's database-webhook relay (started by the stack)
+    #[command(hide = true)]
+    EmbedRelay(RelayArgs),
+    /// The stack's live-pokes relay (started by the stack)
+    #[command(hide = true)]
+    LiveRelay(RelayArgs),
+}
 
-Options for dev and stack up:
-  --dir DIR             stack directory (default target/stack)
-  --fresh               start from an empty database
-  --port-functions N --port-postgrest N --port-postgrest-admin N
-  --port-postgres N --port-auth N --port-inspector N --port-embeddings N --port-neo4j N
-  --free-ports          let the OS pick every port
-Options for test:
-  --keep                leave the test stack running afterwards
-  --schemathesis-examples N
-                        schemathesis test cases per operation and phase (default 60; also
-                        EDGESYNC_SCHEMATHESIS_EXAMPLES); 0 skips it. Skipped by default when
-                        a test filter is given after --
-  -- ARGS               passed to the integration tests' harness (e.g. a test name filter)
-";
+#[derive(Subcommand)]
+enum StackTask {
+    /// Build, then start the stack in the background
+    Up(UpArgs),
+    /// Stop it
+    Down {
+        /// The stack's directory (default: target/stack in the checkout)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// What runs, and where
+    Status {
+        /// The stack's directory (default: target/stack in the checkout)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbTask {
+    /// Apply the pending migrations (sql/migrations) as URL's role, e.g. a hosted Supabase
+    /// project's `postgres`; prints what it applied
+    Push {
+        #[arg(long, value_name = "URL")]
+        db_url: String,
+    },
+    /// Write supabase/migrations/ (for `supabase db push`) from sql/migrations
+    Layout,
+}
+
+/// Where the stack lives and listens (dev and stack up).
+#[derive(clap::Args)]
+struct UpArgs {
+    /// The stack's directory (default: target/stack in the checkout)
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Start from an empty database
+    #[arg(long)]
+    fresh: bool,
+    /// Let the OS pick every port not given
+    #[arg(long)]
+    free_ports: bool,
+    #[arg(long, value_name = "N")]
+    port_functions: Option<u16>,
+    #[arg(long, value_name = "N")]
+    port_postgrest: Option<u16>,
+    #[arg(long, value_name = "N")]
+    port_postgrest_admin: Option<u16>,
+    #[arg(long, value_name = "N")]
+    port_postgres: Option<u16>,
+    #[arg(long, value_name = "N")]
+    port_auth: Option<u16>,
+    #[arg(long, value_name = "N")]
+    port_inspector: Option<u16>,
+    #[arg(long, value_name = "N")]
+    port_embeddings: Option<u16>,
+    #[arg(long, value_name = "N")]
+    port_neo4j: Option<u16>,
+}
+
+#[derive(clap::Args)]
+struct RelayArgs {
+    #[arg(long)]
+    database_url: String,
+    #[arg(long)]
+    target: String,
+}
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -71,8 +222,14 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(args) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    match run(cli.task) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("xtask: error: {e}");
@@ -81,85 +238,37 @@ fn main() -> ExitCode {
     }
 }
 
-struct Flags {
-    rest: Vec<String>,
-    passthrough: Vec<String>,
+/// The stack directory given, else `target/stack` in the checkout.
+fn stack_dir(paths: &Paths, dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(|| paths.root.join("target/stack"))
 }
 
-impl Flags {
-    fn parse(args: &[String]) -> Flags {
-        let (mine, passthrough) = match args.iter().position(|a| a == "--") {
-            Some(i) => (args[..i].to_vec(), args[i + 1..].to_vec()),
-            None => (args.to_vec(), Vec::new()),
-        };
-        Flags { rest: mine, passthrough }
-    }
-    fn flag(&mut self, name: &str) -> bool {
-        match self.rest.iter().position(|a| a == name) {
-            Some(i) => {
-                self.rest.remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-    fn value(&mut self, name: &str) -> Result<Option<String>> {
-        match self.rest.iter().position(|a| a == name) {
-            Some(i) if i + 1 < self.rest.len() => {
-                let v = self.rest.remove(i + 1);
-                self.rest.remove(i);
-                Ok(Some(v))
-            }
-            Some(_) => bail!("{name} needs a value"),
-            None => Ok(None),
-        }
-    }
-    fn port(&mut self, name: &str, default: u16) -> Result<u16> {
-        match self.value(name)? {
-            Some(v) => v.parse().context(format!("{name} must be a port number")),
-            None => Ok(default),
-        }
-    }
-    fn done(&self) -> Result<()> {
-        if let Some(extra) = self.rest.first() {
-            bail!("unexpected argument {extra:?}; see `cargo xtask help`");
-        }
-        Ok(())
-    }
-}
-
-fn up_options(paths: &Paths, flags: &mut Flags, default_dir: &str) -> Result<UpOptions> {
-    let dir = flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join(default_dir));
-    let fresh = flags.flag("--fresh");
-    let base = if flags.flag("--free-ports") { Ports::free()? } else { Ports::defaults() };
+fn up_options(paths: &Paths, a: UpArgs) -> Result<UpOptions> {
+    let base = if a.free_ports { Ports::free()? } else { Ports::defaults() };
     let ports = Ports {
-        functions: flags.port("--port-functions", base.functions)?,
-        postgrest: flags.port("--port-postgrest", base.postgrest)?,
-        postgrest_admin: flags.port("--port-postgrest-admin", base.postgrest_admin)?,
-        postgres: flags.port("--port-postgres", base.postgres)?,
-        auth: flags.port("--port-auth", base.auth)?,
-        inspector: flags.port("--port-inspector", base.inspector)?,
-        embeddings: flags.port("--port-embeddings", base.embeddings)?,
-        neo4j: flags.port("--port-neo4j", base.neo4j)?,
+        functions: a.port_functions.unwrap_or(base.functions),
+        postgrest: a.port_postgrest.unwrap_or(base.postgrest),
+        postgrest_admin: a.port_postgrest_admin.unwrap_or(base.postgrest_admin),
+        postgres: a.port_postgres.unwrap_or(base.postgres),
+        auth: a.port_auth.unwrap_or(base.auth),
+        inspector: a.port_inspector.unwrap_or(base.inspector),
+        embeddings: a.port_embeddings.unwrap_or(base.embeddings),
+        neo4j: a.port_neo4j.unwrap_or(base.neo4j),
     };
-    Ok(UpOptions { dir, ports, fresh, alone: &[] })
+    Ok(UpOptions { dir: stack_dir(paths, a.dir), ports, fresh: a.fresh, alone: &[] })
 }
 
-fn run(args: Vec<String>) -> Result<ExitCode> {
+fn run(task: Task) -> Result<ExitCode> {
     let paths = Paths::discover()?;
-    let task = args.first().cloned().unwrap_or_else(|| "help".into());
-    let mut flags = Flags::parse(&args[1.min(args.len())..]);
-    match task.as_str() {
-        "setup" => {
-            flags.done()?;
+    match task {
+        Task::Setup => {
             let t = tools::ensure(&paths)?;
             println!("{}", tools::describe(&t)?);
             println!("{}", xtask::browser::describe(&xtask::browser::ensure(&paths)?)?);
         }
-        "build" => {
-            let only = std::mem::take(&mut flags.rest);
+        Task::Build { names } => {
             let t = tools::ensure(&paths)?;
-            build::build(&paths, &t, &only)?;
+            build::build(&paths, &t, &names)?;
             println!("{:<12} {:>10} {:>10}", "worker", "wasm bytes", "gzip -9");
             for w in build::all_workers(&paths) {
                 if let Ok(bytes) = std::fs::read(w.wasm()) {
@@ -172,154 +281,86 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
                 }
             }
         }
-        "stack" => {
-            let sub = if flags.rest.is_empty() { String::new() } else { flags.rest.remove(0) };
-            match sub.as_str() {
-                "up" => {
-                    let opts = up_options(&paths, &mut flags, "target/stack")?;
-                    flags.done()?;
-                    let t = tools::ensure(&paths)?;
-                    build::build(&paths, &t, &[])?;
-                    let info = stack::up(&paths, &t, &opts)?;
-                    print_stack(&info)?;
-                }
-                "down" => {
-                    let dir =
-                        flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
-                    flags.done()?;
-                    stack::down(&dir)?;
-                    step("stack stopped");
-                }
-                "status" => {
-                    let dir =
-                        flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
-                    flags.done()?;
-                    println!("{}", stack::status(&dir)?);
-                }
-                _ => bail!("usage: cargo xtask stack up|down|status"),
-            }
+        Task::Stack(StackTask::Up(a)) => {
+            let opts = up_options(&paths, a)?;
+            let t = tools::ensure(&paths)?;
+            build::build(&paths, &t, &[])?;
+            let info = stack::up(&paths, &t, &opts)?;
+            print_stack(&info)?;
         }
-        "dev" => {
-            let opts = up_options(&paths, &mut flags, "target/stack")?;
-            flags.done()?;
+        Task::Stack(StackTask::Down { dir }) => {
+            stack::down(&stack_dir(&paths, dir))?;
+            step("stack stopped");
+        }
+        Task::Stack(StackTask::Status { dir }) => println!("{}", stack::status(&stack_dir(&paths, dir))?),
+        Task::Dev(a) => {
+            let opts = up_options(&paths, a)?;
             return dev(&paths, opts);
         }
-        "test" => {
-            let keep = flags.flag("--keep");
-            let examples = match flags
-                .value("--schemathesis-examples")?
-                .or_else(|| std::env::var(schemathesis::EXAMPLES_ENV).ok().filter(|v| !v.trim().is_empty()))
-            {
-                Some(v) => Some(v.trim().parse::<u32>().context("--schemathesis-examples must be a number")?),
+        Task::Test { keep, schemathesis_examples, args } => {
+            let from_env = std::env::var(schemathesis::EXAMPLES_ENV).ok().filter(|v| !v.trim().is_empty());
+            let examples = match (schemathesis_examples, from_env) {
+                (Some(n), _) => n,
+                (None, Some(v)) => {
+                    v.trim().parse::<u32>().context(format!("{} must be a number", schemathesis::EXAMPLES_ENV))?
+                }
                 // A filtered run is for one test; fuzzing every endpoint is not asked for.
-                None if !flags.passthrough.is_empty() => Some(0),
-                None => None,
+                (None, None) if !args.is_empty() => 0,
+                (None, None) => schemathesis::DEFAULT_EXAMPLES,
             };
-            flags.done()?;
-            return test(&paths, keep, &flags.passthrough, examples.unwrap_or(schemathesis::DEFAULT_EXAMPLES));
+            return test(&paths, keep, &args, examples);
         }
-        "token" => {
-            let dir = flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
-            let sub = flags.value("--sub")?.unwrap_or_else(keys::random_uuid);
-            let ttl: i64 =
-                flags.value("--ttl")?.map(|v| v.parse().context("--ttl must be seconds")).transpose()?.unwrap_or(3600);
-            let es256 = flags.flag("--es256");
-            let role = flags.value("--role")?;
-            flags.done()?;
-            let info = stack::load(&dir)?;
+        Task::Token { dir, sub, es256, ttl, role } => {
+            let info = stack::load(&stack_dir(&paths, dir))?;
+            let sub = sub.unwrap_or_else(keys::random_uuid);
             let token = match role.as_deref() {
-                Some(r @ ("service_role" | "anon")) => keys::sign_hs256(&info.jwt_secret, &keys::api_key_claims(r))?,
-                Some(other) => bail!("--role must be service_role or anon, not {other}"),
+                Some(r) => keys::sign_hs256(&info.jwt_secret, &keys::api_key_claims(r))?,
                 None if es256 => keys::sign_es256(&info.es256_key, &keys::user_claims(&sub, &info.jwt_issuer, ttl))?,
                 None => keys::sign_hs256(&info.jwt_secret, &keys::user_claims(&sub, &info.jwt_issuer, ttl))?,
             };
             println!("{token}");
         }
-        "serve-jwks" => {
-            let port: u16 = flags.value("--port")?.context("--port is required")?.parse().context("--port")?;
-            let file = flags.value("--file")?.context("--file is required")?;
-            stack::serve_jwks(port, std::path::Path::new(&file))?;
-        }
-        "embed-relay" | "live-relay" => {
-            let relay = if task == xtask::relay::LIVE.command { &xtask::relay::LIVE } else { &xtask::relay::EMBED };
-            let database_url = flags.value("--database-url")?.context("--database-url is required")?;
-            let target = flags.value("--target")?.context("--target is required")?;
-            flags.done()?;
-            let secret = std::env::var(relay.secret_env)
-                .context(format!("{} must carry the relay's secret", relay.secret_env))?;
-            xtask::relay::run(relay, &database_url, &target, &secret);
-        }
-        "fuzz" => {
-            let seconds = match flags.value("--seconds")? {
-                Some(v) => v.parse().context("--seconds must be a whole number of seconds")?,
-                None => fuzz::DEFAULT_SECONDS,
-            };
-            let mut only = Vec::new();
-            while let Some(name) = flags.value("--target")? {
-                only.push(name);
-            }
-            flags.done()?;
-            return fuzz::run(&paths, seconds, &only);
-        }
-        "schemathesis" => {
-            let dir = flags.value("--dir")?.map(PathBuf::from).unwrap_or_else(|| paths.root.join("target/stack"));
-            let examples = match flags.value("--examples")? {
-                Some(v) => v.parse().context("--examples must be a number")?,
-                None => schemathesis::DEFAULT_EXAMPLES,
-            };
-            flags.done()?;
-            let o = schemathesis::run_all(&paths, &stack::load(&dir)?, examples)?;
+        Task::ServeJwks { port, file } => stack::serve_jwks(port, &file)?,
+        Task::EmbedRelay(a) => relay(&xtask::relay::EMBED, a)?,
+        Task::LiveRelay(a) => relay(&xtask::relay::LIVE, a)?,
+        Task::Fuzz { seconds, targets } => return fuzz::run(&paths, seconds, &targets),
+        Task::Schemathesis { dir, examples } => {
+            let o = schemathesis::run_all(&paths, &stack::load(&stack_dir(&paths, dir))?, examples)?;
             step(format!("schemathesis: {} test cases in {:.0}s", o.cases, o.elapsed.as_secs_f64()));
             return Ok(if o.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        "bench" => {
-            let opts = bench::Options {
-                smoke: flags.flag("--smoke"),
-                keep: flags.flag("--keep"),
-                report_only: flags.flag("--report-only"),
-                live_only: flags.flag("--live"),
-            };
-            flags.done()?;
+        Task::Bench { smoke, keep, report_only, live } => {
+            let opts = bench::Options { smoke, keep, report_only, live_only: live };
             return bench::run(&paths, opts);
         }
-        "deploy" => {
-            let opts = deploy::Options {
-                env: flags.value("--env")?,
-                dry_run: flags.flag("--dry-run"),
-                secrets: flags.value("--secrets")?.map(PathBuf::from),
-                config: flags.value("--config")?.map(PathBuf::from),
-            };
-            flags.done()?;
+        Task::Deploy { env, dry_run, secrets, config } => {
+            let opts = deploy::Options { env, dry_run, secrets, config };
             return Ok(if deploy::run(&paths, opts)? { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        "db" => {
-            let sub = if flags.rest.is_empty() { String::new() } else { flags.rest.remove(0) };
-            match sub.as_str() {
-                "push" => {
-                    let url = flags.value("--db-url")?.context("db push needs --db-url URL")?;
-                    flags.done()?;
-                    let t = tools::ensure_postgres(&paths)?;
-                    let applied =
-                        xtask::db::apply_pending(&paths, &t, &url, &mut |m| println!("applying {}", m.file_name()))?;
-                    let version = xtask::db::schema_version(&t, &url)?;
-                    match applied.len() {
-                        0 => println!("nothing to apply; schema version {version} (current)"),
-                        1 => println!("1 migration applied; schema version {version}"),
-                        n => println!("{n} migrations applied; schema version {version}"),
-                    }
-                }
-                "layout" => {
-                    flags.done()?;
-                    let n = xtask::db::write_supabase_layout(&paths)?;
-                    println!("wrote {n} migrations to supabase/migrations/");
-                }
-                other => bail!("unknown db task {other:?} (push or layout)"),
+        Task::Db(DbTask::Push { db_url }) => {
+            let t = tools::ensure_postgres(&paths)?;
+            let applied =
+                xtask::db::apply_pending(&paths, &t, &db_url, &mut |m| println!("applying {}", m.file_name()))?;
+            let version = xtask::db::schema_version(&t, &db_url)?;
+            match applied.len() {
+                0 => println!("nothing to apply; schema version {version} (current)"),
+                1 => println!("1 migration applied; schema version {version}"),
+                n => println!("{n} migrations applied; schema version {version}"),
             }
         }
-        "help" | "--help" | "-h" => print!("{HELP}"),
-        other => bail!("unknown task {other:?}\n\n{HELP}"),
+        Task::Db(DbTask::Layout) => {
+            let n = xtask::db::write_supabase_layout(&paths)?;
+            println!("wrote {n} migrations to supabase/migrations/");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A relay of the stack's (`embed-relay`, `live-relay`): runs until stopped.
+fn relay(relay: &xtask::relay::Relay, a: RelayArgs) -> Result<()> {
+    let secret =
+        std::env::var(relay.secret_env).context(format!("{} must carry the relay's secret", relay.secret_env))?;
+    xtask::relay::run(relay, &a.database_url, &a.target, &secret)
 }
 
 fn print_stack(info: &stack::StackInfo) -> Result<()> {
