@@ -521,6 +521,39 @@ fn a_rate_limited_embeddings_api_is_waited_for_and_the_entry_embedded() {
     assert_eq!(faults(&info, None)["answered"], 1, "the 429 was really answered");
 }
 
+/// A busy embeddings API (503 overloaded, as the local one answers a burst; or 429)
+/// backs a job off without using up its attempts: past EMBED_MAX_ATTEMPTS tries it is
+/// still pending, and it is embedded once the API has room. (A bulk insert of 10,000
+/// entries failed about half of their jobs for good before.)
+#[test]
+fn a_busy_embeddings_api_backs_jobs_off_but_never_fails_them_for_good() {
+    let _x = exclusive();
+    let info = stack();
+    let _clean = NoFaultsAfter(&info);
+    let _quiet = RelayStopped::new(&info);
+    let (_, token) = new_user(&info);
+    let mut db = db(&info);
+    let id = uuid();
+    let (data, content) = entry("Groceries", "Milk, eggs and bread.", &["home"]);
+    faults(&info, Some(json!({"status": 503})));
+    upload(&info, &token, &uuid(), json!([put(1, &id, data)]));
+    // EMBED_MAX_ATTEMPTS is 5 (the default): one try more.
+    for attempt in 1..=6 {
+        cron_until(&info, &format!("attempt {attempt}"), || job(&mut db, &id).is_some_and(|j| j.2 >= attempt));
+        let (status, _, attempts, error) = job(&mut db, &id).unwrap();
+        assert_eq!((status.as_str(), attempts), ("pending", attempt), "{error:?}");
+        assert!(error.unwrap_or_default().contains("503"), "the error is recorded");
+        db.execute(
+            "update edgesync.embedding_jobs set next_attempt_at = now() where entry_id = $1::text::uuid",
+            &[&id],
+        )
+        .unwrap();
+    }
+    faults(&info, None);
+    cron_until(&info, "the job to be embedded once the API has room", || job(&mut db, &id).is_none());
+    wait_embedded(&mut db, &id, &content);
+}
+
 #[test]
 fn an_embeddings_api_failing_for_good_ends_in_the_failed_state_with_its_error() {
     let _x = exclusive();

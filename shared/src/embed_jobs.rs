@@ -120,7 +120,20 @@ impl ApiFailure {
     pub fn refuses_input(&self) -> bool {
         matches!(self.status, Some(400..=499)) && !matches!(self.status, Some(401 | 403 | 404 | 408 | 429))
     }
+
+    /// The API said it is busy (429 rate limited, 503 overloaded): the jobs back off,
+    /// but the try does not count towards their attempts. A burst of writes (a bulk
+    /// insert of thousands of entries) would otherwise use up every job's attempts
+    /// within a minute of backoff and fail them for good, though nothing is wrong with
+    /// them; while the API stays busy they stay pending (`/health` reports them
+    /// overdue), and they are embedded once it has room.
+    pub fn charges_an_attempt(&self) -> bool {
+        !matches!(self.status, Some(429 | 503))
+    }
 }
+
+/// `p_max_attempts` for a failure that charges no attempt: no job reaches it.
+const NO_ATTEMPT_LIMIT: u32 = i32::MAX as u32;
 
 impl From<ApiFailure> for ApiError {
     /// A fixed text per code for the client; what the embeddings API said (its body,
@@ -243,8 +256,9 @@ impl Drain<'_> {
                     stop = true;
                 }
                 let ids: Vec<&str> = group.iter().map(|t| t.entry_id.as_str()).collect();
+                let limit = if failure.charges_an_attempt() { self.max_attempts } else { NO_ATTEMPT_LIMIT };
                 let args = json!({ "p_entries": ids, "p_error": failure.message, "p_retry_after_secs": failure.retry_after,
-                                   "p_max_attempts": self.max_attempts });
+                                   "p_max_attempts": limit });
                 self.api.rpc(Caller::ServiceRole(self.service_key), FAIL_RPC, &args).await?;
                 report.failed += ids.len();
                 report.last_error = Some(failure.message);
@@ -308,6 +322,17 @@ mod tests {
         // Written blank again: current, nothing to do.
         let again = Claimed { embedding_hash: Some(hash), ..blank };
         assert_eq!(plan(&cfg(), vec![again]).current.len(), 1);
+    }
+
+    #[test]
+    fn a_busy_api_backs_jobs_off_without_using_up_their_attempts() {
+        let f = |status| ApiFailure { status, message: String::new(), retry_after: 0 };
+        for s in [Some(429), Some(503)] {
+            assert!(!f(s).charges_an_attempt(), "{s:?}");
+        }
+        for s in [Some(400), Some(401), Some(500), Some(502), Some(504), None] {
+            assert!(f(s).charges_an_attempt(), "{s:?}");
+        }
     }
 
     #[test]
