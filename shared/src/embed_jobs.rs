@@ -106,6 +106,52 @@ pub struct Drain<'a> {
     pub sleep: Sleep<'a>,
 }
 
+/// Batches per Cron run by default (`EMBED_CRON_ROUNDS`): each batch is three
+/// subrequests (claim, embed, finish).
+pub const DEFAULT_CRON_ROUNDS: u32 = 8;
+
+/// The drain's settings of the `embed_entry` Worker: `EMBED_MAX_ATTEMPTS` (5) and
+/// `EMBED_CRON_ROUNDS` (8), each a whole number from 1 to 100; blank is unset, as for
+/// every other bounded setting (`config::whole_number`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainSettings {
+    pub max_attempts: u32,
+    pub cron_rounds: u32,
+}
+
+impl DrainSettings {
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<DrainSettings, crate::config::ConfigError> {
+        let number = |name, default| crate::config::whole_number(&get, name, u64::from(default), 1, 100);
+        Ok(DrainSettings {
+            max_attempts: number("EMBED_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)? as u32,
+            cron_rounds: number("EMBED_CRON_ROUNDS", DEFAULT_CRON_ROUNDS)? as u32,
+        })
+    }
+}
+
+/// What a request to the `embed_entry` Worker asks for, by its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /search`, as a user.
+    Search,
+    /// `POST /embed_entry`: a database webhook's nudge.
+    Nudge,
+    /// `POST /embed_entry/drain`: drain due jobs now (operators, tests).
+    Drain,
+}
+
+impl Route {
+    /// The route of `path` (a trailing slash is the same path), or `None`: 404.
+    pub fn of(path: &str) -> Option<Route> {
+        match path {
+            "/search" | "/search/" => Some(Route::Search),
+            "/embed_entry" | "/embed_entry/" => Some(Route::Nudge),
+            "/embed_entry/drain" => Some(Route::Drain),
+            _ => None,
+        }
+    }
+}
+
 /// Why an embeddings request failed, and when to try again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiFailure {
@@ -322,6 +368,38 @@ mod tests {
         // Written blank again: current, nothing to do.
         let again = Claimed { embedding_hash: Some(hash), ..blank };
         assert_eq!(plan(&cfg(), vec![again]).current.len(), 1);
+    }
+
+    #[test]
+    fn drain_settings_are_bounded_and_blank_is_unset() {
+        let get = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let defaults = DrainSettings { max_attempts: DEFAULT_MAX_ATTEMPTS, cron_rounds: DEFAULT_CRON_ROUNDS };
+        assert_eq!(DrainSettings::from_lookup(get(&[])).unwrap(), defaults);
+        assert_eq!(
+            DrainSettings::from_lookup(get(&[("EMBED_MAX_ATTEMPTS", " "), ("EMBED_CRON_ROUNDS", "")])).unwrap(),
+            defaults
+        );
+        let set =
+            DrainSettings::from_lookup(get(&[("EMBED_MAX_ATTEMPTS", " 9 "), ("EMBED_CRON_ROUNDS", "100")])).unwrap();
+        assert_eq!(set, DrainSettings { max_attempts: 9, cron_rounds: 100 });
+        for bad in ["0", "101", "-1", "2.5", "many"] {
+            let e = DrainSettings::from_lookup(move |k: &str| (k == "EMBED_CRON_ROUNDS").then(|| bad.to_string()));
+            assert_eq!(e.unwrap_err().setting, "EMBED_CRON_ROUNDS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_worker_routes_search_nudges_and_drains_by_path() {
+        assert_eq!(Route::of("/search"), Some(Route::Search));
+        assert_eq!(Route::of("/search/"), Some(Route::Search));
+        assert_eq!(Route::of("/embed_entry"), Some(Route::Nudge));
+        assert_eq!(Route::of("/embed_entry/"), Some(Route::Nudge));
+        assert_eq!(Route::of("/embed_entry/drain"), Some(Route::Drain));
+        for other in ["/", "/embed_entry/drain/x", "/embed_entry/other", "/searches", ""] {
+            assert_eq!(Route::of(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -72,6 +72,25 @@ impl ApiError {
 
     /// The JSON body, carrying the request id so a user can quote it and an operator
     /// can find the matching log line.
+    /// The headers an error answer carries besides its JSON body: `www-authenticate`
+    /// on a 401, `retry-after` when the details say how long to wait
+    /// (`retry_after_secs`), `allow` when they list the methods allowed (`allowed`).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::new();
+        if self.status == 401 {
+            headers.push(("www-authenticate", "Bearer".to_owned()));
+        }
+        let detail = |key: &str| self.details.as_ref().and_then(|d| d.get(key));
+        if let Some(secs) = detail("retry_after_secs").and_then(Value::as_u64) {
+            headers.push(("retry-after", secs.to_string()));
+        }
+        if let Some(Value::Array(allowed)) = detail("allowed") {
+            let allow: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
+            headers.push(("allow", allow.join(", ")));
+        }
+        headers
+    }
+
     pub fn body(&self, request_id: &str) -> Value {
         json!({ "error": ErrorBody {
             code: self.code,
@@ -120,6 +139,21 @@ impl std::error::Error for ApiError {}
 
 #[cfg(test)]
 mod tests {
+    use super::ApiError;
+    use serde_json::json;
+
+    #[test]
+    fn an_error_answer_carries_the_headers_its_status_and_details_call_for() {
+        assert_eq!(ApiError::new(400, "bad", "m").headers(), vec![]);
+        assert_eq!(ApiError::new(401, "missing_token", "m").headers(), vec![("www-authenticate", "Bearer".to_owned())]);
+        let busy = ApiError::new(429, "busy", "m").with_details(json!({"retry_after_secs": 7}));
+        assert_eq!(busy.headers(), vec![("retry-after", "7".to_owned())]);
+        let not_a_number = ApiError::new(503, "busy", "m").with_details(json!({"retry_after_secs": "soon"}));
+        assert_eq!(not_a_number.headers(), vec![]);
+        let method = ApiError::new(405, "method_not_allowed", "m").with_details(json!({"allowed": ["GET", "POST", 7]}));
+        assert_eq!(method.headers(), vec![("allow", "GET, POST".to_owned())]);
+    }
+
     use super::*;
 
     #[test]

@@ -223,15 +223,8 @@ pub fn error_response(err: &ApiError, request_id: &str) -> worker::Result<Respon
         Ok(r) => r.with_status(err.status),
         Err(_) => Response::error(err.message.clone(), err.status)?,
     };
-    if err.status == 401 {
-        let _ = response.headers_mut().set("www-authenticate", "Bearer");
-    }
-    if let Some(secs) = err.details.as_ref().and_then(|d| d.get("retry_after_secs")).and_then(Value::as_u64) {
-        let _ = response.headers_mut().set("retry-after", &secs.to_string());
-    }
-    if let Some(Value::Array(allowed)) = err.details.as_ref().and_then(|d| d.get("allowed")) {
-        let allow: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
-        let _ = response.headers_mut().set("allow", &allow.join(", "));
+    for (name, value) in err.headers() {
+        let _ = response.headers_mut().set(name, &value);
     }
     Ok(response)
 }

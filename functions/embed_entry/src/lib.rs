@@ -1,4 +1,4 @@
-//! `embed_entry`: embeddings for entries (SPEC §7).
+//! `embed_entry`: embeddings for entries (README.md "Embeddings").
 //!
 //! - `POST /embed_entry` with a Supabase database-webhook payload: a nudge. It answers
 //!   202 at once and, in `ctx.wait_until`, claims that entry's job and embeds it.
@@ -19,7 +19,7 @@ use shared::auth::Principal;
 use shared::config::{Config, ConfigError};
 use shared::data_api::Caller;
 use shared::embed::{parse_webhook, secrets_equal, EmbeddingsConfig, SearchRequest, WebhookAction, SEARCH_RPC};
-use shared::embed_jobs::{embed_texts, Drain, DrainReport, Sleep, DEFAULT_MAX_ATTEMPTS};
+use shared::embed_jobs::{embed_texts, Drain, DrainReport, DrainSettings, Route, Sleep};
 use shared::ApiError;
 use worker::{
     console_error, console_log, event, Context, Env, Method, Request, Response, ScheduleContext, ScheduledEvent,
@@ -27,37 +27,22 @@ use worker::{
 
 /// Largest webhook body accepted (the payload carries one row).
 const MAX_BODY: usize = 256 * 1024;
-/// Batches per Cron run: each batch is three subrequests (claim, embed, finish).
-const DEFAULT_CRON_ROUNDS: u32 = 8;
 
 #[derive(Clone)]
 struct Settings {
     config: Config,
     embeddings: EmbeddingsConfig,
     service_key: String,
-    max_attempts: u32,
-    cron_rounds: u32,
+    drain: DrainSettings,
 }
 
 impl Settings {
     fn from_env(env: &Env) -> Result<Settings, ConfigError> {
         let config = edge::config(env)?;
         let service_key = config.require_service_role_key()?.to_owned();
-        let number = |name: &'static str, default: u32| -> Result<u32, ConfigError> {
-            match edge::setting(env, name) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=100).contains(n))
-                    .ok_or(ConfigError { setting: name, problem: "must be a whole number from 1 to 100".into() }),
-            }
-        };
         Ok(Settings {
             embeddings: EmbeddingsConfig::from_lookup(|k| edge::setting(env, k))?,
-            max_attempts: number("EMBED_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)?,
-            cron_rounds: number("EMBED_CRON_ROUNDS", DEFAULT_CRON_ROUNDS)?,
+            drain: DrainSettings::from_lookup(|k| edge::setting(env, k))?,
             service_key,
             config,
         })
@@ -69,7 +54,7 @@ impl Settings {
             api: &api,
             service_key: &self.service_key,
             embeddings: &self.embeddings,
-            max_attempts: self.max_attempts,
+            max_attempts: self.drain.max_attempts,
             sleep: SLEEP,
         }
         .run(entry, rounds)
@@ -93,7 +78,7 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> worker::Result<Respo
 #[event(scheduled)]
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     match Settings::from_env(&env) {
-        Ok(s) => match s.drain(None, s.cron_rounds).await {
+        Ok(s) => match s.drain(None, s.drain.cron_rounds).await {
             Ok(r) => console_log!("embed_entry cron: {}", json!(r)),
             Err(e) => console_error!("embed_entry cron failed: {} {}", e.code, e.message),
         },
@@ -102,21 +87,17 @@ async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
 }
 
 async fn handle(req: &mut Request, env: &Env, ctx: &Context) -> Result<Response, ApiError> {
-    let path = req.path();
-    if path == "/search" || path == "/search/" {
+    let route =
+        Route::of(&req.path()).ok_or_else(|| ApiError::not_found(format!("no such endpoint: {}", req.path())))?;
+    if route == Route::Search {
         return search(req, env).await;
     }
-    let drain = match path.as_str() {
-        "/embed_entry" | "/embed_entry/" => false,
-        "/embed_entry/drain" => true,
-        other => return Err(ApiError::not_found(format!("no such endpoint: {other}"))),
-    };
     edge::require_method(req, &[Method::Post])?;
     // Who is calling, before any other setting is looked at.
     authorize(req, env).await?;
-    if drain {
+    if route == Route::Drain {
         let settings = Settings::from_env(env)?;
-        let report = settings.drain(None, settings.cron_rounds).await?;
+        let report = settings.drain(None, settings.drain.cron_rounds).await?;
         return edge::json(200, &json!(report));
     }
     let body = edge::json_body(req, MAX_BODY, |len| {

@@ -1,4 +1,4 @@
-//! `POST /populate`: bulk load from Neo4j or legacy records (SPEC §8).
+//! `POST /populate`: bulk load from Neo4j or legacy records (README.md "Populate").
 //!
 //! Thin: verify the token, decide whose data it is (a user populates their own; the
 //! service role names a user), parse the body, and hand over to
@@ -11,12 +11,13 @@
 
 use edgesync_edge::{self as edge, edgesync_shared as shared};
 use serde_json::json;
-use shared::auth::Principal;
 use shared::config::{Config, ConfigError};
 use shared::data_api::Caller;
 use shared::populate::mapping::Mapping;
 use shared::populate::neo4j::Neo4jConfig;
-use shared::populate::{too_large_body, Mode, Populate, PopulateConfig, PopulateRequest, DUE_RPC, MAX_BODY_BYTES};
+use shared::populate::{
+    too_large_body, whose, CronBudget, Mode, Populate, PopulateConfig, PopulateRequest, Whose, DUE_RPC, MAX_BODY_BYTES,
+};
 use shared::ApiError;
 use worker::{
     console_error, console_log, event, Context, Env, Method, Request, Response, ScheduleContext, ScheduledEvent,
@@ -50,20 +51,9 @@ async fn handle(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     let verified = edge::authenticate(req, &config).await?;
     let body = edge::json_body(req, MAX_BODY_BYTES, too_large_body).await?;
     let request = PopulateRequest::parse(&body)?;
-    // Whose data: the caller's own, or — service role only — the named user's.
-    let (caller, user_id) = match &verified.principal {
-        Principal::User { user_id } => {
-            if request.user_id().is_some_and(|named| named != user_id) {
-                return Err(ApiError::forbidden("user_id_mismatch", "a user can populate only their own data"));
-            }
-            (Caller::User(&verified.token), None)
-        }
-        Principal::ServiceRole => {
-            let named = request.user_id().ok_or_else(|| {
-                ApiError::bad_request("invalid_request", "user_id is required when calling with the service role")
-            })?;
-            (Caller::ServiceRole(config.require_service_role_key()?), Some(named))
-        }
+    let (caller, user_id) = match whose(&verified.principal, request.user_id())? {
+        Whose::Own => (Caller::User(&verified.token), None),
+        Whose::Named(user) => (Caller::ServiceRole(config.require_service_role_key()?), Some(user)),
     };
     let populate_config = settings(env)?;
     let api = edge::data_api(&config);
@@ -108,10 +98,10 @@ async fn cron(env: &Env) -> Result<serde_json::Value, ApiError> {
         .as_array()
         .map(|rows| rows.iter().filter_map(|r| r.get("user_id").and_then(|u| u.as_str()).map(str::to_owned)).collect())
         .unwrap_or_default();
-    let mut budget = populate_config.max_subrequests.saturating_sub(1);
+    let mut budget = CronBudget::new(populate_config.max_subrequests);
     let mut results = Vec::new();
     for user in &users {
-        if budget < 4 {
+        if !budget.room_for_a_user() {
             break;
         }
         let populate = Populate {
@@ -122,14 +112,14 @@ async fn cron(env: &Env) -> Result<serde_json::Value, ApiError> {
             now_ms: &edge::now_ms,
             sleep: edge::SLEEP,
         };
-        match populate.neo4j(&neo, &mapping, None, Mode::Auto, None, budget).await {
+        match populate.neo4j(&neo, &mapping, None, Mode::Auto, None, budget.left()).await {
             Ok(r) => {
-                budget = budget.saturating_sub(r.requests.source + r.requests.database);
+                budget.spend(&r.requests);
                 results.push(json!({ "user_id": user, "status": r.status, "counts": r.counts }));
             }
             Err(e) => {
-                // Begin, a page and finish at least; the failure is recorded in sync_state.
-                budget = budget.saturating_sub(3);
+                // The failure is recorded in sync_state.
+                budget.spend_failed();
                 results.push(json!({ "user_id": user, "error": e.code, "message": e.message }));
             }
         }

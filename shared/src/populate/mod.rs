@@ -183,6 +183,65 @@ impl PopulateRequest {
     }
 }
 
+/// Whose data a `/populate` call loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whose<'a> {
+    /// The calling user's own, with their token (RLS applies).
+    Own,
+    /// The named user's, with the service role.
+    Named(&'a str),
+}
+
+/// Who may populate whom: a user only their own data (naming anyone else is `403`);
+/// the service role only a user it names (`400` without one).
+pub fn whose<'a>(principal: &crate::auth::Principal, named: Option<&'a str>) -> Result<Whose<'a>, ApiError> {
+    match principal {
+        crate::auth::Principal::User { user_id } => match named {
+            Some(other) if other != user_id => {
+                Err(ApiError::forbidden("user_id_mismatch", "a user can populate only their own data"))
+            }
+            _ => Ok(Whose::Own),
+        },
+        crate::auth::Principal::ServiceRole => named.map(Whose::Named).ok_or_else(|| {
+            ApiError::bad_request("invalid_request", "user_id is required when calling with the service role")
+        }),
+    }
+}
+
+/// The Cron's subrequest budget, spent user after user (`POPULATE_MAX_SUBREQUESTS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CronBudget {
+    left: u32,
+}
+
+impl CronBudget {
+    /// The budget of one Cron invocation; one subrequest goes to finding the due users.
+    pub fn new(max_subrequests: u32) -> CronBudget {
+        CronBudget { left: max_subrequests.saturating_sub(1) }
+    }
+
+    /// What is left, for the next user's run.
+    pub fn left(&self) -> u32 {
+        self.left
+    }
+
+    /// Room for another user: a run needs its begin, a page from the source, the
+    /// page's write and its finish.
+    pub fn room_for_a_user(&self) -> bool {
+        self.left >= 4
+    }
+
+    /// A run that reports what it spent.
+    pub fn spend(&mut self, requests: &Requests) {
+        self.left = self.left.saturating_sub(requests.source + requests.database);
+    }
+
+    /// A run that failed spent at least its begin, a page and its finish.
+    pub fn spend_failed(&mut self) {
+        self.left = self.left.saturating_sub(3);
+    }
+}
+
 pub fn too_large_body(len: usize) -> ApiError {
     ApiError::new(
         413,
@@ -708,6 +767,36 @@ impl Populate<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_user_populates_their_own_data_and_the_service_role_a_named_users() {
+        use crate::auth::Principal;
+        let me = Principal::User { user_id: "u1".into() };
+        assert_eq!(whose(&me, None).unwrap(), Whose::Own);
+        assert_eq!(whose(&me, Some("u1")).unwrap(), Whose::Own);
+        let e = whose(&me, Some("u2")).unwrap_err();
+        assert_eq!((e.status, e.code), (403, "user_id_mismatch"));
+        assert_eq!(whose(&Principal::ServiceRole, Some("u2")).unwrap(), Whose::Named("u2"));
+        let e = whose(&Principal::ServiceRole, None).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "invalid_request"));
+    }
+
+    #[test]
+    fn the_cron_takes_users_while_a_run_still_fits_its_budget() {
+        let mut b = CronBudget::new(45);
+        assert_eq!(b.left(), 44, "one subrequest finds the due users");
+        b.spend(&Requests { source: 20, database: 19 });
+        assert_eq!(b.left(), 5);
+        assert!(b.room_for_a_user());
+        b.spend_failed();
+        assert_eq!(b.left(), 2);
+        assert!(!b.room_for_a_user());
+        b.spend(&Requests { source: 9, database: 9 });
+        assert_eq!(b.left(), 0, "never below zero");
+        assert!(!CronBudget::new(4).room_for_a_user());
+        assert!(CronBudget::new(5).room_for_a_user());
+    }
+
     #[test]
     fn the_write_checkpoint_is_one_past_the_finishing_transaction() {
         assert_eq!(write_checkpoint(&json!({"status": "idle", "checkpoint": "1041"})).unwrap(), "1042");
