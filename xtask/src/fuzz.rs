@@ -90,7 +90,7 @@ pub fn parse_libfuzzer(output: &str) -> RunStats {
 pub fn targets(root: &Path) -> Result<Vec<String>> {
     let dir = root.join("fuzz/fuzz_targets");
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(&dir).context(format!("could not read {}", dir.display()))? {
+    for entry in fs_err::read_dir(&dir).context(format!("could not read {}", dir.display()))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "rs") {
             if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
@@ -109,7 +109,7 @@ pub fn ensure_cargo_fuzz(paths: &Paths) -> Result<PathBuf> {
     if exe.is_file() {
         return Ok(exe);
     }
-    std::fs::create_dir_all(&paths.cache)
+    fs_err::create_dir_all(&paths.cache)
         .context(format!("could not create the tool cache {}", paths.cache.display()))?;
     let _lock = lock_file(&paths.cache.join(".lock"))?;
     if exe.is_file() {
@@ -153,7 +153,7 @@ impl Fuzz {
         cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
         let shown = describe(&cmd);
         let status = cmd.status().context(format!("could not start `{shown}`"))?;
-        let text = String::from_utf8_lossy(&std::fs::read(log)?).into_owned();
+        let text = String::from_utf8_lossy(&fs_err::read(log)?).into_owned();
         Ok((status.success(), parse_libfuzzer(&text)))
     }
 
@@ -168,14 +168,14 @@ impl Fuzz {
 
 /// Copy the committed seeds into the scratch corpus (files already there are kept).
 fn seed(from: &Path, to: &Path) -> Result<usize> {
-    std::fs::create_dir_all(to)?;
+    fs_err::create_dir_all(to)?;
     let mut copied = 0;
-    if let Ok(entries) = std::fs::read_dir(from) {
+    if let Ok(entries) = fs_err::read_dir(from) {
         for entry in entries {
             let entry = entry?;
             let dest = to.join(entry.file_name());
             if entry.file_type()?.is_file() && !dest.exists() {
-                std::fs::copy(entry.path(), dest)?;
+                fs_err::copy(entry.path(), dest)?;
                 copied += 1;
             }
         }
@@ -184,7 +184,7 @@ fn seed(from: &Path, to: &Path) -> Result<usize> {
 }
 
 fn files_in(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
+    fs_err::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_file())).count())
         .unwrap_or(0)
 }
@@ -220,7 +220,7 @@ pub fn run(paths: &Paths, seconds: u64, only: &[String]) -> Result<ExitCode> {
     let fuzz =
         Fuzz { exe: ensure_cargo_fuzz(paths)?, root: paths.root.clone(), target_dir: paths.target().join("fuzz") };
     let logs = fuzz.target_dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
+    fs_err::create_dir_all(&logs)?;
 
     // One build of every chosen target (cargo's output shown); `run` then finds it built.
     let started = Instant::now();
@@ -283,7 +283,7 @@ pub fn run(paths: &Paths, seconds: u64, only: &[String]) -> Result<ExitCode> {
     }
     for o in outcomes.iter().filter(|o| !o.ok) {
         failed += 1;
-        let text = String::from_utf8_lossy(&std::fs::read(&o.log).unwrap_or_default()).into_owned();
+        let text = String::from_utf8_lossy(&fs_err::read(&o.log).unwrap_or_default()).into_owned();
         eprintln!("\n── {} failed (full log: {}) ──", o.target, o.log.display());
         if let Some(panic) = &o.stats.panic {
             eprintln!("{panic}");

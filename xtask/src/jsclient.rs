@@ -57,10 +57,10 @@ pub fn ensure(paths: &Paths) -> Result<JsClient> {
 /// `npm ci` in `dir` unless its `node_modules` was installed from this lockfile.
 fn npm_ci(js: &JsClient, dir: &Path) -> Result<()> {
     let lockfile = dir.join("package-lock.json");
-    let lock = std::fs::read(&lockfile).context(format!("could not read {}", lockfile.display()))?;
+    let lock = fs_err::read(&lockfile).context(format!("could not read {}", lockfile.display()))?;
     let marker = dir.join("node_modules/.edgesync-lock-hash");
     let hash = sha256_hex(&lock);
-    if std::fs::read_to_string(&marker).is_ok_and(|h| h == hash) {
+    if fs_err::read_to_string(&marker).is_ok_and(|h| h == hash) {
         return Ok(());
     }
     step(format!("npm ci in {}", dir.display()));
@@ -68,7 +68,7 @@ fn npm_ci(js: &JsClient, dir: &Path) -> Result<()> {
     if !dir.join("node_modules").is_dir() {
         bail!("npm ci finished but {} has no node_modules", dir.display());
     }
-    std::fs::write(&marker, hash)?;
+    fs_err::write(&marker, hash)?;
     Ok(())
 }
 
@@ -92,7 +92,7 @@ pub fn node_counts(output: &str) -> Option<NodeCounts> {
 /// passed through. Counts, or an error when they printed none.
 pub fn unit_tests(js: &JsClient) -> Result<(NodeCounts, bool)> {
     step("clients/js: unit tests and conformance scenarios (node --test)");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(js.dir.join("test"))
+    let mut files: Vec<PathBuf> = fs_err::read_dir(js.dir.join("test"))
         .context("could not list clients/js/test")?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.to_string_lossy().ends_with(".test.mjs"))

@@ -271,7 +271,7 @@ fn run(task: Task) -> Result<ExitCode> {
             build::build(&paths, &t, &names)?;
             println!("{:<12} {:>10} {:>10}", "worker", "wasm bytes", "gzip -9");
             for w in build::all_workers(&paths) {
-                if let Ok(bytes) = std::fs::read(w.wasm()) {
+                if let Ok(bytes) = fs_err::read(w.wasm()) {
                     println!(
                         "{:<12} {:>10} {:>10}",
                         w.name,

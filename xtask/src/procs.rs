@@ -37,7 +37,7 @@ pub fn alive(pid: u32) -> bool {
     if pid == 0 {
         return false;
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    match fs_err::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // Format: "pid (comm) S ..."; comm may contain spaces and parens.
             let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
@@ -49,10 +49,10 @@ pub fn alive(pid: u32) -> bool {
 
 /// Any live process in process group `pgid`?
 pub fn group_alive(pgid: u32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    let Ok(entries) = fs_err::read_dir("/proc") else { return false };
     entries.flatten().any(|e| {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { return false };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+        let Ok(stat) = fs_err::read_to_string(format!("/proc/{pid}/stat")) else { return false };
         let Some((_, rest)) = stat.rsplit_once(')') else { return false };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         // fields[0] = state, fields[2] = pgrp
@@ -128,7 +128,7 @@ pub fn free_port() -> Result<u16> {
 
 /// The kernel's ephemeral port range (Linux's default when it cannot be read).
 fn ephemeral_range() -> (u16, u16) {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    fs_err::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| {
             let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
@@ -169,7 +169,7 @@ mod tests {
         assert!(group_alive(pid));
         stop_group(pid, libc::SIGTERM, Duration::from_secs(5)).unwrap();
         assert!(!group_alive(pid));
-        let _ = std::fs::remove_file(log);
+        let _ = fs_err::remove_file(log);
     }
 
     #[test]

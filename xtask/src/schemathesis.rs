@@ -52,7 +52,7 @@ pub fn ensure(paths: &Paths) -> Result<PathBuf> {
     if !version.contains(SCHEMATHESIS_VERSION) {
         return Err(Error(format!("{} --version says {version:?}, expected {SCHEMATHESIS_VERSION}", st.display())));
     }
-    std::fs::write(venv.join(".installed"), "")?;
+    fs_err::write(venv.join(".installed"), "")?;
     Ok(st)
 }
 
@@ -204,13 +204,13 @@ pub fn run_all(paths: &Paths, info: &StackInfo, examples: u32) -> Result<Outcome
     let started = Instant::now();
     let _neo4j = EmptyNeo4j::serve(info)?;
     let dir = info.stack_dir.join("schemathesis");
-    std::fs::create_dir_all(&dir)?;
+    fs_err::create_dir_all(&dir)?;
     let served = ureq::get(&format!("{}/openapi.json", info.functions_url))
         .call()
         .map_err(|e| Error(format!("GET /openapi.json: {e}")))?
         .into_string()?;
     let schema = dir.join("openapi.json");
-    std::fs::write(&schema, fuzzed_schema(&served)?)?;
+    fs_err::write(&schema, fuzzed_schema(&served)?)?;
     let mut ok = true;
     let mut cases = 0;
     for plan in plans(info, examples)? {

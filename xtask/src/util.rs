@@ -110,7 +110,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Res
 
 /// The last `n` lines of a log file, for error messages.
 pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = fs_err::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -129,12 +129,12 @@ pub fn is_root() -> bool {
 
 /// Take an exclusive advisory lock on `path` for as long as the returned file lives,
 /// so two xtask runs never install into the same cache at once.
-pub fn lock_file(path: &Path) -> Result<std::fs::File> {
+pub fn lock_file(path: &Path) -> Result<fs_err::File> {
     use std::os::unix::io::AsRawFd;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        fs_err::create_dir_all(dir)?;
     }
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    let f = fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
     // SAFETY: flock on a valid fd.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
         bail!("could not lock {}", path.display());

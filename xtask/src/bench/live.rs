@@ -342,7 +342,7 @@ fn idle_memory(info: &StackInfo, n: usize) -> Result<f64> {
 fn longpoll_cost(info: &StackInfo, clients: usize, wait: u32) -> Result<usize> {
     let log = info.logs_dir.join("postgrest.log");
     let pulls = || -> Result<usize> {
-        Ok(String::from_utf8_lossy(&std::fs::read(&log)?).lines().filter(|l| l.contains("edgesync_pull")).count())
+        Ok(String::from_utf8_lossy(&fs_err::read(&log)?).lines().filter(|l| l.contains("edgesync_pull")).count())
     };
     let users: Vec<String> = (0..clients).map(|_| keys::random_uuid()).collect();
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(u64::from(wait) + 30)).build();

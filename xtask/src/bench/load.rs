@@ -384,7 +384,7 @@ pub mod cpu {
 
     /// Does process `pid` have the argument `arg`?
     fn has_arg(pid: u32, arg: &str) -> bool {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
+        fs_err::read(format!("/proc/{pid}/cmdline"))
             .map(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
             .unwrap_or(false)
     }
@@ -402,10 +402,10 @@ pub mod cpu {
     /// Every process's parent, group, name and CPU ticks.
     pub fn snapshot() -> Snapshot {
         let mut out = HashMap::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+        let Ok(entries) = fs_err::read_dir("/proc") else { return out };
         for e in entries.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Ok(stat) = fs_err::read_to_string(format!("/proc/{pid}/stat")) else { continue };
             if let Some(p) = parse_stat(&stat) {
                 out.insert(pid, p);
             }
@@ -468,7 +468,7 @@ pub mod cpu {
     pub fn rss_mib(snap: &Snapshot, g: &Group) -> f64 {
         selected(snap, g)
             .iter()
-            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|pid| fs_err::read_to_string(format!("/proc/{pid}/status")).ok())
             .filter_map(|s| {
                 s.lines()
                     .find_map(|l| l.strip_prefix("VmRSS:"))

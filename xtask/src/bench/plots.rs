@@ -33,7 +33,7 @@ const FONT: &str = "sans-serif";
 
 /// Give plotters the TTF file every plot's text is drawn with.
 fn register_font(font: &Path) -> Result<()> {
-    let bytes = std::fs::read(font).context(format!("could not read the font {}", font.display()))?;
+    let bytes = fs_err::read(font).context(format!("could not read the font {}", font.display()))?;
     // plotters keeps registered fonts for the life of the process.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font(FONT, FontStyle::Normal, bytes)

@@ -39,7 +39,7 @@ fn try_output(cmd: &mut Command) -> String {
 
 impl Machine {
     pub fn describe(paths: &Paths, t: &Tools) -> Result<Machine> {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpuinfo = fs_err::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
             .lines()
             .find_map(|l| {
@@ -47,25 +47,25 @@ impl Machine {
             })
             .unwrap_or_else(|| "unknown".into());
         let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
-        let mem_kib: f64 = std::fs::read_to_string("/proc/meminfo")
+        let mem_kib: f64 = fs_err::read_to_string("/proc/meminfo")
             .unwrap_or_default()
             .lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0.0);
-        let os = std::fs::read_to_string("/etc/os-release")
+        let os = fs_err::read_to_string("/etc/os-release")
             .unwrap_or_default()
             .lines()
             .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_owned()))
             .unwrap_or_else(|| "unknown".into());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+        let kernel = fs_err::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
         let modules = t.wrangler_js.parent().and_then(Path::parent).and_then(Path::parent);
         let workerd = modules
             .map(|m| try_output(Command::new(m.join("@cloudflare/workerd-linux-64/bin/workerd")).arg("--version")))
             .unwrap_or_else(|| "unknown".into());
         // pgvector: the version of the extension files shipped with this Postgres.
-        let pgvector = std::fs::read_dir(t.pg_bin.join("../share/extension"))
-            .or_else(|_| std::fs::read_dir(t.pg_bin.join("../share/postgresql/extension")))
+        let pgvector = fs_err::read_dir(t.pg_bin.join("../share/extension"))
+            .or_else(|_| fs_err::read_dir(t.pg_bin.join("../share/postgresql/extension")))
             .ok()
             .and_then(|d| {
                 d.flatten()

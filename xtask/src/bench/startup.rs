@@ -66,16 +66,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Measure every Worker that is built.
 pub fn measure(node: &Path, workers: &[WorkerCrate], scratch: &Path, runs: usize) -> Result<Vec<WasmFigures>> {
-    std::fs::create_dir_all(scratch)?;
+    fs_err::create_dir_all(scratch)?;
     let script = scratch.join("wasm-startup.mjs");
-    std::fs::write(&script, SCRIPT)?;
+    fs_err::write(&script, SCRIPT)?;
     let mut out = Vec::new();
     for w in workers {
         let wasm = w.wasm();
-        let bytes = std::fs::read(&wasm).context(format!("{} is not built", wasm.display()))?;
+        let bytes = fs_err::read(&wasm).context(format!("{} is not built", wasm.display()))?;
         let gzip = build::gzipped_len(&bytes).context("gzip is needed to measure compressed sizes")? as u64;
         let mut bundle = bytes.clone();
-        if let Ok(js) = std::fs::read(w.dir.join("build/index.js")) {
+        if let Ok(js) = fs_err::read(w.dir.join("build/index.js")) {
             bundle.extend_from_slice(&js);
         }
         let bundle_gzip = build::gzipped_len(&bundle).unwrap_or(0) as u64;
