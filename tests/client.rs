@@ -47,18 +47,37 @@ fn device_with(info: &StackInfo, tmp: &Tmp, name: &str, token: &str, tweak: impl
     c
 }
 
+/// What every test here starts from: the stack to itself, and a fresh directory for
+/// the devices' databases.
+struct Fixture {
+    _guard: std::sync::MutexGuard<'static, ()>,
+    info: StackInfo,
+    tmp: Tmp,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture { _guard: exclusive(), info: stack(), tmp: Tmp::new() }
+    }
+
+    /// A new user (id, token) and two devices of theirs, `a` and `b`.
+    fn user_with_two_devices(&self) -> (String, String, Client, Client) {
+        let (uid, token) = new_user(&self.info);
+        let a = device(&self.info, &self.tmp, "a", &token);
+        let b = device(&self.info, &self.tmp, "b", &token);
+        (uid, token, a, b)
+    }
+}
+
 fn titles(c: &Client) -> Vec<(String, Value)> {
     c.list("entries").unwrap().into_iter().map(|r| (r["id"].as_str().unwrap().to_owned(), r["title"].clone())).collect()
 }
 
 #[test]
 fn two_devices_converge_and_match_the_server() {
-    let _guard = exclusive();
-    let info = stack();
-    let tmp = Tmp::new();
-    let (uid, token) = new_user(&info);
-    let mut a = device(&info, &tmp, "a", &token);
-    let mut b = device(&info, &tmp, "b", &token);
+    let f = Fixture::new();
+    let info = &f.info;
+    let (uid, _, mut a, mut b) = f.user_with_two_devices();
     let (x, y) = (uuid(), uuid());
     a.put("entries", &x, json!({"title": "from a", "tags": ["t"]})).unwrap();
     a.put("entries", &y, json!({"title": "doomed"})).unwrap();
@@ -83,7 +102,7 @@ fn two_devices_converge_and_match_the_server() {
         titles(&a) == vec![(x.clone(), json!("edited on b"))]
     });
     // Both equal the server, column for column.
-    let mut db = db(&info);
+    let mut db = db(info);
     for t in ["entries", "sync_entities"] {
         let (live, _) = server_state(&mut db, t, &uid);
         for c in [&a, &b] {
@@ -97,12 +116,11 @@ fn two_devices_converge_and_match_the_server() {
 
 #[test]
 fn an_expired_token_is_refreshed_through_the_callback() {
-    let _guard = exclusive();
-    let info = stack();
-    let tmp = Tmp::new();
+    let f = Fixture::new();
+    let (info, tmp) = (&f.info, &f.tmp);
     let uid = uuid();
     let expired = keys::sign_hs256(&info.jwt_secret, &keys::user_claims(&uid, &info.jwt_issuer, -60)).unwrap();
-    let mut c = device(&info, &tmp, "d", &expired);
+    let mut c = device(info, tmp, "d", &expired);
     c.put("entries", &uuid(), json!({"title": "x"})).unwrap();
     // Without a callback: the 401 is an error and nothing leaves the outbox.
     match c.push_outbox() {
@@ -122,22 +140,21 @@ fn an_expired_token_is_refreshed_through_the_callback() {
     assert_eq!((r.token_refreshes, calls.load(Ordering::SeqCst)), (1, 1));
     assert_eq!(c.status().unwrap().outbox_len, 0);
     // A refresh that fails is reported as such; the outbox stays.
-    let mut d = device(&info, &tmp, "e", &expired);
+    let mut d = device(info, tmp, "e", &expired);
     d.put("entries", &uuid(), json!({})).unwrap();
     d.on_token_refresh(Box::new(|| Err("signed out".into())));
     assert_eq!(d.push_outbox(), Err(ClientError::Refresh("signed out".into())));
     assert_eq!(d.status().unwrap().outbox_len, 1);
     // And a token of another user is refused for this database.
-    assert!(d.set_token(&new_user(&info).1).is_err());
+    assert!(d.set_token(&new_user(info).1).is_err());
 }
 
 #[test]
 fn refused_mutations_are_recorded_and_the_rest_goes_through() {
-    let _guard = exclusive();
-    let info = stack();
-    let tmp = Tmp::new();
-    let (_, token) = new_user(&info);
-    let mut c = device(&info, &tmp, "d", &token);
+    let f = Fixture::new();
+    let (info, tmp) = (&f.info, &f.tmp);
+    let (_, token) = new_user(info);
+    let mut c = device(info, tmp, "d", &token);
     let good1 = uuid();
     let bad_column = uuid();
     let bad_value = uuid();
@@ -172,11 +189,10 @@ fn refused_mutations_are_recorded_and_the_rest_goes_through() {
 
 #[test]
 fn an_outage_keeps_the_outbox_and_a_later_sync_delivers_it() {
-    let _guard = exclusive();
-    let info = stack();
-    let tmp = Tmp::new();
-    let (uid, token) = new_user(&info);
-    let mut c = device_with(&info, &tmp, "d", &token, |cfg| {
+    let f = Fixture::new();
+    let (info, tmp) = (&f.info, &f.tmp);
+    let (uid, token) = new_user(info);
+    let mut c = device_with(info, tmp, "d", &token, |cfg| {
         cfg.backoff_base = Duration::from_secs(60);
         cfg.backoff_max = Duration::from_secs(60);
     });
@@ -196,18 +212,15 @@ fn an_outage_keeps_the_outbox_and_a_later_sync_delivers_it() {
     assert!(matches!(c.sync(), Err(ClientError::BackingOff(_))), "it backs off before trying again");
     c.reset_backoff();
     c.sync().unwrap();
-    let (live, _) = server_state(&mut db(&info), "entries", &uid);
+    let (live, _) = server_state(&mut db(info), "entries", &uid);
     assert_eq!(live[&id]["title"], "during the outage");
 }
 
 #[test]
 fn a_purge_makes_the_device_rebuild_without_losing_its_outbox() {
-    let _guard = exclusive();
-    let info = stack();
-    let tmp = Tmp::new();
-    let (uid, token) = new_user(&info);
-    let mut a = device(&info, &tmp, "a", &token);
-    let mut b = device(&info, &tmp, "b", &token);
+    let f = Fixture::new();
+    let (info, tmp) = (&f.info, &f.tmp);
+    let (uid, _, mut a, mut b) = f.user_with_two_devices();
     let ids: Vec<String> = (0..5).map(|_| uuid()).collect();
     for id in &ids {
         a.put("entries", id, json!({"title": "kept"})).unwrap();
@@ -219,7 +232,7 @@ fn a_purge_makes_the_device_rebuild_without_losing_its_outbox() {
     b.sync().unwrap();
     let pending = uuid();
     a.put("entries", &pending, json!({"title": "queued before the purge"})).unwrap();
-    let mut db = db(&info);
+    let mut db = db(info);
     db.execute(
         "update public.entries set deleted_at = now() - interval '40 days' where user_id = $1::text::uuid and deleted_at is not null",
         &[&uid],
@@ -245,12 +258,11 @@ fn a_purge_makes_the_device_rebuild_without_losing_its_outbox() {
 
 #[test]
 fn a_pending_write_is_never_hidden_by_a_pull_and_the_conflict_is_reported() {
-    let _guard = exclusive();
-    let info = stack();
-    let tmp = Tmp::new();
-    let (_, token) = new_user(&info);
-    let mut a = device(&info, &tmp, "a", &token);
-    let mut b = device(&info, &tmp, "b", &token);
+    let f = Fixture::new();
+    let (info, tmp) = (&f.info, &f.tmp);
+    let (_, token) = new_user(info);
+    let mut a = device(info, tmp, "a", &token);
+    let mut b = device(info, tmp, "b", &token);
     let id = uuid();
     a.put("entries", &id, json!({"title": "v1", "body_markdown": "body"})).unwrap();
     a.sync().unwrap();
@@ -294,10 +306,9 @@ fn cli(db: &std::path::Path, url: Option<&str>, args: &[&str]) -> (bool, String,
 
 #[test]
 fn the_cli_drives_two_devices_to_the_same_rows() {
-    let _guard = exclusive();
-    let info = stack();
-    let tmp = Tmp::new();
-    let (_, token) = new_user(&info);
+    let f = Fixture::new();
+    let (info, tmp) = (&f.info, &f.tmp);
+    let (_, token) = new_user(info);
     let (one, two) = (tmp.db("one"), tmp.db("two"));
     for db in [&one, &two] {
         let (ok, out, err) = cli(db, Some(&info.functions_url), &["login", "--token", &token]);

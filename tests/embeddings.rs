@@ -521,6 +521,46 @@ fn a_rate_limited_embeddings_api_is_waited_for_and_the_entry_embedded() {
     assert_eq!(faults(&info, None)["answered"], 1, "the 429 was really answered");
 }
 
+/// An entry whose embeddings API answers `status` to every request, its job tried
+/// through the Cron Trigger one run at a time, the clock moved on between tries
+/// (backoff itself is checked in failures_back_off_and_end_in_a_visible_failed_state).
+struct FailingApi<'a> {
+    info: &'a StackInfo,
+    db: postgres::Client,
+    id: String,
+    content: EntryContent,
+}
+
+impl<'a> FailingApi<'a> {
+    fn upload(info: &'a StackInfo, status: u16, title: &str, body: &str) -> FailingApi<'a> {
+        let (_, token) = new_user(info);
+        let id = uuid();
+        let (data, content) = entry(title, body, &["admin"]);
+        faults(info, Some(json!({ "status": status })));
+        upload(info, &token, &uuid(), json!([put(1, &id, data)]));
+        FailingApi { info, db: db(info), id, content }
+    }
+
+    /// Run the Cron until try `attempt` is made; the job's (status, error) then.
+    fn attempt(&mut self, attempt: i32) -> (String, String) {
+        let (db, id) = (&mut self.db, &self.id);
+        cron_until(self.info, &format!("attempt {attempt}"), || job(db, id).is_some_and(|j| j.2 >= attempt));
+        let (status, _, attempts, error) = job(db, id).unwrap();
+        assert_eq!(attempts, attempt);
+        (status, error.unwrap_or_default())
+    }
+
+    /// Make the backed-off job due now.
+    fn due_now(&mut self) {
+        self.db
+            .execute(
+                "update edgesync.embedding_jobs set next_attempt_at = now() where entry_id = $1::text::uuid",
+                &[&self.id],
+            )
+            .unwrap();
+    }
+}
+
 /// A busy embeddings API (503 overloaded, as the local one answers a burst; or 429)
 /// backs a job off without using up its attempts: past EMBED_MAX_ATTEMPTS tries it is
 /// still pending, and it is embedded once the API has room. (A bulk insert of 10,000
@@ -531,25 +571,16 @@ fn a_busy_embeddings_api_backs_jobs_off_but_never_fails_them_for_good() {
     let info = stack();
     let _clean = NoFaultsAfter(&info);
     let _quiet = RelayStopped::new(&info);
-    let (_, token) = new_user(&info);
-    let mut db = db(&info);
-    let id = uuid();
-    let (data, content) = entry("Groceries", "Milk, eggs and bread.", &["home"]);
-    faults(&info, Some(json!({"status": 503})));
-    upload(&info, &token, &uuid(), json!([put(1, &id, data)]));
+    let mut api = FailingApi::upload(&info, 503, "Groceries", "Milk, eggs and bread.");
     // EMBED_MAX_ATTEMPTS is 5 (the default): one try more.
     for attempt in 1..=6 {
-        cron_until(&info, &format!("attempt {attempt}"), || job(&mut db, &id).is_some_and(|j| j.2 >= attempt));
-        let (status, _, attempts, error) = job(&mut db, &id).unwrap();
-        assert_eq!((status.as_str(), attempts), ("pending", attempt), "{error:?}");
-        assert!(error.unwrap_or_default().contains("503"), "the error is recorded");
-        db.execute(
-            "update edgesync.embedding_jobs set next_attempt_at = now() where entry_id = $1::text::uuid",
-            &[&id],
-        )
-        .unwrap();
+        let (status, error) = api.attempt(attempt);
+        assert_eq!(status, "pending", "{error}");
+        assert!(error.contains("503"), "the error is recorded: {error}");
+        api.due_now();
     }
     faults(&info, None);
+    let FailingApi { mut db, id, content, .. } = api;
     cron_until(&info, "the job to be embedded once the API has room", || job(&mut db, &id).is_none());
     wait_embedded(&mut db, &id, &content);
 }
@@ -561,32 +592,19 @@ fn an_embeddings_api_failing_for_good_ends_in_the_failed_state_with_its_error() 
     let _clean = NoFaultsAfter(&info);
     // Attempts are driven by the Cron Trigger here, one per run.
     let _quiet = RelayStopped::new(&info);
-    let (_, token) = new_user(&info);
-    let mut db = db(&info);
-    let id = uuid();
-    let (data, content) = entry("Taxes", "File the return before the deadline.", &["admin"]);
-    faults(&info, Some(json!({"status": 500})));
-    upload(&info, &token, &uuid(), json!([put(1, &id, data)]));
+    let mut api = FailingApi::upload(&info, 500, "Taxes", "File the return before the deadline.");
     // EMBED_MAX_ATTEMPTS is 5 (the default).
     for attempt in 1..=5 {
-        cron_until(&info, &format!("attempt {attempt}"), || job(&mut db, &id).is_some_and(|j| j.2 >= attempt));
-        let (status, _, attempts, error) = job(&mut db, &id).unwrap();
-        assert_eq!(attempts, attempt);
-        let error = error.unwrap_or_default();
+        let (status, error) = api.attempt(attempt);
         assert!(error.contains("500"), "the error is recorded: {error}");
         if attempt < 5 {
             assert_eq!(status, "pending");
-            // Backoff is checked in failures_back_off_and_end_in_a_visible_failed_state;
-            // here the clock is moved on instead of waited for.
-            db.execute(
-                "update edgesync.embedding_jobs set next_attempt_at = now() where entry_id = $1::text::uuid",
-                &[&id],
-            )
-            .unwrap();
+            api.due_now();
         } else {
             assert_eq!(status, "failed");
         }
     }
+    let FailingApi { mut db, id, content, .. } = api;
     assert_eq!(stored(&mut db, &id).0, None);
     // Once the API works again, a failed job stays failed until its entry changes (or
     // an operator re-enqueues it): run the cron to show it is not retried.
