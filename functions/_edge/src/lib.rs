@@ -241,9 +241,18 @@ pub fn setting(env: &Env, name: &str) -> Option<String> {
     env.var(name).ok().map(|v| v.to_string())
 }
 
-/// The typed config from the Worker's vars and secrets.
-pub fn config(env: &Env) -> Result<Config, ConfigError> {
-    Config::from_lookup(|name| setting(env, name))
+thread_local! {
+    /// This isolate's config, read on its first request: a Worker's vars and secrets
+    /// are fixed for the life of its isolate (a new deployment is a new isolate).
+    static CONFIG: RefCell<Option<Result<Rc<Config>, ConfigError>>> = const { RefCell::new(None) };
+}
+
+/// The typed config from the Worker's vars and secrets, parsed once per isolate (its
+/// error too: a broken setting stays broken until the next deployment).
+pub fn config(env: &Env) -> Result<Rc<Config>, ConfigError> {
+    CONFIG.with(|cached| {
+        cached.borrow_mut().get_or_insert_with(|| Config::from_lookup(|name| setting(env, name)).map(Rc::new)).clone()
+    })
 }
 
 /// Unix time in seconds, from the runtime's clock.

@@ -30,7 +30,7 @@ const MAX_BODY: usize = 256 * 1024;
 
 #[derive(Clone)]
 struct Settings {
-    config: Config,
+    config: std::rc::Rc<Config>,
     embeddings: EmbeddingsConfig,
     service_key: String,
     drain: DrainSettings,
@@ -132,7 +132,7 @@ async fn authorize(req: &Request, env: &Env) -> Result<(), ApiError> {
             _ => Err(ApiError::unauthorized("invalid_webhook_secret", "the webhook secret is not valid")),
         };
     }
-    let verified = edge::authenticate(req, &edge::config(env)?).await?;
+    let verified = edge::authenticate(req, &*edge::config(env)?).await?;
     match verified.principal {
         Principal::ServiceRole => Ok(()),
         Principal::User { .. } => Err(ApiError::forbidden(

@@ -11,7 +11,7 @@
 
 use edgesync_edge::{self as edge, edgesync_shared as shared};
 use serde_json::json;
-use shared::config::{Config, ConfigError};
+use shared::config::ConfigError;
 use shared::data_api::Caller;
 use shared::populate::mapping::Mapping;
 use shared::populate::neo4j::Neo4jConfig;
@@ -81,7 +81,7 @@ async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
 
 /// Refresh due users one after another until the invocation's budget is spent.
 async fn cron(env: &Env) -> Result<serde_json::Value, ApiError> {
-    let config: Config = edge::config(env)?;
+    let config = edge::config(env)?;
     let service_key = config.require_service_role_key()?.to_owned();
     let populate_config = settings(env)?;
     let (neo, mapping) = neo4j_settings(env)?;
