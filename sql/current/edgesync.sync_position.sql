@@ -13,8 +13,7 @@ begin
   if v_held <> '' then
     return v_held::xid8;
   end if;
-  select case when s.is_called then s.last_value + 1 else s.last_value end into v_floor
-    from edgesync.sync_positions s;
+  v_floor := edgesync.next_position();
   perform pg_catalog.pg_advisory_xact_lock_shared(v_floor | 4611686018427387904);
   v_pos := nextval('edgesync.sync_positions');
   perform set_config('edgesync.position', v_pos::text, true);

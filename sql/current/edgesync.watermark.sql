@@ -9,9 +9,8 @@ declare
   v_next bigint;
   v_held xid8;
 begin
-  select case when s.is_called then s.last_value + 1 else s.last_value end into v_next
-    from edgesync.sync_positions s;
-  v_held := edgesync.held_position();
+  v_next := edgesync.next_position();
+  select min(h.floor_position) into v_held from edgesync.held_positions() h;
   return least(v_next::text::xid8, coalesce(v_held, v_next::text::xid8));
 end
 $function$;

@@ -10,13 +10,11 @@ AS $function$
     'schema_version', (select coalesce(max(version), 0) from edgesync.schema_migrations),
     'watermark', (
       select json_build_object(
-        'writers', count(distinct l.pid),
+        'writers', count(distinct h.pid),
         'oldest_write_age_ms', coalesce(max(floor(extract(epoch from clock_timestamp() - a.xact_start) * 1000)), 0)::bigint,
         'oldest_write_xid_distance', coalesce(max(pg_catalog.age(a.backend_xid)), 0))
-      from pg_catalog.pg_locks l
-      left join pg_catalog.pg_stat_activity a on a.pid = l.pid
-      where l.locktype = 'advisory' and l.objsubid = 1 and l.classid::bigint >= 1073741824
-        and l.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())),
+      from edgesync.held_positions() h
+      left join pg_catalog.pg_stat_activity a on a.pid = h.pid),
     'embeddings', (
       select json_build_object(
         'failed', count(*) filter (where j.status = 'failed'),

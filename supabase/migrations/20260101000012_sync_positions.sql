@@ -73,9 +73,22 @@ begin
   end if;
 end $$;
 
+-- The next position the sequence will hand out (sequences are read outside any
+-- snapshot, so this is current whatever the isolation level).
+create or replace function edgesync.next_position()
+returns bigint
+language sql
+volatile
+set search_path = ''
+as $$
+  select case when s.is_called then s.last_value + 1 else s.last_value end from edgesync.sync_positions s
+$$;
+grant execute on function edgesync.next_position() to public;
+
 -- The advisory lock keys of sync positions carry bit 62, so other advisory locks
 -- (which applications take with small keys) are not mistaken for them. A mistaken
--- one would only hold the watermark lower, never lose a row.
+-- one would only hold the watermark lower, never lose a row. sync_position() takes
+-- them; held_positions() reads them back.
 
 -- This transaction's sync position: taken once, at its first call; the same for
 -- every later call in the transaction. Called by the row-version trigger; also by
@@ -94,8 +107,7 @@ begin
   if v_held <> '' then
     return v_held::xid8;
   end if;
-  select case when s.is_called then s.last_value + 1 else s.last_value end into v_floor
-    from edgesync.sync_positions s;
+  v_floor := edgesync.next_position();
   perform pg_catalog.pg_advisory_xact_lock_shared(v_floor | 4611686018427387904);
   v_pos := nextval('edgesync.sync_positions');
   perform set_config('edgesync.position', v_pos::text, true);
@@ -104,19 +116,20 @@ end
 $$;
 grant execute on function edgesync.sync_position() to public;
 
--- The sync positions still being written: the smallest lock key (null if none).
-create or replace function edgesync.held_position()
-returns xid8
+-- The sync positions still being written: each lock's floor, and the backend holding
+-- it (null for a prepared transaction).
+create or replace function edgesync.held_positions()
+returns table (pid integer, floor_position xid8)
 language sql
 volatile
 set search_path = ''
 as $$
-  select min(((l.classid::bigint & 1073741823) << 32) | l.objid::bigint)::text::xid8
+  select l.pid, (((l.classid::bigint & 1073741823) << 32) | l.objid::bigint)::text::xid8
     from pg_catalog.pg_locks l
    where l.locktype = 'advisory' and l.objsubid = 1 and l.classid::bigint >= 1073741824
      and l.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())
 $$;
-grant execute on function edgesync.held_position() to public;
+grant execute on function edgesync.held_positions() to public;
 
 -- The pull watermark: every version below it has committed, and is visible to any
 -- snapshot taken after this call returns. The order of the two reads matters (see
@@ -131,9 +144,8 @@ declare
   v_next bigint;
   v_held xid8;
 begin
-  select case when s.is_called then s.last_value + 1 else s.last_value end into v_next
-    from edgesync.sync_positions s;
-  v_held := edgesync.held_position();
+  v_next := edgesync.next_position();
+  select min(h.floor_position) into v_held from edgesync.held_positions() h;
   return least(v_next::text::xid8, coalesce(v_held, v_next::text::xid8));
 end
 $$;
@@ -458,13 +470,11 @@ as $$
     'schema_version', (select coalesce(max(version), 0) from edgesync.schema_migrations),
     'watermark', (
       select json_build_object(
-        'writers', count(distinct l.pid),
+        'writers', count(distinct h.pid),
         'oldest_write_age_ms', coalesce(max(floor(extract(epoch from clock_timestamp() - a.xact_start) * 1000)), 0)::bigint,
         'oldest_write_xid_distance', coalesce(max(pg_catalog.age(a.backend_xid)), 0))
-      from pg_catalog.pg_locks l
-      left join pg_catalog.pg_stat_activity a on a.pid = l.pid
-      where l.locktype = 'advisory' and l.objsubid = 1 and l.classid::bigint >= 1073741824
-        and l.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())),
+      from edgesync.held_positions() h
+      left join pg_catalog.pg_stat_activity a on a.pid = h.pid),
     'embeddings', (
       select json_build_object(
         'failed', count(*) filter (where j.status = 'failed'),
