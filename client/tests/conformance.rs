@@ -430,9 +430,8 @@ fn compare(want: &Value, got: &Request, tokens: &BTreeMap<String, String>) -> Ve
         problems.push(format!("path {path}, expected {}", want["path"]));
     }
     let mut params = Map::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if params.insert(decode(name), decode(v).into()).is_some() {
+    for (name, v) in form_urlencoded::parse(query.as_bytes()) {
+        if params.insert(name.to_string(), v.into_owned().into()).is_some() {
             problems.push(format!("query parameter {name} given twice"));
         }
     }
@@ -456,27 +455,4 @@ fn compare(want: &Value, got: &Request, tokens: &BTreeMap<String, String>) -> Ve
         }
     }
     problems
-}
-
-/// A query component, percent-decoded (`+` is a space).
-fn decode(s: &str) -> String {
-    let mut out = Vec::new();
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex: Vec<u8> = bytes.clone().take(2).collect();
-                match std::str::from_utf8(&hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(x) if hex.len() == 2 => {
-                        out.push(x);
-                        bytes.nth(1);
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            _ => out.push(b),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
