@@ -5,7 +5,7 @@
 // Settings come from the query string (`?url=…&token=…`, as the tests and the README
 // open it) or from the Connect form, and are kept in localStorage.
 
-import { createClient, randomUuid, type Client, type Row, type Status } from '@edgesync/client';
+import { createClient, protocol, randomUuid, type Client, type Row, type Status } from '@edgesync/client';
 import { IndexedDBStorage } from '@edgesync/client/indexeddb';
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -23,16 +23,6 @@ function settings(): Settings | null {
   localStorage.setItem('edgesync.url', url);
   localStorage.setItem('edgesync.token', token);
   return { url, token };
-}
-
-/** The user id of a token (its `sub`), to name the local database per user. */
-function subject(token: string): string {
-  try {
-    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    return String(JSON.parse(atob(payload)).sub ?? 'anonymous');
-  } catch {
-    return 'anonymous';
-  }
 }
 
 const tags = (value: unknown): string[] => (Array.isArray(value) ? value.map(String) : []);
@@ -128,7 +118,8 @@ async function main(): Promise<void> {
     });
     return;
   }
-  const storage = await IndexedDBStorage.open(`edgesync-example-${subject(s.token)}`);
+  // One local database per user (the token's `sub`).
+  const storage = await IndexedDBStorage.open(`edgesync-example-${protocol.tokenSubject(s.token) ?? 'anonymous'}`);
   const client = await createClient({ url: s.url, storage, token: s.token });
   // For the browser tests and the curious: the client of this page.
   (window as unknown as { edgesync: Client }).edgesync = client;
