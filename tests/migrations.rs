@@ -104,8 +104,8 @@ fn every_migration_applies_as_a_non_superuser_and_a_second_push_applies_nothing(
     tx.batch_execute(&as_user).unwrap();
     tx.batch_execute("insert into public.entries (title) values ('made on a fresh database')").unwrap();
     tx.commit().unwrap();
-    // Transaction ids are the cluster's: a write running in another database of the
-    // stack holds the pull's watermark too, so wait until the row is below it.
+    // The pull's watermark passes the row once its writer's position lock is gone,
+    // which is after the commit is visible: wait until the row is below it.
     eventually("the pull to return the entry", std::time::Duration::from_secs(30), || {
         let mut tx = pg.transaction().unwrap();
         tx.batch_execute(&as_user).unwrap();

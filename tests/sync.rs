@@ -285,6 +285,28 @@ fn an_unrelated_long_transaction_holds_no_pull_back_and_its_late_synced_row_is_n
     assert!(rows.contains_key(&after) && quick.iter().all(|id| rows.contains_key(id)));
 }
 
+/// A pull's page needs a snapshot taken after its watermark is read, which only READ
+/// COMMITTED gives (PostgREST's and Supabase's default). A caller of the SQL in another
+/// isolation level gets a clear refusal, not a page that could skip a row.
+#[test]
+fn a_pull_outside_read_committed_is_refused_with_a_clear_error() {
+    let info = stack();
+    let (uid, _) = new_user(&info);
+    let mut pg = db(&info);
+    for level in [postgres::IsolationLevel::RepeatableRead, postgres::IsolationLevel::Serializable] {
+        let mut tx = pg.build_transaction().isolation_level(level).start().unwrap();
+        tx.batch_execute(&format!(
+            "set local role authenticated;
+             select set_config('request.jwt.claims', '{{\"sub\": \"{uid}\", \"role\": \"authenticated\"}}', true);"
+        ))
+        .unwrap();
+        let err = tx.query_one("select public.edgesync_pull()::text", &[]).unwrap_err();
+        let err = err.as_db_error().unwrap_or_else(|| panic!("{level:?}: not a database error: {err}"));
+        assert_eq!(err.code().code(), "0A000", "{level:?}: {}", err.message());
+        assert!(err.message().contains("READ COMMITTED"), "{level:?}: {}", err.message());
+    }
+}
+
 /// Several writers commit randomly interleaved transactions (inserts, updates, soft
 /// deletes, embedding-only writes, transactions that sleep between statements) while
 /// a reader pages through /sync with small pages. At the end the reader's replica
