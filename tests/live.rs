@@ -598,7 +598,7 @@ fn a_sync_worker_served_alone_long_polls_and_takes_pokes() {
     };
     let headers = [("x-live-secret", info.live_poke_secret.clone()), ("content-type", "application/json".into())];
     let poked = call_raw("POST", &format!("{base}/live/poke"), &headers, &notice);
-    assert_eq!(poked.status, 202, "{}", poked.text);
+    assert_eq!((poked.status, &poked.body["delivered"]), (202, &json!(1)), "{}", poked.text);
     let (answer, took) = waiting.join().unwrap();
     assert_eq!(titles(&answer), ["served alone"], "{}", answer.text);
     assert!(took < Duration::from_secs(18), "the wait ran out ({took:?}) instead of the poke waking it");

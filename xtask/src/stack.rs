@@ -950,6 +950,9 @@ struct WranglerProcess {
     configs: Vec<PathBuf>,
     port: u16,
     inspector: u16,
+    /// Its own wrangler home (dev registry) and, in `state/`, its own Durable Object
+    /// storage: two processes serving the same Worker must not share an object's
+    /// SQLite file, as two deployments never do.
     home: PathBuf,
     log: PathBuf,
     /// A URL the Worker answers once served; only an answer with our `x-request-id`
@@ -1023,6 +1026,8 @@ fn spawn_wrangler(
     }
     fs_err::create_dir_all(home)?;
     cmd.args(["--ip", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--persist-to")
+        .arg(home.join("state"))
         .args(["--inspector-port", &inspector.to_string()])
         .args(["--show-interactive-dev-session=false", "--log-level", "log"])
         .current_dir(info.stack_dir.join("wrangler"))

@@ -59,10 +59,15 @@ impl worker::DurableObject for LiveHub {
         match url.path() {
             "/poke" => {
                 let checkpoint = number("checkpoint");
-                if checkpoint > self.poked().await {
-                    self.state.storage().put(POKED, checkpoint).await?;
-                }
+                let newer = checkpoint > self.poked().await;
+                // Wake first: the waiting pulls and sockets of this instance must not
+                // depend on the write that only an evicted hub's successor reads.
                 self.poke(checkpoint);
+                if newer {
+                    if let Err(e) = self.state.storage().put(POKED, checkpoint).await {
+                        worker::console_warn!("live: the poke was delivered but not stored: {e}");
+                    }
+                }
                 Response::empty().map(|r| r.with_status(204))
             }
             "/wait" => {
@@ -208,7 +213,12 @@ async fn call(env: &Env, user: &str, method: Method, path: &str, headers: Header
 
 /// Tell `user`'s hub about a change reaching `checkpoint`.
 pub async fn poke(env: &Env, user: &str, checkpoint: u64) -> Result<(), ApiError> {
-    call(env, user, Method::Post, &format!("/poke?checkpoint={checkpoint}"), Headers::new()).await.map(|_| ())
+    let answer = call(env, user, Method::Post, &format!("/poke?checkpoint={checkpoint}"), Headers::new()).await?;
+    match answer.status_code() {
+        200..=299 => Ok(()),
+        status => Err(ApiError::unavailable("live_unavailable", "live updates are not available right now")
+            .with_log_detail(format!("the live hub answered the poke with {status}"))),
+    }
 }
 
 /// Wait up to `ms` for a poke newer than `after`: its checkpoint, or `None`.
