@@ -52,7 +52,7 @@ pub fn object_has_nul(m: &serde_json::Map<String, serde_json::Value>) -> bool {
 
 /// The database schema version this code expects; the migrations in `sql/migrations`
 /// record theirs in `edgesync.schema_migrations`, and `/health` compares the two.
-pub const EXPECTED_SCHEMA_VERSION: i64 = 12;
+pub const EXPECTED_SCHEMA_VERSION: i64 = 13;
 
 /// The version of the functions, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

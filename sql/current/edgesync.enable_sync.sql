@@ -14,5 +14,6 @@ begin
   perform edgesync.enable_sync_tables(target, server_only, conflict_policy, wire_name);
   execute format('alter table %s alter column _txid set default edgesync.sync_position()', target);
   perform edgesync.enable_live(target);
+  perform edgesync.enable_ps(target);
 end
 $function$;

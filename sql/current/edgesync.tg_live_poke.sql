@@ -26,7 +26,7 @@ begin
   if v_users is null then
     return null;
   end if;
-  v_checkpoint := (edgesync.sync_position()::text::numeric + 1)::text;
+  v_checkpoint := (edgesync.write_position() + 1)::text;
   select t.url into v_url from edgesync.live_target t;
   i := 1;
   while i <= cardinality(v_users) loop

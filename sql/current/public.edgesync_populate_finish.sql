@@ -9,6 +9,6 @@ begin
   perform set_config('edgesync.populate_writer', 'on', true);
   -- Taken after every apply of the call committed, so it is above all they wrote.
   return edgesync.populate_finish_as_caller(p_source, p_lease, p_outcome, p_error, p_retry_after_secs, p_user)
-         || jsonb_build_object('checkpoint', edgesync.sync_position()::text);
+         || jsonb_build_object('checkpoint', edgesync.write_position()::text);
 end
 $function$;

@@ -14,6 +14,6 @@ begin
       hint = 'too_many_mutations';
   end if;
   return (edgesync.push_batch(client_id, mutations)::jsonb
-          || jsonb_build_object('checkpoint', edgesync.sync_position()::text))::json;
+          || jsonb_build_object('checkpoint', edgesync.write_position()::text))::json;
 end
 $function$;
