@@ -25,6 +25,7 @@ pub mod health;
 pub mod live;
 pub mod log;
 pub mod populate;
+pub mod powersync;
 pub mod raw_json;
 pub mod request_id;
 pub mod sync;
