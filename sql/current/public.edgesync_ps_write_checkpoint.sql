@@ -9,6 +9,7 @@ begin
   if auth.uid() is null then
     raise sqlstate 'PT401' using message = 'a user token is required', hint = 'user_required';
   end if;
+  perform nextval('edgesync.sync_positions');
   return edgesync.next_position()::text;
 end
 $function$;

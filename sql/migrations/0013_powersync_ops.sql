@@ -543,8 +543,12 @@ revoke all on function public.edgesync_ps_page(bigint, jsonb, integer, integer) 
 grant execute on function public.edgesync_ps_page(bigint, jsonb, integer, integer) to authenticated;
 
 -- PowerSync's write checkpoint (GET /write-checkpoint2.json): the next position to be
--- handed out. Every block of the caller's acknowledged writes is below it, so a
--- checkpoint whose W reaches it has them all. It takes no position and no lock.
+-- handed out, after skipping one. Every block of the caller's acknowledged writes is
+-- below it, so a checkpoint whose W reaches it has them all. The skipped position is
+-- never used for a row; it makes every answer new, so even after an upload that wrote
+-- nothing (all of it refused) the stream sends a new checkpoint, which the SDK needs
+-- before it puts the server's rows back over the refused local writes. It takes no
+-- lock: nothing is written at that position.
 create or replace function public.edgesync_ps_write_checkpoint()
 returns text
 language plpgsql
@@ -556,6 +560,7 @@ begin
   if auth.uid() is null then
     raise sqlstate 'PT401' using message = 'a user token is required', hint = 'user_required';
   end if;
+  perform nextval('edgesync.sync_positions');
   return edgesync.next_position()::text;
 end
 $$;
