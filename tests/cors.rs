@@ -144,7 +144,7 @@ fn a_preflight_from_an_allowed_origin_gets_204_with_no_token_on_every_endpoint()
             let methods: Vec<&str> = r.header("access-control-allow-methods").unwrap().split(", ").collect();
             assert!(methods.contains(&method) && methods.contains(&"POST"), "{url}: {r:?}");
             let allowed: Vec<&str> = r.header("access-control-allow-headers").unwrap().split(", ").collect();
-            for h in ["authorization", "content-type", "apikey", "x-client-info", "x-request-id"] {
+            for h in ["authorization", "content-type", "apikey", "x-client-info", "x-request-id", "x-user-agent"] {
                 assert!(allowed.contains(&h), "{url}: {h} not allowed: {r:?}");
             }
             assert_eq!(r.header("access-control-max-age"), Some("7200"), "{url}");

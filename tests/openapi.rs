@@ -239,6 +239,7 @@ fn real_answers_match_the_document() {
     embed_entry_and_drain(&info, s);
     search(&info, s);
     live(&info, s);
+    powersync(&info, s);
 
     let seen = s.seen.lock().unwrap().clone();
     let mut missing = Vec::new();
@@ -283,6 +284,83 @@ fn health(info: &StackInfo, s: &Spec) {
         let r = s.expect(send(info, method, "/health", &[], None), 405, Some("method_not_allowed"));
         assert_eq!(r.header("allow"), Some("GET, HEAD"));
     }
+}
+
+/// `POST /sync/stream` as a PowerSync SDK sends it: a stream that does not end, so
+/// only its headers and first line are read (an error answer is read whole).
+fn stream_head(info: &StackInfo, headers: &[(&str, String)], body: &[u8]) -> Resp {
+    use std::io::BufRead;
+    let url = format!("{}/sync/stream", info.functions_url);
+    let agent = xtask::ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+    let mut req = agent.post(&url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let resp = match req.send_bytes(body) {
+        Ok(r) => r,
+        Err(xtask::ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("POST {url}: no HTTP answer: {e}"),
+    };
+    let status = resp.status();
+    let headers: BTreeMap<String, String> = resp
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| resp.header(&n).map(|v| (n.to_ascii_lowercase(), v.to_owned())))
+        .collect();
+    let mut text = String::new();
+    if status == 200 {
+        std::io::BufReader::new(resp.into_reader()).read_line(&mut text).unwrap();
+    } else {
+        text = resp.into_string().unwrap_or_default();
+    }
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Resp { method: "POST".into(), path: "/sync/stream".into(), status, headers, text, body }
+}
+
+fn powersync(info: &StackInfo, s: &Spec) {
+    let (user, token) = new_user(info);
+    let scheme = |t: &str| ("authorization", format!("Token {t}"));
+    let body = json!({"buckets": [], "include_checksum": true, "raw_data": true, "client_id": "c"}).to_string();
+    let r = s.expect(stream_head(info, &[scheme(&token), json_type()], body.as_bytes()), 200, None);
+    assert!(r.body["checkpoint"]["buckets"].as_array().is_some_and(|b| !b.is_empty()), "{}", r.text);
+    assert_eq!(r.header("cache-control"), Some("no-store, no-transform"));
+    // Bearer works as well; bad credentials are refused before any stream starts.
+    s.expect(stream_head(info, &[bearer(&token), json_type()], body.as_bytes()), 200, None);
+    s.expect(stream_head(info, &[json_type()], body.as_bytes()), 401, Some("missing_token"));
+    s.expect(
+        stream_head(info, &[("authorization", format!("Basic {token}")), json_type()], body.as_bytes()),
+        401,
+        Some("invalid_token"),
+    );
+    let expired = keys::sign_hs256(&info.jwt_secret, &keys::user_claims(&user, &info.jwt_issuer, -3600)).unwrap();
+    s.expect(stream_head(info, &[scheme(&expired), json_type()], body.as_bytes()), 401, Some("invalid_token"));
+    s.expect(
+        stream_head(info, &[scheme(&info.service_role_key), json_type()], body.as_bytes()),
+        403,
+        Some("user_required"),
+    );
+    s.expect(stream_head(info, &[scheme(&info.anon_key), json_type()], body.as_bytes()), 403, Some("forbidden_role"));
+    // Malformed, hostile and oversized bodies.
+    s.expect(stream_head(info, &[scheme(&token), json_type()], b"{not json"), 400, Some("invalid_json"));
+    s.expect(stream_head(info, &[scheme(&token), json_type()], br#"{"buckets": 5}"#), 400, Some("invalid_request"));
+    let after = json!({"buckets": [{"name": format!("entries:{user}"), "after": "-1"}]}).to_string();
+    s.expect(stream_head(info, &[scheme(&token), json_type()], after.as_bytes()), 400, Some("invalid_request"));
+    let many: Vec<Value> = (0..1001).map(|i| json!({"name": format!("t{i}:{user}"), "after": "0"})).collect();
+    let many = json!({ "buckets": many }).to_string();
+    s.expect(stream_head(info, &[scheme(&token), json_type()], many.as_bytes()), 400, Some("too_many_buckets"));
+    let huge = format!(r#"{{"buckets": [], "parameters": {{"x": "{}"}}}}"#, "x".repeat(1024 * 1024));
+    s.expect(stream_head(info, &[scheme(&token), json_type()], huge.as_bytes()), 413, Some("body_too_large"));
+    s.expect(stream_head(info, &[scheme(&token)], body.as_bytes()), 415, Some("unsupported_media_type"));
+    s.expect(send(info, "GET", "/sync/stream", &[scheme(&token)], None), 405, Some("method_not_allowed"));
+
+    let r = s.expect(send(info, "GET", "/write-checkpoint2.json?client_id=c", &[scheme(&token)], None), 200, None);
+    let first: u64 = r.body["data"]["write_checkpoint"].as_str().unwrap().parse().unwrap();
+    let r = s.expect(send(info, "GET", "/write-checkpoint2.json", &[bearer(&token)], None), 200, None);
+    let second: u64 = r.body["data"]["write_checkpoint"].as_str().unwrap().parse().unwrap();
+    assert!(second > first, "every write checkpoint is new: {first} then {second}");
+    s.expect(get(info, "/write-checkpoint2.json", None), 401, Some("missing_token"));
+    s.expect(get(info, "/write-checkpoint2.json", Some(&info.service_role_key)), 403, Some("user_required"));
+    s.expect(send(info, "POST", "/write-checkpoint2.json", &[scheme(&token)], None), 405, Some("method_not_allowed"));
 }
 
 /// A refused WebSocket handshake of `/live`: an upgrade request over plain HTTP, so the

@@ -23,6 +23,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("/sync", "SYNC"),
     // Live updates are the sync Worker's: its Durable Object holds the sockets.
     ("/live", "SYNC"),
+    // PowerSync's protocol (`/sync/stream` is under `/sync`): the sync Worker's too.
+    ("/write-checkpoint2.json", "SYNC"),
     ("/upload", "UPLOAD"),
     ("/populate", "POPULATE"),
     ("/embed_entry", "EMBED_ENTRY"),

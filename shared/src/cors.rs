@@ -31,7 +31,7 @@ pub const SETTING: &str = "ALLOWED_ORIGINS";
 pub const ALLOW_METHODS: &str = "GET, HEAD, POST, OPTIONS";
 /// Request headers a browser may send: the token, the JSON body, supabase-js's own
 /// (`apikey`, `x-client-info`) and a caller's request id.
-pub const ALLOW_HEADERS: &str = "authorization, content-type, apikey, x-client-info, x-request-id";
+pub const ALLOW_HEADERS: &str = "authorization, content-type, apikey, x-client-info, x-request-id, x-user-agent";
 /// Response headers a page may read besides the CORS-safelisted ones.
 pub const EXPOSE_HEADERS: &str = "x-request-id, retry-after";
 /// How long a browser may reuse a preflight's answer. Chromium caps it at 2 hours.

@@ -83,7 +83,7 @@ pub fn plans(info: &StackInfo, examples: u32) -> Result<Vec<Plan>> {
     let mut plans = vec![
         Plan {
             name: "user token",
-            paths: "^/(health|openapi\\.json|sync|live|upload|populate|search)$",
+            paths: "^/(health|openapi\\.json|sync|live|upload|populate|search|write-checkpoint2\\.json)$",
             headers: bearer(&user_token),
             generate_auth: false,
             examples,

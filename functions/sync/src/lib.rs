@@ -8,6 +8,7 @@
 //! (`LiveHub`, in `hub.rs`) only holds sockets and waiting pulls and passes pokes on.
 
 mod hub;
+mod powersync;
 
 use edgesync_edge::{self as edge, edgesync_shared as shared};
 use shared::data_api::Caller;
@@ -32,6 +33,8 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
     match req.path().trim_end_matches('/') {
         "/live" => socket(&req, env).await,
         "/live/poke" => poke(&mut req, env).await,
+        "/sync/stream" => powersync::stream(&mut req, env).await,
+        "/write-checkpoint2.json" => powersync::write_checkpoint(&req, env).await,
         _ => pull(&req, env).await,
     }
 }

@@ -61,6 +61,19 @@ pub struct StreamLimits {
     pub max_bytes: u64,
 }
 
+/// The setting that caps a stream's subrequests.
+pub const MAX_SUBREQUESTS_SETTING: &str = "PS_STREAM_MAX_SUBREQUESTS";
+
+impl StreamLimits {
+    /// The limits from the Worker's settings (`PS_STREAM_MAX_SUBREQUESTS`, 10 to 100,000,
+    /// default [`DEFAULT_MAX_SUBREQUESTS`]); a malformed one is reported by name.
+    pub fn from_settings(get: impl Fn(&str) -> Option<String>) -> Result<StreamLimits, crate::config::ConfigError> {
+        let max =
+            crate::config::whole_number(get, MAX_SUBREQUESTS_SETTING, u64::from(DEFAULT_MAX_SUBREQUESTS), 10, 100_000)?;
+        Ok(StreamLimits { max_subrequests: max as u32, ..StreamLimits::default() })
+    }
+}
+
 impl Default for StreamLimits {
     fn default() -> Self {
         StreamLimits { max_subrequests: DEFAULT_MAX_SUBREQUESTS, max_bytes: DEFAULT_MAX_BYTES }
@@ -934,5 +947,15 @@ mod tests {
         s.start(T);
         s.on_checkpoint(cp(100, vec![b("a", 1, 1, op(89, 1)), b("b", 2, 2, op(99, 1))]), T);
         assert_eq!(s.stats().fresh_buckets, 1, "requested with after = 0");
+    }
+
+    #[test]
+    fn the_subrequest_budget_is_read_from_its_setting_and_a_bad_one_is_named() {
+        let limits = |v: Option<&str>| StreamLimits::from_settings(|_| v.map(str::to_owned));
+        assert_eq!(limits(None).unwrap(), StreamLimits::default());
+        assert_eq!(limits(Some(" 40 ")).unwrap().max_subrequests, 40);
+        for bad in ["9", "abc", "-1", "100001"] {
+            assert_eq!(limits(Some(bad)).unwrap_err().setting, MAX_SUBREQUESTS_SETTING, "{bad}");
+        }
     }
 }
