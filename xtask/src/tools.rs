@@ -416,3 +416,8 @@ mod tests {
         fs_err::remove_dir_all(dir).unwrap();
     }
 }
+
+/// Is `bin` an executable file in a directory of `PATH`?
+pub fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
