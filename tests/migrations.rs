@@ -189,11 +189,15 @@ fn the_webhook_secret_lives_in_vault_and_pg_cron_gets_the_jobs() {
     };
     assert_eq!(
         jobs(&mut pg),
-        [(
-            "edgesync-purge-tombstones".into(),
-            "17 3 * * *".into(),
-            "select edgesync.purge_tombstones('30 days')".into()
-        )]
+        [
+            ("edgesync-ps-compact".into(), "5-59/10 * * * *".into(), "select edgesync.ps_compact()".into()),
+            ("edgesync-ps-defrag".into(), "*/10 * * * *".into(), "select edgesync.ps_defrag()".into()),
+            (
+                "edgesync-purge-tombstones".into(),
+                "17 3 * * *".into(),
+                "select edgesync.purge_tombstones('30 days')".into()
+            ),
+        ]
     );
 
     let hook = "https://edge.example.test/embed_entry";
@@ -239,7 +243,7 @@ fn the_webhook_secret_lives_in_vault_and_pg_cron_gets_the_jobs() {
         pg.query_one("select count(*) from pg_proc where prosrc like '%-secret-0123456789%'", &[]).unwrap().get(0);
     assert_eq!(in_bodies, 0);
     let jobs = jobs(&mut pg);
-    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert_eq!(jobs.len(), 4, "{jobs:?}");
     let (name, schedule, command) = &jobs[0];
     assert_eq!((name.as_str(), schedule.as_str()), ("edgesync-embed-drain", "* * * * *"));
     assert!(

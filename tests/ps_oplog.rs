@@ -158,6 +158,9 @@ struct PsClient {
     floor: u64,
     mismatches: usize,
     completed: usize,
+    /// Ops received, of every kind, and CLEARs among them.
+    received: usize,
+    clears: usize,
 }
 
 #[derive(Default, Debug)]
@@ -203,6 +206,7 @@ enum Outcome {
 
 impl PsClient {
     fn apply(&mut self, tbl: &str, ops: &[Value]) {
+        self.received += ops.len();
         let b = self.buckets.entry(tbl.to_owned()).or_default();
         for o in ops {
             let id: u64 = o["op_id"].as_str().unwrap().parse().unwrap();
@@ -223,6 +227,7 @@ impl PsClient {
                 }
                 "MOVE" => b.add = b.add.wrapping_add(cs),
                 "CLEAR" => {
+                    self.clears += 1;
                     b.rows.clear();
                     b.add = cs;
                     b.op = 0;
@@ -417,8 +422,9 @@ fn a_powersync_client_never_sees_a_checksum_mismatch_and_ends_with_the_servers_r
     let mut rows: Vec<String> = Vec::new();
     let mut held: Vec<(postgres::Client, Vec<String>)> = Vec::new();
     let mut client = PsClient::default();
+    let mut slow = PsClient::default();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    for step in 0..400 {
+    for step in 0..600 {
         let dice = splitmix(&mut rng) % 100;
         let pick = |rng: &mut u64, n: usize| (splitmix(rng) % n.max(1) as u64) as usize;
         let who = if splitmix(&mut rng).is_multiple_of(3) { &v } else { &u };
@@ -457,6 +463,14 @@ fn a_powersync_client_never_sees_a_checksum_mismatch_and_ends_with_the_servers_r
                 let id = insert_entry(&mut c, who, &format!("held{step}"));
                 held.push((c, vec![id]));
             }
+            79..=81 => {
+                edgesync_integration::db(&info)
+                    .execute("select edgesync.ps_compact_bucket($1::text::uuid, 'entries')", &[&u])
+                    .unwrap();
+            }
+            82..=83 => {
+                edgesync_integration::db(&info).execute("select edgesync.ps_defrag(4, 1.5, 10)", &[]).unwrap();
+            }
             73..=78 if !held.is_empty() => {
                 let i = pick(&mut rng, held.len());
                 let (mut c, ids) = held.swap_remove(i);
@@ -467,29 +481,89 @@ fn a_powersync_client_never_sees_a_checksum_mismatch_and_ends_with_the_servers_r
             _ => {
                 let lim = [1, 2, 5, 50][pick(&mut rng, 4)];
                 let pages = if splitmix(&mut rng).is_multiple_of(4) { 1 } else { 100 };
-                let o = client.sync(&mut db, &u, lim, pages);
+                // Mostly the eager client; now and then the one that lags behind
+                // compactions, so CLEARs reach it.
+                let c = if splitmix(&mut rng).is_multiple_of(6) { &mut slow } else { &mut client };
+                let o = c.sync(&mut db, &u, lim, pages);
                 *outcomes.entry(format!("{o:?}")).or_default() += 1;
                 if o == Outcome::Complete && held.is_empty() {
-                    assert_eq!(client.titles(), server_titles(&mut db, &u), "step {step}, seed {seed}");
+                    assert_eq!(c.titles(), server_titles(&mut db, &u), "step {step}, seed {seed}");
                 }
             }
         }
-        assert_eq!(client.mismatches, 0, "step {step}, seed {seed}");
+        assert_eq!((client.mismatches, slow.mismatches), (0, 0), "step {step}, seed {seed}");
     }
     for (mut c, _) in held.drain(..) {
         c.batch_execute("commit").unwrap();
     }
-    let mut last = client.sync(&mut db, &u, 1000, 1000);
-    for _ in 0..3 {
-        if last == Outcome::Complete {
-            break;
+    for c in [&mut client, &mut slow] {
+        let mut last = c.sync(&mut db, &u, 1000, 1000);
+        for _ in 0..3 {
+            if last == Outcome::Complete {
+                break;
+            }
+            last = c.sync(&mut db, &u, 1000, 1000);
         }
-        last = client.sync(&mut db, &u, 1000, 1000);
+        assert_eq!(last, Outcome::Complete);
+        assert_eq!(c.mismatches, 0);
+        assert_eq!(c.titles(), server_titles(&mut db, &u), "seed {seed}");
     }
-    assert_eq!(last, Outcome::Complete);
-    assert_eq!(client.mismatches, 0);
-    assert_eq!(client.titles(), server_titles(&mut db, &u), "seed {seed}");
-    eprintln!("ps_oplog: {} checkpoints completed; outcomes {outcomes:?}", client.completed);
+    eprintln!(
+        "ps_oplog: {} + {} checkpoints completed, {} CLEARs received; outcomes {outcomes:?}",
+        client.completed,
+        slow.completed,
+        client.clears + slow.clears
+    );
     assert!(outcomes.get("Needs").copied().unwrap_or(0) > 0, "no page stopped: the held writers did not bite");
     assert!(client.completed > 20, "too few checkpoints completed: {outcomes:?}");
+    assert!(client.clears + slow.clears > 0, "no CLEAR reached a client: compaction did not bite");
+}
+
+fn bucket_ops(db: &mut postgres::Client, user: &str) -> i64 {
+    db.query_one("select count(*) from edgesync.ps_ops where user_id = $1::text::uuid and tbl = 'entries'", &[&user])
+        .unwrap()
+        .get(0)
+}
+
+/// Churn, then defragmentation and compaction: the bucket's log shrinks to about its
+/// live rows, a new client downloads about that many ops, and a client that synced
+/// before (and one cut off midway) carry on with valid checksums and the server's rows.
+#[test]
+fn compaction_keeps_clients_valid_and_the_log_and_first_download_near_the_live_rows() {
+    let _guard = exclusive();
+    let info = stack();
+    let (u, _) = new_user(&info);
+    let mut db = db(&info);
+    let ids: Vec<String> = (0..60).map(|i| insert_entry(&mut db, &u, &format!("row {i}"))).collect();
+    let mut before = PsClient::default();
+    assert_eq!(before.sync(&mut db, &u, 1000, 100), Outcome::Complete);
+    for i in 0..300 {
+        set_title(&mut db, &ids[59], &format!("edit {i}"));
+    }
+    for id in &ids[40..59] {
+        db.execute("delete from public.entries where id = $1::text::uuid", &[id]).unwrap();
+    }
+    let mut cut = PsClient::default();
+    assert_eq!(cut.sync(&mut db, &u, 20, 3), Outcome::Cut, "a client cut off mid-download");
+    let churned = bucket_ops(&mut db, &u);
+    let defragged: i64 = db.query_one("select edgesync.ps_defrag(50, 2, 1000)", &[]).unwrap().get(0);
+    let removed: i64 =
+        db.query_one("select edgesync.ps_compact_bucket($1::text::uuid, 'entries')", &[&u]).unwrap().get(0);
+    let after = bucket_ops(&mut db, &u);
+    let live = 41;
+    eprintln!("ps_oplog: {churned} ops, {defragged} rows re-put, {removed} removed: {after} ops for {live} live rows");
+    assert!(defragged > 0 && removed > 0, "defrag {defragged}, compaction {removed}");
+    assert!(after <= 2 * live + 2, "{after} ops left for {live} live rows");
+    let mut fresh = PsClient::default();
+    assert_eq!(fresh.sync(&mut db, &u, 1000, 100), Outcome::Complete);
+    assert!(fresh.received as i64 <= after, "a first download of {} ops", fresh.received);
+    for (name, c) in [("before", &mut before), ("cut", &mut cut), ("fresh", &mut fresh)] {
+        assert_eq!(c.sync(&mut db, &u, 7, 1000), Outcome::Complete, "{name}");
+        assert_eq!(c.mismatches, 0, "{name}");
+        assert_eq!(c.titles(), server_titles(&mut db, &u), "{name}");
+    }
+    // A second compaction with nothing new to fold changes nothing.
+    let again: i64 =
+        db.query_one("select edgesync.ps_compact_bucket($1::text::uuid, 'entries')", &[&u]).unwrap().get(0);
+    assert_eq!((again, bucket_ops(&mut db, &u)), (0, after));
 }

@@ -652,6 +652,159 @@ end
 $$;
 revoke all on function edgesync.tg_live_poke() from public, anon, authenticated, service_role;
 
+-- Compaction (PowerSync's CLEAR), one bucket: the longest prefix of its ops that are
+-- dead at the watermark (REMOVEs, CLEARs, PUTs superseded at or below it) becomes one
+-- CLEAR at the prefix's last op id, carrying their summed checksum. A client's sum at
+-- any checkpoint at or above that op id is unchanged; a checkpoint below it is never
+-- completed (edgesync_ps_checkpoint waits for the watermark to pass `through_op`, and a
+-- page stops before a CLEAR whose target is above its checkpoint). It takes no sync
+-- position: it adds no op above any checkpoint. Returns how many ops it removed.
+create or replace function edgesync.ps_compact_bucket(p_user uuid, p_tbl text)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_h bigint;
+  v_last bigint;
+  v_sum bigint;
+  v_n bigint;
+  v_target bigint;
+  v_first_kind "char";
+begin
+  -- One compaction of a bucket at a time (a two-key lock: never read as a position).
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('edgesync.ps_compact'),
+                                           pg_catalog.hashtext(p_user::text || '/' || p_tbl));
+  v_h := (edgesync.watermark()::text::bigint << 24) - 1;
+  -- A later statement: every op at or below v_h is committed and in its snapshot.
+  with ops as (
+    select o.op_id, o.kind, o.checksum, o.target,
+           case when o.kind = 'P' then
+             (select n.op_id from edgesync.ps_ops n
+               where n.user_id = p_user and n.tbl = p_tbl and n.row_id = o.row_id and n.pos > o.pos
+               order by n.pos limit 1) end as nxt
+      from edgesync.ps_ops o
+     where o.user_id = p_user and o.tbl = p_tbl and o.op_id <= v_h
+  ),
+  marked as (
+    select ops.*, bool_and(kind in ('R', 'C') or coalesce(nxt <= v_h, false)) over (order by op_id) as dead
+      from ops
+  )
+  select max(op_id), sum(checksum) % 4294967296, count(*), greatest(max(nxt), max(target)),
+         (array_agg(kind order by op_id))[1]
+    into v_last, v_sum, v_n, v_target, v_first_kind
+    from marked where dead;
+  if v_n is null or v_n = 0 or (v_n = 1 and v_first_kind = 'C') then
+    v_n := 0;
+  else
+    delete from edgesync.ps_ops o where o.user_id = p_user and o.tbl = p_tbl and o.op_id <= v_last;
+    insert into edgesync.ps_ops (user_id, tbl, pos, seq, kind, row_id, checksum, target)
+    values (p_user, p_tbl, v_last >> 24, (v_last & 16777215)::integer, 'C', null, v_sum, v_target);
+  end if;
+  -- The bucket's sums through v_h, so checkpoints add only what came after.
+  insert into edgesync.ps_bucket_base as b (user_id, tbl, through_op, checksum, op_count)
+  select p_user, p_tbl, v_h, coalesce(sum(o.checksum), 0) % 4294967296, count(*)
+    from edgesync.ps_ops o where o.user_id = p_user and o.tbl = p_tbl and o.op_id <= v_h
+  on conflict (user_id, tbl) do update
+    set through_op = excluded.through_op, checksum = excluded.checksum, op_count = excluded.op_count
+    where b.through_op < excluded.through_op;
+  return greatest(v_n - 1, 0);
+end
+$$;
+revoke all on function edgesync.ps_compact_bucket(uuid, text) from public;
+
+-- Compact the buckets with the most ops, at most p_max_buckets of them.
+create or replace function edgesync.ps_compact(p_max_buckets integer default 1000)
+returns table (buckets bigint, removed bigint)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  b record;
+begin
+  buckets := 0;
+  removed := 0;
+  for b in
+    select o.user_id, o.tbl from edgesync.ps_ops o
+     group by o.user_id, o.tbl having count(*) > 1
+     order by count(*) desc limit greatest(p_max_buckets, 0)
+  loop
+    removed := removed + edgesync.ps_compact_bucket(b.user_id, b.tbl);
+    buckets := buckets + 1;
+  end loop;
+  return next;
+end
+$$;
+revoke all on function edgesync.ps_compact(integer) from public;
+
+-- Defragmentation: a bucket whose oldest live row pins a long run of dead ops behind it
+-- (more than max(p_min_ops, p_ratio x live rows) ops) gets fresh PUTs for its oldest
+-- live rows, at most p_chunk of them, so the next compaction can clear the prefix.
+-- Rows are not changed (their version stays, /sync sends nothing); only their ops move.
+-- Clients download those rows once more, as ordinary PUTs. Returns how many rows.
+create or replace function edgesync.ps_defrag(p_min_ops integer default 1000, p_ratio numeric default 2,
+                                              p_chunk integer default 1000)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  b record;
+  v_ids uuid[];
+  v_id uuid;
+  v_total bigint := 0;
+begin
+  for b in
+    select o.user_id, o.tbl, s.relid, count(*) as n,
+           count(*) filter (where o.kind = 'P' and not exists (
+             select from edgesync.ps_ops n
+              where n.user_id = o.user_id and n.tbl = o.tbl and n.row_id = o.row_id and n.pos > o.pos)) as puts
+      from edgesync.ps_ops o join edgesync.synced_tables s on s.name = o.tbl
+     group by o.user_id, o.tbl, s.relid
+  loop
+    -- Live rows have one current PUT each; the rest of the bucket is history.
+    continue when b.n <= greatest(p_min_ops, p_ratio * b.puts);
+    select array_agg(x.row_id order by x.op_id) into v_ids from (
+      select o.row_id, o.op_id from edgesync.ps_ops o
+       where o.user_id = b.user_id and o.tbl = b.tbl and o.kind = 'P'
+         and not exists (select from edgesync.ps_ops n
+                          where n.user_id = o.user_id and n.tbl = o.tbl and n.row_id = o.row_id and n.pos > o.pos)
+       order by o.op_id limit greatest(p_chunk, 1)) x;
+    -- Locked (skipping rows being written), so every earlier op of each is committed.
+    for v_id in execute format('select t.id from %s t where t.id = any ($1) and t.deleted_at is null
+                                for update skip locked', b.relid) using v_ids
+    loop
+      perform edgesync.ps_record(b.user_id, b.tbl, v_id, 'P');
+      v_total := v_total + 1;
+    end loop;
+  end loop;
+  return v_total;
+end
+$$;
+revoke all on function edgesync.ps_defrag(integer, numeric, integer) from public;
+
+-- pg_cron: the nightly purge, and the op log's upkeep every ten minutes.
+create or replace function edgesync.schedule_maintenance()
+returns text
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform edgesync.try_create_extension('pg_cron');
+  if to_regprocedure('cron.schedule(text,text,text)') is null then
+    return 'pg_cron is not installed: run select edgesync.purge_tombstones(''30 days'') daily and '
+        || 'select edgesync.ps_defrag(); select edgesync.ps_compact(); often, from your own scheduler';
+  end if;
+  perform cron.schedule('edgesync-purge-tombstones', '17 3 * * *',
+                        'select edgesync.purge_tombstones(''30 days'')');
+  perform cron.schedule('edgesync-ps-defrag', '*/10 * * * *', 'select edgesync.ps_defrag()');
+  perform cron.schedule('edgesync-ps-compact', '5-59/10 * * * *', 'select edgesync.ps_compact()');
+  return 'edgesync-purge-tombstones scheduled daily at 03:17 UTC; edgesync-ps-defrag and edgesync-ps-compact every 10 minutes';
+end
+$$;
+revoke all on function edgesync.schedule_maintenance() from public, anon, authenticated, service_role;
+select edgesync.schedule_maintenance();
+
 -- Every synced table records ops from now on, and its live rows get one each.
 do $$
 declare
