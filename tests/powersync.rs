@@ -383,3 +383,63 @@ fn with_the_database_api_down_the_routes_answer_json_errors_and_the_device_catch
     });
     a.assert_healthy();
 }
+
+/// The note's figures, not a check: a first sync of 10,000 rows into a PowerSync
+/// database, the same pull through the Rust client (`edgesync-client sync`), and the op
+/// log's storage per op. `cargo xtask test -- --ignored a_first_sync_of_10000_rows`.
+#[test]
+#[ignore = "a measurement: run it by name"]
+fn a_first_sync_of_10000_rows_measured() {
+    let _guard = exclusive();
+    let info = stack();
+    let (user, token) = new_user(&info);
+    let mut admin = db(&info);
+    admin
+        .execute(
+            "insert into public.entries (id, user_id, title, body_markdown, tags)
+             select gen_random_uuid(), $1::text::uuid, 'row ' || i, repeat('body text ', 20), '{a,b}'
+               from generate_series(1, 10000) i",
+            &[&user],
+        )
+        .unwrap();
+    let started = Instant::now();
+    let mut a = Device::connect(&info, "first-sync", &token);
+    a.synced();
+    let powersync = started.elapsed();
+    assert_eq!(a.count("SELECT count(*) AS n FROM entries"), 10_000);
+    a.assert_healthy();
+
+    let dir = std::env::temp_dir().join(format!("edgesync-first-sync-{}", uuid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new(cli_bin())
+            .arg("--db")
+            .arg(dir.join("rust.db"))
+            .args(["--url", &info.functions_url])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    cli(&["login", "--token", &token]);
+    let started = Instant::now();
+    cli(&["sync"]);
+    let rust = started.elapsed();
+    std::fs::remove_dir_all(&dir).ok();
+
+    let (ops, bytes): (i64, i64) = admin
+        .query_one("select (select count(*) from edgesync.ps_ops), pg_total_relation_size('edgesync.ps_ops')", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    eprintln!(
+        "powersync: first sync of 10,000 rows: @powersync/node {:.2} s ({:.0} rows/s); edgesync-client {:.2} s ({:.0} rows/s)",
+        powersync.as_secs_f64(),
+        10_000.0 / powersync.as_secs_f64(),
+        rust.as_secs_f64(),
+        10_000.0 / rust.as_secs_f64()
+    );
+    eprintln!(
+        "powersync: op log {ops} ops in {bytes} bytes with indexes: {:.0} bytes per op",
+        bytes as f64 / ops as f64
+    );
+}
