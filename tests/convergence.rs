@@ -72,6 +72,7 @@ const RATES: FaultRates = FaultRates {
     duplicate: 0.05,
     delay: 0.10,
     max_delay: Duration::from_millis(150),
+    cut_stream: 0.0,
 };
 
 impl Sim {

@@ -6,7 +6,9 @@
 //! - **drops the response**: forwards it, lets the server commit, then closes the
 //!   connection without answering (the client cannot know it was applied);
 //! - **duplicates** it: forwards two copies at the same time and answers with one;
-//! - **delays** it before forwarding.
+//! - **delays** it before forwarding;
+//! - **cuts a stream**: an answer that streams (PowerSync's `application/x-ndjson`) is
+//!   passed on as it arrives, and closed after a random number of bytes, mid-line.
 //!
 //! Decisions come from a seeded generator per device (the `x-sim-device` request
 //! header), so one device's fault sequence is the same on every run with the same seed,
@@ -30,11 +32,19 @@ pub struct FaultRates {
     pub duplicate: f64,
     pub delay: f64,
     pub max_delay: Duration,
+    /// Of streamed answers: cut after a random number of bytes (up to 64 KiB).
+    pub cut_stream: f64,
 }
 
 impl FaultRates {
-    pub const NONE: FaultRates =
-        FaultRates { drop_request: 0.0, drop_response: 0.0, duplicate: 0.0, delay: 0.0, max_delay: Duration::ZERO };
+    pub const NONE: FaultRates = FaultRates {
+        drop_request: 0.0,
+        drop_response: 0.0,
+        duplicate: 0.0,
+        delay: 0.0,
+        max_delay: Duration::ZERO,
+        cut_stream: 0.0,
+    };
 }
 
 /// What the proxy did so far.
@@ -45,6 +55,9 @@ pub struct FaultCounts {
     pub dropped_responses: u64,
     pub duplicated: u64,
     pub delayed: u64,
+    /// Streamed answers passed on, and those cut short.
+    pub streams: u64,
+    pub cut_streams: u64,
     /// Answers with a 5xx status that reached (or would have reached) the device.
     pub server_errors: u64,
 }
@@ -56,6 +69,8 @@ struct Counters {
     dropped_responses: AtomicU64,
     duplicated: AtomicU64,
     delayed: AtomicU64,
+    streams: AtomicU64,
+    cut_streams: AtomicU64,
     server_errors: AtomicU64,
 }
 
@@ -127,6 +142,8 @@ impl FaultProxy {
             dropped_responses: c.dropped_responses.load(Ordering::SeqCst),
             duplicated: c.duplicated.load(Ordering::SeqCst),
             delayed: c.delayed.load(Ordering::SeqCst),
+            streams: c.streams.load(Ordering::SeqCst),
+            cut_streams: c.cut_streams.load(Ordering::SeqCst),
             server_errors: c.server_errors.load(Ordering::SeqCst),
         }
     }
@@ -154,7 +171,12 @@ struct Response {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// A streamed answer's body, read as it arrives (then `body` is empty).
+    stream: Option<Box<dyn Read + Send>>,
 }
+
+/// Answers of this type are streamed, not buffered.
+const STREAMED: &str = "application/x-ndjson";
 
 fn read_request(conn: &TcpStream) -> Option<Request> {
     let mut r = BufReader::new(conn.try_clone().ok()?);
@@ -187,10 +209,14 @@ fn read_request(conn: &TcpStream) -> Option<Request> {
 }
 
 fn forward(upstream: &str, req: &Request) -> Response {
-    let agent = xtask::ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+    // No overall deadline (a stream lasts); a silent upstream is given up after 60 s.
+    let agent = xtask::ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(10))
+        .timeout_read(Duration::from_secs(60))
+        .build();
     let mut call = agent.request(&req.method, &format!("{upstream}{}", req.path));
     for (k, v) in &req.headers {
-        if matches!(k.as_str(), "authorization" | "content-type" | "apikey") {
+        if matches!(k.as_str(), "authorization" | "content-type" | "apikey" | "accept") {
             call = call.set(k, v);
         }
     }
@@ -203,17 +229,21 @@ fn forward(upstream: &str, req: &Request) -> Response {
                 status: 502,
                 headers: vec![("content-type".into(), "text/plain".into())],
                 body: format!("fault proxy: upstream unreachable: {e}").into_bytes(),
+                stream: None,
             }
         }
     };
     let status = resp.status();
-    let headers = ["content-type", "x-request-id", "retry-after", "www-authenticate"]
+    let headers = ["content-type", "x-request-id", "retry-after", "www-authenticate", "cache-control"]
         .iter()
         .filter_map(|h| resp.header(h).map(|v| (h.to_string(), v.to_owned())))
         .collect();
+    if resp.content_type() == STREAMED {
+        return Response { status, headers, body: Vec::new(), stream: Some(Box::new(resp.into_reader())) };
+    }
     let mut body = Vec::new();
     let _ = resp.into_reader().take(64 << 20).read_to_end(&mut body);
-    Response { status, headers, body }
+    Response { status, headers, body, stream: None }
 }
 
 fn handle(s: &Shared, mut conn: TcpStream) {
@@ -225,7 +255,7 @@ fn handle(s: &Shared, mut conn: TcpStream) {
     let device = req.headers.iter().find(|(k, _)| k == DEVICE_HEADER).map(|(_, v)| v.clone()).unwrap_or_default();
     let rates = *s.rates.lock().unwrap();
     // Draw every decision up front, from this device's own sequence.
-    let (pick, delay_draw, delay_amount, dup_pick) = {
+    let (pick, delay_draw, delay_amount, dup_pick, cut_draw, cut_at) = {
         let mut rngs = s.rngs.lock().unwrap();
         let state = rngs.entry(device.clone()).or_insert_with(|| {
             let mut h = s.seed;
@@ -234,7 +264,7 @@ fn handle(s: &Shared, mut conn: TcpStream) {
             }
             h
         });
-        (unit(state), unit(state), unit(state), splitmix(state) & 1)
+        (unit(state), unit(state), unit(state), splitmix(state) & 1, unit(state), splitmix(state) % (64 << 10))
     };
     let c = &s.counters;
     c.requests.fetch_add(1, Ordering::SeqCst);
@@ -249,7 +279,9 @@ fn handle(s: &Shared, mut conn: TcpStream) {
         return;
     }
     p -= rates.drop_request;
-    let resp = if p < rates.duplicate {
+    // A stream is not duplicated: two would both stay open.
+    let streams = req.path.starts_with("/sync/stream");
+    let resp = if p < rates.duplicate && !streams {
         c.duplicated.fetch_add(1, Ordering::SeqCst);
         let (a, b) = std::thread::scope(|scope| {
             let a = scope.spawn(|| forward(&s.upstream, &req));
@@ -273,7 +305,12 @@ fn handle(s: &Shared, mut conn: TcpStream) {
         let _ = conn.shutdown(Shutdown::Both);
         return;
     }
-    let mut out = format!("HTTP/1.1 {} X\r\nconnection: close\r\ncontent-length: {}\r\n", resp.status, resp.body.len());
+    let length = match resp.stream {
+        // Without a length the body ends when the connection closes.
+        Some(_) => String::new(),
+        None => format!("content-length: {}\r\n", resp.body.len()),
+    };
+    let mut out = format!("HTTP/1.1 {} X\r\nconnection: close\r\n{length}", resp.status);
     for (k, v) in &resp.headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -281,5 +318,31 @@ fn handle(s: &Shared, mut conn: TcpStream) {
     let _ = conn.write_all(out.as_bytes());
     let _ = conn.write_all(&resp.body);
     let _ = conn.flush();
+    if let Some(mut stream) = resp.stream {
+        c.streams.fetch_add(1, Ordering::SeqCst);
+        let cut = (cut_draw < rates.cut_stream).then_some(cut_at as usize);
+        if cut.is_some() {
+            c.cut_streams.fetch_add(1, Ordering::SeqCst);
+        }
+        pass_stream(&mut *stream, &mut conn, cut);
+    }
     let _ = conn.shutdown(Shutdown::Both);
+}
+
+/// Copy a streamed body to the device as it arrives, stopping after `cut` bytes (or
+/// when either side closes).
+fn pass_stream(from: &mut dyn Read, to: &mut TcpStream, cut: Option<usize>) {
+    let mut left = cut.unwrap_or(usize::MAX);
+    let mut buf = [0u8; 8192];
+    while left > 0 {
+        let want = buf.len().min(left);
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
+            return;
+        }
+        left -= n;
+    }
 }

@@ -34,6 +34,7 @@ fn the_typescript_client_and_the_example_app_sync_against_the_stack() {
         duplicate: 0.1,
         delay: 0.1,
         max_delay: Duration::from_millis(200),
+        cut_stream: 0.0,
     };
     let proxy = FaultProxy::start(&info.functions_url, rates, 19);
     let browser_cfg = json!({
