@@ -35,11 +35,12 @@ import {
   type Conflict,
   type Rejection,
   type Row,
+  type Sleep,
 } from './protocol.js';
 import { LiveQuery, type QueryOptions } from './query.js';
 import { MemoryStorage, Mutex, type Storage } from './storage.js';
 import { LocalStore } from './store.js';
-import { LiveSync, type LiveMode, type WebSocketClass } from './live.js';
+import { LiveSync, type LiveClient, type LiveMode, type WebSocketClass } from './live.js';
 
 /** The part of the Fetch API the client uses. */
 export type FetchLike = (
@@ -47,7 +48,7 @@ export type FetchLike = (
   init: { method: string; headers: Record<string, string>; body?: string; signal?: AbortSignal },
 ) => Promise<{ status: number; headers: { get(name: string): string | null }; text(): Promise<string> }>;
 
-export type Sleep = (ms: number, signal?: AbortSignal) => Promise<void>;
+export type { Sleep } from './protocol.js';
 
 export interface ClientOptions {
   /** The functions' base URL (`cargo xtask dev`: `http://127.0.0.1:8787`). */
@@ -183,7 +184,7 @@ const defaultSleep: Sleep = (ms, signal) =>
 
 const clamp = (n: number, lo: number, hi: number) => Math.min(Math.max(n, lo), hi);
 
-export class Client {
+export class Client implements LiveClient {
   readonly store: LocalStore;
   private readonly o: Settings;
   private token: string | null = null;

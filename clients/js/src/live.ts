@@ -8,8 +8,23 @@
  * open: the token goes as the subprotocol `bearer.<jwt>` beside `edgesync`.
  */
 
-import { backoffDelay, parsePoke } from './protocol.js';
-import type { Client, Sleep } from './client.js';
+import { backoffDelay, parsePoke, type Sleep } from './protocol.js';
+
+/**
+ * What the live loop asks of the client (`Client` implements it). Declared here, so
+ * this module depends on no more of the client than it uses, and not the other way.
+ */
+export interface LiveClient {
+  sync(): Promise<unknown>;
+  push(): Promise<unknown>;
+  pullWaiting(waitSecs: number): Promise<{ upserted: number; deleted: number }>;
+  handlePoke(checkpoint: number): Promise<boolean>;
+  refreshToken(): Promise<boolean>;
+  currentToken(): string | null;
+  retryIn(): number;
+  resetBackoff(): void;
+  statusChanged(): void;
+}
 
 export type LiveMode = 'off' | 'connecting' | 'socket' | 'long-poll';
 
@@ -60,7 +75,7 @@ export class LiveSync {
   private done: Promise<void> = Promise.resolve();
   private failures = 0;
 
-  constructor(private readonly client: Client, private readonly d: LiveDeps) {}
+  constructor(private readonly client: LiveClient, private readonly d: LiveDeps) {}
 
   run(): void {
     this.done = this.loop();

@@ -6,6 +6,9 @@
 
 import { HttpError, ProtocolError, type EdgesyncError } from './errors.js';
 
+/** Wait `ms`, or less when `signal` aborts (the client's timer; tests pass their own). */
+export type Sleep = (ms: number, signal?: AbortSignal) => Promise<void>;
+
 export type Op = 'PUT' | 'PATCH' | 'DELETE';
 
 /** A row as the app sees it: a JSON object with an `id`. */
