@@ -239,12 +239,95 @@ pub async fn embed_texts(
             });
         }
         let message = format!("embeddings API answered {status}: {}", text.chars().take(300).collect::<String>());
-        let wait = retry_after.unwrap_or(1);
-        if matches!(status, 429 | 503) && tries <= 2 && wait <= MAX_INLINE_WAIT_SECS {
-            sleep(wait * 1000).await;
+        if let Some(wait_secs) = retry_in_place(status, retry_after, tries) {
+            sleep(wait_secs * 1000).await;
             continue;
         }
         return Err(ApiFailure { status: Some(status), message, retry_after: retry_after.unwrap_or(0) });
+    }
+}
+
+/// After the `tries`-th request answered `status` (with `Retry-After: retry_after`
+/// seconds, if given): wait this many seconds and ask again, or `None` to give up and
+/// leave the wait to the jobs' backoff. Only a busy API (429, 503) is asked again, at
+/// most twice, and only when it asks for a short wait (1 s when it names none).
+pub fn retry_in_place(status: u16, retry_after: Option<u64>, tries: u32) -> Option<u64> {
+    let wait = retry_after.unwrap_or(1);
+    (matches!(status, 429 | 503) && tries <= 2 && wait <= MAX_INLINE_WAIT_SECS).then_some(wait)
+}
+
+/// What to write back for entries whose embedding failed (`edgesync_fail_embedding_jobs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    pub entries: Vec<String>,
+    pub error: String,
+    pub retry_after_secs: u64,
+    /// `p_max_attempts`: the configured limit, or no limit when the try does not count.
+    pub max_attempts: u32,
+}
+
+/// The embeddings requests of one claimed batch, without I/O: which texts to ask for
+/// next ([`BatchEmbedding::next_request`]) and what each answer means. A group the API refuses
+/// as bad input is halved, down to the one entry it refuses, so only that entry is
+/// charged (one user's entry must not fail other users' jobs in the same batch). Any
+/// other failure charges that group and every group not tried yet, and stops the drain
+/// (a failing upstream should back off).
+#[derive(Debug)]
+pub struct BatchEmbedding {
+    groups: Vec<Vec<Todo>>,
+    asked: Option<Vec<Todo>>,
+    /// Completions to write back (`edgesync_complete_embedding_jobs`).
+    pub done: Vec<Value>,
+    pub embedded: usize,
+    /// The API failed for everyone: the drain stops after this batch.
+    pub stop: bool,
+}
+
+impl BatchEmbedding {
+    pub fn new(todo: Vec<Todo>, done: Vec<Value>) -> BatchEmbedding {
+        BatchEmbedding { groups: vec![todo], asked: None, done, embedded: 0, stop: false }
+    }
+
+    /// The texts of the next request, or `None` when the batch is through.
+    pub fn next_request(&mut self) -> Option<Vec<String>> {
+        while let Some(group) = self.groups.pop() {
+            if !group.is_empty() {
+                let texts = group.iter().map(|t| t.text.clone()).collect();
+                self.asked = Some(group);
+                return Some(texts);
+            }
+        }
+        None
+    }
+
+    /// The request succeeded with one vector per text.
+    pub fn on_vectors(&mut self, cfg: &EmbeddingsConfig, vectors: &[Vec<f32>]) {
+        let group = self.asked.take().unwrap_or_default();
+        self.embedded += vectors.len();
+        self.done.extend(group.iter().zip(vectors).map(|(t, v)| completion(cfg, t, v)));
+    }
+
+    /// The request failed: what to charge, if anything (a refused group of several
+    /// entries is split and asked again instead).
+    pub fn on_failure(&mut self, failure: ApiFailure, max_attempts: u32) -> Option<Charge> {
+        let mut group = self.asked.take().unwrap_or_default();
+        if failure.refuses_input() && group.len() > 1 {
+            let second = group.split_off(group.len() / 2);
+            self.groups.push(second);
+            self.groups.push(group);
+            return None;
+        }
+        if !failure.refuses_input() {
+            group.extend(self.groups.drain(..).flatten());
+            self.stop = true;
+        }
+        let max_attempts = if failure.charges_an_attempt() { max_attempts } else { NO_ATTEMPT_LIMIT };
+        Some(Charge {
+            entries: group.into_iter().map(|t| t.entry_id).collect(),
+            error: failure.message,
+            retry_after_secs: failure.retry_after,
+            max_attempts,
+        })
     }
 }
 
@@ -270,45 +353,24 @@ impl Drain<'_> {
             report.cleared += plan.blank.len();
             let mut done = plan.current;
             done.extend(plan.blank);
-            let mut stop = false;
-            // Groups to embed; a group the API refuses as bad input is split in two,
-            // down to the one entry it refuses, so only that entry is charged (one
-            // user's entry must not fail other users' jobs in the same batch).
-            let mut groups = vec![plan.todo];
-            while let Some(mut group) = groups.pop() {
-                if group.is_empty() {
-                    continue;
-                }
-                let texts = group.iter().map(|t| t.text.clone()).collect();
-                let failure = match embed_texts(self.embeddings, texts, self.sleep, &mut report.api_requests).await {
+            let mut batch = BatchEmbedding::new(plan.todo, done);
+            while let Some(texts) = batch.next_request() {
+                let charge = match embed_texts(self.embeddings, texts, self.sleep, &mut report.api_requests).await {
                     Ok(vectors) => {
-                        report.embedded += vectors.len();
-                        done.extend(group.iter().zip(&vectors).map(|(t, v)| completion(self.embeddings, t, v)));
+                        batch.on_vectors(self.embeddings, &vectors);
                         continue;
                     }
-                    Err(f) if f.refuses_input() && group.len() > 1 => {
-                        let second = group.split_off(group.len() / 2);
-                        groups.push(second);
-                        groups.push(group);
-                        continue;
-                    }
-                    Err(f) => f,
+                    Err(f) => batch.on_failure(f, self.max_attempts),
                 };
-                // Refused for this entry alone, or the API failed for everyone: then this
-                // group and those not tried yet are charged (a failing upstream should
-                // back off), and the drain stops.
-                if !failure.refuses_input() {
-                    group.extend(groups.drain(..).flatten());
-                    stop = true;
-                }
-                let ids: Vec<&str> = group.iter().map(|t| t.entry_id.as_str()).collect();
-                let limit = if failure.charges_an_attempt() { self.max_attempts } else { NO_ATTEMPT_LIMIT };
-                let args = json!({ "p_entries": ids, "p_error": failure.message, "p_retry_after_secs": failure.retry_after,
-                                   "p_max_attempts": limit });
+                let Some(charge) = charge else { continue };
+                let args = json!({ "p_entries": charge.entries, "p_error": charge.error,
+                                   "p_retry_after_secs": charge.retry_after_secs, "p_max_attempts": charge.max_attempts });
                 self.api.rpc(Caller::ServiceRole(self.service_key), FAIL_RPC, &args).await?;
-                report.failed += ids.len();
-                report.last_error = Some(failure.message);
+                report.failed += charge.entries.len();
+                report.last_error = Some(charge.error);
             }
+            report.embedded += batch.embedded;
+            let (done, stop) = (batch.done, batch.stop);
             if !done.is_empty() {
                 self.api
                     .rpc(Caller::ServiceRole(self.service_key), COMPLETE_RPC, &json!({ "p_results": done }))
@@ -334,6 +396,85 @@ mod tests {
             api_key: None,
             timeout_ms: 1000,
             max_tokens: crate::embed::DEFAULT_MAX_TOKENS,
+        }
+    }
+
+    fn todo(id: &str) -> Todo {
+        Todo { entry_id: id.into(), generation: 1, text: format!("text of {id}"), hash: format!("h{id}") }
+    }
+
+    fn failure(status: Option<u16>) -> ApiFailure {
+        ApiFailure { status, message: format!("failed with {status:?}"), retry_after: 7 }
+    }
+
+    /// Drive a batch against an API that refuses exactly the texts of `bad` entries.
+    fn run_batch(ids: &[&str], bad: &[&str]) -> (BatchEmbedding, Vec<Charge>, usize) {
+        let mut batch = BatchEmbedding::new(ids.iter().map(|i| todo(i)).collect(), vec![json!("already done")]);
+        let (mut charges, mut requests) = (Vec::new(), 0);
+        while let Some(texts) = batch.next_request() {
+            requests += 1;
+            if texts.iter().any(|t| bad.iter().any(|b| *t == format!("text of {b}"))) {
+                charges.extend(batch.on_failure(failure(Some(400)), 5));
+            } else {
+                batch.on_vectors(&cfg(), &vec![vec![0.5; 4]; texts.len()]);
+            }
+        }
+        (batch, charges, requests)
+    }
+
+    #[test]
+    fn a_batch_that_embeds_is_one_request_and_every_job_completes() {
+        let (batch, charges, requests) = run_batch(&["a", "b", "c"], &[]);
+        assert_eq!((requests, batch.embedded, batch.done.len(), batch.stop), (1, 3, 4, false));
+        assert!(charges.is_empty());
+    }
+
+    #[test]
+    fn an_entry_the_api_refuses_is_found_by_halving_and_charged_alone() {
+        let (batch, charges, requests) = run_batch(&["a", "b", "c", "d", "e"], &["d"]);
+        assert_eq!(charges.len(), 1, "{charges:?}");
+        assert_eq!(charges[0].entries, ["d"]);
+        assert_eq!(charges[0].max_attempts, 5, "a refused input counts as a try");
+        assert_eq!((batch.embedded, batch.done.len(), batch.stop), (4, 5, false));
+        assert!(requests <= 1 + 2 * 3, "halving: {requests} requests for 5 entries");
+    }
+
+    #[test]
+    fn an_api_that_fails_for_everyone_charges_the_rest_and_stops_the_drain() {
+        let mut batch = BatchEmbedding::new(["a", "b", "c", "d"].map(todo).to_vec(), Vec::new());
+        assert!(batch.next_request().is_some());
+        // Refused as input first: split into [a, b] and [c, d]; [a, b] is asked next.
+        assert_eq!(batch.on_failure(failure(Some(422)), 5), None);
+        assert_eq!(batch.next_request().unwrap(), ["text of a", "text of b"]);
+        // Then the API goes down: this group and the one not tried yet are charged.
+        let charge = batch.on_failure(failure(Some(500)), 5).unwrap();
+        assert_eq!(charge.entries, ["a", "b", "c", "d"]);
+        assert_eq!((charge.max_attempts, charge.retry_after_secs), (5, 7));
+        assert!(batch.stop && batch.next_request().is_none());
+    }
+
+    #[test]
+    fn a_busy_api_backs_the_jobs_off_without_using_up_their_attempts() {
+        for busy in [429, 503] {
+            let mut batch = BatchEmbedding::new(vec![todo("a")], Vec::new());
+            batch.next_request();
+            let charge = batch.on_failure(failure(Some(busy)), 5).unwrap();
+            assert_eq!(charge.max_attempts, NO_ATTEMPT_LIMIT, "{busy}");
+            assert!(batch.stop);
+        }
+        let mut batch = BatchEmbedding::new(vec![todo("a")], Vec::new());
+        batch.next_request();
+        assert_eq!(batch.on_failure(failure(None), 5).unwrap().max_attempts, 5, "no answer counts");
+    }
+
+    #[test]
+    fn only_a_busy_api_asking_for_a_short_wait_is_asked_again_in_place_twice_at_most() {
+        assert_eq!(retry_in_place(429, None, 1), Some(1));
+        assert_eq!(retry_in_place(503, Some(2), 2), Some(2));
+        assert_eq!(retry_in_place(429, Some(2), 3), None, "a third try is left to the backoff");
+        assert_eq!(retry_in_place(429, Some(MAX_INLINE_WAIT_SECS + 1), 1), None, "a long wait is the backoff's");
+        for other in [400, 401, 500, 502] {
+            assert_eq!(retry_in_place(other, Some(1), 1), None, "{other}");
         }
     }
 
