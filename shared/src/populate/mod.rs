@@ -11,6 +11,7 @@
 pub mod legacy;
 pub mod mapping;
 pub mod neo4j;
+pub mod run;
 
 use crate::auth::parse_uuid;
 use crate::config::ConfigError;
@@ -19,7 +20,7 @@ use crate::deadline::Sleep;
 use crate::ApiError;
 use legacy::{LegacyBatch, RecordReport, MAX_RECORDS};
 use mapping::{later, MappedNode, Mapping, Table};
-use neo4j::{Neo4jConfig, SourceFailure, NODES_STATEMENT, RELS_STATEMENT};
+use neo4j::{Neo4jConfig, SourceFailure};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -603,119 +604,33 @@ impl Populate<'_> {
         max_pages: Option<u32>,
         max_subrequests: u32,
     ) -> Result<Report, ApiError> {
-        let started = (self.now_ms)();
         let mut req = Requests::default();
         let begun = self.begin("neo4j", run, mode, &mut req).await?;
-        let lease = begun.lease_id.clone();
-        let token = continuation(&begun.run_id);
-        let mut counts = Counts::default();
-        let mut run_counts: Counts = serde_json::from_value(begun.progress.clone()).unwrap_or_default();
-        let mut rejected: Vec<Rejection> = Vec::new();
-        let mut restarted = false;
-        let since: Option<Option<Value>> = match &begun.since {
-            None => Some(None),
-            Some(text) => serde_json::from_str::<Value>(text).ok().filter(|v| v.is_number() || v.is_string()).map(Some),
-        };
-        let (mut pos, mut since) = match (Position::decode(begun.cursor.as_deref()), since) {
-            (Some(p), Some(s)) => (p, s),
-            // A cursor or token we cannot read: start again, fully (as on a 410).
-            _ => {
-                self.finish("neo4j", &lease, "restart", None, None, &mut req).await?;
-                restarted = true;
-                run_counts = Counts::default();
-                (Position::start(), None)
-            }
-        };
-        let mut pages = 0u32;
-        let limit_pages = max_pages.unwrap_or(u32::MAX);
-        let deadline = started + self.config.time_budget_ms;
-        let outcome = loop {
-            if pos.phase == Phase::Done {
-                break "completed";
-            }
-            // A page costs two subrequests; keep one for `finish`.
-            if pages >= limit_pages || req.source + req.database + 3 > max_subrequests || (self.now_ms)() >= deadline {
-                break "paused";
-            }
-            let statement = if pos.phase == Phase::Nodes { NODES_STATEMENT } else { RELS_STATEMENT };
-            let params = json!({
-                "tenant": mapping.tenant_property, "changed": mapping.changed_property,
-                "user_id": begun.user_id, "after": pos.after, "since": since, "limit": self.config.page_size,
-            });
-            req.source += 1;
-            let rows = match neo4j::query(neo, statement, params, self.sleep).await {
-                Ok(rows) => rows,
-                Err(SourceFailure::Gone { .. }) if !restarted => {
-                    self.finish("neo4j", &lease, "restart", None, None, &mut req).await?;
-                    restarted = true;
-                    run_counts = Counts::default();
-                    pos = Position::start();
-                    since = None;
-                    continue;
-                }
-                Err(f) => {
-                    let (outcome, retry) = match &f {
-                        SourceFailure::RateLimited { retry_after_secs, .. } => {
-                            ("rate_limited", Some(*retry_after_secs))
-                        }
-                        _ => ("failed", None),
-                    };
-                    self.finish("neo4j", &lease, outcome, Some(stored_error(&f)), retry, &mut req).await?;
-                    return Err(source_error(&f, &token));
-                }
-            };
-            pages += 1;
-            let page = if pos.phase == Phase::Nodes {
-                Page::of_nodes(mapping, rows.records())
-            } else {
-                Page::of_relationships(mapping, rows.records())
-            };
-            let next = pos.next(page.last_id.as_deref(), page.items, self.config.page_size);
-            if page.items > 0 {
-                let applied = self
-                    .rpc(
-                        APPLY_RPC,
-                        json!({
-                            "p_source": "neo4j", "p_lease": lease, "p_rows": page.rows(), "p_cursor": next.encode(),
-                            "p_watermark": page.watermark, "p_lease_secs": self.config.lease_secs(),
-                        }),
-                        &mut req,
-                    )
-                    .await;
-                let applied: Applied = match applied {
-                    Ok(v) => serde_json::from_value(v).unwrap_or_default(),
-                    Err(e) => {
-                        // Best effort: the lease may be gone with the database.
-                        let _ = self.finish("neo4j", &lease, "failed", Some(&e.message), None, &mut req).await;
-                        return Err(e.with_details(json!({ "continuation": token })));
-                    }
-                };
-                counts.add(applied.counts);
-                run_counts.add(applied.counts);
-                for r in page.rejected.into_iter().chain(applied.rejected) {
-                    if rejected.len() < MAX_LISTED_REJECTIONS {
-                        rejected.push(r);
+        let (mut call, mut step) =
+            run::NeoRun::start(begun, mapping, self.config, max_pages, max_subrequests, (self.now_ms)());
+        loop {
+            step = match step {
+                run::NeoStep::Done(answer) => return *answer,
+                run::NeoStep::Query { statement, params } => {
+                    match neo4j::query(neo, statement, params, self.sleep).await {
+                        Ok(rows) => call.on_rows(&rows, mapping, (self.now_ms)()),
+                        Err(f) => call.on_source_failure(f, (self.now_ms)()),
                     }
                 }
-            }
-            pos = next;
-        };
-        let finished = self.finish("neo4j", &lease, outcome, None, None, &mut req).await?;
-        let write_checkpoint = write_checkpoint(&finished)?;
-        let done = outcome == "completed";
-        Ok(Report {
-            source: "neo4j",
-            user_id: begun.user_id,
-            status: if done { "completed" } else { "partial" },
-            run: RunInfo { id: begun.run_id, mode: begun.mode, resumed: begun.resumed, restarted },
-            counts,
-            run_counts,
-            rejected,
-            continuation: (!done).then_some(token),
-            write_checkpoint,
-            requests: req,
-            elapsed_ms: (self.now_ms)().saturating_sub(started),
-        })
+                run::NeoStep::Apply { args } => match self.api.rpc(self.caller, APPLY_RPC, &self.args(args)).await {
+                    Ok(v) => call.on_applied(v, (self.now_ms)()),
+                    Err(e) => call.on_apply_failed(e.into()),
+                },
+                run::NeoStep::Finish { outcome, error, retry_after_secs } => {
+                    let args = json!({ "p_source": "neo4j", "p_lease": call.lease(), "p_outcome": outcome,
+                                       "p_error": error, "p_retry_after_secs": retry_after_secs });
+                    match self.api.rpc(self.caller, FINISH_RPC, &self.args(args)).await {
+                        Ok(v) => call.on_finished(v, (self.now_ms)()),
+                        Err(e) => call.on_finish_failed(e.into()),
+                    }
+                }
+            };
+        }
     }
 
     /// A batch of legacy records: checked here, written in chunks, one verdict each.
