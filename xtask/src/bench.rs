@@ -14,7 +14,8 @@
 //!   drift hits them alike. Figures are the sums over the rounds.
 //! - **CPU**: utime + stime (+ cutime + cstime: children that ended) from
 //!   `/proc/<pid>/stat` of every process in a server's process group and below it
-//!   (wrangler dev: node, esbuild and both workerd processes), before and after each run. "workerd" counts only the workerd
+//!   (wrangler dev: node, esbuild and both workerd processes; as deployed: the one
+//!   workerd process, `xtask::deployed`), before and after each run. "workerd" counts only the workerd
 //!   processes. CPU time is what the process itself used, so it is far less sensitive to
 //!   other load on the machine than wall-clock figures are.
 //! - **Data**: loaded with the `postgres` crate (`insert … select generate_series`),
@@ -39,7 +40,7 @@ use std::time::{Duration, Instant};
 use xtask::stack::{self, Ports, StackInfo, UpOptions};
 use xtask::tools::{self, Paths};
 use xtask::util::{step, wait_for, Context, Error, Result};
-use xtask::{build, keys, procs};
+use xtask::{build, deployed, keys, procs};
 
 macro_rules! bail {
     ($($arg:tt)*) => { return Err(Error(format!($($arg)*))) };
@@ -166,14 +167,22 @@ impl Plan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
-    /// The Rust Workers: `/sync` and `/upload` served alone (as deployed), the rest
-    /// behind the local gateway.
+    /// The Rust Workers: `/sync` and `/upload` each served alone in a `wrangler dev` of
+    /// its own (one invocation per request, but with wrangler's proxy and inspector),
+    /// the rest behind the local gateway.
     Edgesync,
+    /// The Rust Workers as deployed: `/sync` and `/upload` each the bundle `wrangler
+    /// deploy` would upload, run by a plain workerd of its own (no wrangler, no
+    /// inspector; `xtask::deployed`). The headline edgesync figures.
+    EdgesyncDeployed,
     /// The same Workers, `/sync` and `/upload` too behind the local gateway (as the
     /// bench measured them before the optimisation pass).
     EdgesyncGateway,
-    /// The TypeScript Worker (supabase-js), `/sync` and `/upload` only.
+    /// The TypeScript Worker (supabase-js), `/sync` and `/upload` only, in `wrangler dev`.
     Ts,
+    /// The TypeScript Worker as deployed: its bundle in a plain workerd, as
+    /// [`Target::EdgesyncDeployed`].
+    TsDeployed,
     /// PostgREST called directly with the same RPC (for search: with the query vector given).
     Direct,
     /// Search the way the Worker does it, from outside: the model, then PostgREST.
@@ -185,9 +194,11 @@ pub enum Target {
 impl Target {
     pub fn title(self) -> &'static str {
         match self {
-            Target::Edgesync => "edgesync",
+            Target::Edgesync => "edgesync in wrangler dev",
+            Target::EdgesyncDeployed => "edgesync as deployed",
             Target::EdgesyncGateway => "edgesync via gateway",
-            Target::Ts => "TypeScript Worker",
+            Target::Ts => "TypeScript Worker in wrangler dev",
+            Target::TsDeployed => "TypeScript Worker as deployed",
             Target::Direct => "PostgREST direct",
             Target::DirectModel => "model + PostgREST",
             Target::Model => "model alone",
@@ -198,7 +209,9 @@ impl Target {
     pub fn worker_group(self) -> Option<&'static str> {
         match self {
             Target::Edgesync | Target::EdgesyncGateway => Some("edge"),
+            Target::EdgesyncDeployed => Some("edge_deployed"),
             Target::Ts => Some("ts"),
+            Target::TsDeployed => Some("ts_deployed"),
             _ => None,
         }
     }
@@ -412,6 +425,7 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
 
     let dir = paths.target().join("stack-bench");
     stop_ts_worker(&dir);
+    stop_deployed(&dir);
     stack::down(&dir)?;
     step("starting the bench's own stack on free ports");
     let info = stack::up(paths, &t, &UpOptions { dir: dir.clone(), ports: Ports::free()?, fresh: true, alone: ALONE })?;
@@ -441,6 +455,7 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     })();
     if !opts.keep {
         stop_ts_worker(&dir);
+        stop_deployed(&dir);
         stack::down(&dir)?;
     } else {
         step(format!(
@@ -689,6 +704,10 @@ const ALONE: &[&str] = &["sync", "upload"];
 struct Env {
     info: StackInfo,
     ts_url: Option<String>,
+    /// The Workers of [`ALONE`] served as deployed (worker → URL).
+    deployed: BTreeMap<String, String>,
+    /// The TypeScript Worker served as deployed.
+    ts_deployed_url: Option<String>,
 }
 
 impl Env {
@@ -702,8 +721,13 @@ impl Env {
                     None => self.info.functions_url.clone(),
                 }
             }
+            Target::EdgesyncDeployed => {
+                let worker = path.trim_start_matches('/').split(['/', '?']).next().unwrap_or_default();
+                self.deployed.get(worker).cloned().unwrap_or_else(|| self.info.functions_url.clone())
+            }
             Target::EdgesyncGateway => self.info.functions_url.clone(),
             Target::Ts => self.ts_url.clone().unwrap_or_default(),
+            Target::TsDeployed => self.ts_deployed_url.clone().unwrap_or_default(),
             _ => self.info.postgrest_url.clone(),
         };
         format!("{base}{path}")
@@ -721,7 +745,7 @@ impl Env {
     ) -> Result<(Position, bool, u64)> {
         let auth = format!("Bearer {token}");
         match t {
-            Target::Edgesync | Target::EdgesyncGateway | Target::Ts => {
+            Target::Edgesync | Target::EdgesyncDeployed | Target::EdgesyncGateway | Target::Ts | Target::TsDeployed => {
                 let mut url = self.url(t, &format!("/sync?limit={limit}"));
                 if let Some(p) = since {
                     url.push_str("&since=");
@@ -809,6 +833,57 @@ fn edge_devs(info: &StackInfo) -> Vec<(u32, u16)> {
     devs
 }
 
+/// Where the bench serves Workers as deployed (under its stack dir), and the file that
+/// records their workerd processes.
+const DEPLOYED_DIR: &str = "deployed";
+const DEPLOYED_PIDS: &str = "pids";
+
+/// The CPU groups of Workers served as deployed (`(pid, port)` of each workerd; label
+/// prefix `g`). One process runs the Worker: `all`, `workerd` and `runtime` are all it.
+fn deployed_groups(g: &str, served: &[(u32, u16)]) -> Vec<cpu::Group> {
+    let pgids: Vec<u32> = served.iter().map(|(pid, _)| *pid).collect();
+    ["all", "workerd", "runtime"]
+        .iter()
+        .map(|which| cpu::Group { pgids: pgids.clone(), ..cpu::Group::new(&format!("{g}.{which}"), 0) })
+        .collect()
+}
+
+/// Stop the workerd processes a bench (perhaps one run with `--keep`) started from this
+/// stack directory to serve Workers as deployed.
+pub(crate) fn stop_deployed(stack_dir: &Path) {
+    let file = stack_dir.join(DEPLOYED_DIR).join(DEPLOYED_PIDS);
+    for pid in fs_err::read_to_string(&file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()) {
+        let _ = deployed::stop(pid);
+    }
+    let _ = fs_err::remove_file(file);
+}
+
+/// The TypeScript Worker's wrangler config as deployed against this stack: the
+/// committed one with `main` made absolute and the settings `serve.sh` passes as
+/// `--var` (written beside the stack's own Workers' configs).
+fn ts_deployed_config(paths: &Paths, info: &StackInfo) -> Result<std::path::PathBuf> {
+    let dir = paths.root.join("bench/ts-worker");
+    let committed = dir.join("wrangler.toml");
+    let mut table: toml::Table = toml::from_str(&fs_err::read_to_string(&committed)?)
+        .map_err(|e| Error(format!("{} is not valid TOML: {e}", committed.display())))?;
+    let main = table.get("main").and_then(|m| m.as_str()).context("bench/ts-worker/wrangler.toml has no main")?;
+    table.insert("main".into(), toml::Value::String(dir.join(main).display().to_string()));
+    let mut vars = table.get("vars").and_then(|v| v.as_table()).cloned().unwrap_or_default();
+    for (k, v) in [
+        ("POSTGREST_URL", &info.postgrest_url),
+        ("SUPABASE_JWT_SECRET", &info.jwt_secret),
+        ("SUPABASE_JWKS_URL", &info.jwks_url),
+        ("SUPABASE_JWT_ISSUER", &info.jwt_issuer),
+        ("SUPABASE_ANON_KEY", &info.anon_key),
+    ] {
+        vars.insert(k.into(), toml::Value::String(v.clone()));
+    }
+    table.insert("vars".into(), toml::Value::Table(vars));
+    let file = info.stack_dir.join("wrangler").join("ts-baseline.toml");
+    fs_err::write(&file, toml::to_string(&table).map_err(|e| Error(format!("could not write TOML: {e}")))?)?;
+    Ok(file)
+}
+
 fn ts_worker_present(paths: &Paths) -> bool {
     let dir = paths.root.join("bench/ts-worker");
     dir.join("serve.sh").is_file() && dir.join("package-lock.json").is_file()
@@ -840,7 +915,7 @@ impl Bench {
         }
         let mut bench = Bench {
             paths: paths.clone(),
-            env: Env { info: info.clone(), ts_url: None },
+            env: Env { info: info.clone(), ts_url: None, deployed: BTreeMap::new(), ts_deployed_url: None },
             with_ts,
             info,
             plan,
@@ -884,6 +959,15 @@ impl Bench {
             self.env.ts_url = Some(ts.url);
             warm.push(Target::Ts);
         }
+        // The as-deployed targets are served once (a plain workerd has no proxy that
+        // grows), and warmed with the rest.
+        if self.env.deployed.is_empty() {
+            self.serve_deployed()?;
+        }
+        warm.push(Target::EdgesyncDeployed);
+        if self.env.ts_deployed_url.is_some() {
+            warm.push(Target::TsDeployed);
+        }
         // A new isolate compiles the Worker on its first requests, and V8 then tiers
         // the hot WebAssembly functions up in the background (CPU the runtime process
         // is charged for): warm both paths with full pages and real batches first, so a
@@ -916,11 +1000,45 @@ impl Bench {
         Ok(())
     }
 
-    /// The targets of the `/sync` and `/upload` workloads.
+    /// Serve [`ALONE`] (and the TypeScript Worker, when it is part of the run) as
+    /// deployed, each in a workerd of its own (`xtask::deployed`), and measure their
+    /// processes' CPU as the groups `edge_deployed.*` and `ts_deployed.*`.
+    fn serve_deployed(&mut self) -> Result<()> {
+        stop_deployed(&self.info.stack_dir);
+        let root = self.info.stack_dir.join(DEPLOYED_DIR);
+        let mut pids = Vec::new();
+        let mut edge = Vec::new();
+        let mut served = |config: &Path, name: &str| -> Result<deployed::Served> {
+            let s = deployed::serve(&self.info, config, procs::free_port()?, &root.join(name))?;
+            pids.push(s.pid);
+            fs_err::write(root.join(DEPLOYED_PIDS), pids.iter().map(|p| format!("{p}\n")).collect::<String>())?;
+            Ok(s)
+        };
+        fs_err::create_dir_all(&root)?;
+        for w in ALONE {
+            let s = served(&self.info.stack_dir.join("wrangler").join(format!("{w}.toml")), w)?;
+            edge.push((s.pid, s.port));
+            self.env.deployed.insert((*w).to_owned(), s.url);
+        }
+        let ts = if self.with_ts {
+            let config = ts_deployed_config(&self.paths, &self.info)?;
+            let s = served(&config, "ts-baseline")?;
+            self.env.ts_deployed_url = Some(s.url);
+            Some((s.pid, s.port))
+        } else {
+            None
+        };
+        self.runner.groups.retain(|g| !g.label.starts_with("edge_deployed.") && !g.label.starts_with("ts_deployed."));
+        self.runner.groups.extend(deployed_groups("edge_deployed", &edge));
+        self.runner.groups.extend(ts.iter().flat_map(|t| deployed_groups("ts_deployed", &[*t])));
+        Ok(())
+    }
+
+    /// The targets of the `/sync` and `/upload` workloads: as deployed first.
     fn sync_targets(&self) -> Vec<Target> {
-        let mut v = vec![Target::Edgesync, Target::EdgesyncGateway];
+        let mut v = vec![Target::EdgesyncDeployed, Target::Edgesync, Target::EdgesyncGateway];
         if self.with_ts {
-            v.push(Target::Ts);
+            v.extend([Target::TsDeployed, Target::Ts]);
         }
         v.push(Target::Direct);
         v

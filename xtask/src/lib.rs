@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod build;
 pub mod db;
+pub mod deployed;
 pub mod jsclient;
 pub mod keys;
 pub mod procs;

@@ -20,9 +20,11 @@ fn pe<E: std::fmt::Display>(e: E) -> Error {
 
 fn color(t: Target) -> RGBColor {
     match t {
-        Target::Edgesync => RGBColor(221, 84, 22),
-        Target::EdgesyncGateway => RGBColor(240, 170, 90),
-        Target::Ts => RGBColor(38, 110, 200),
+        Target::EdgesyncDeployed => RGBColor(221, 84, 22),
+        Target::Edgesync => RGBColor(236, 135, 60),
+        Target::EdgesyncGateway => RGBColor(245, 190, 120),
+        Target::TsDeployed => RGBColor(38, 110, 200),
+        Target::Ts => RGBColor(120, 170, 230),
         Target::Direct => RGBColor(64, 150, 72),
         Target::DirectModel => RGBColor(140, 80, 170),
         Target::Model => RGBColor(110, 110, 110),
@@ -43,10 +45,17 @@ fn register_font(font: &Path) -> Result<()> {
 pub fn draw(r: &Results, dir: &Path, font: &Path) -> Result<Vec<Plot>> {
     register_font(font)?;
     let mut out = Vec::new();
-    let targets: Vec<Target> = [Target::Edgesync, Target::EdgesyncGateway, Target::Ts, Target::Direct]
-        .into_iter()
-        .filter(|t| r.rows.iter().any(|row| row.target == *t && row.workload == "sync_page"))
-        .collect();
+    let targets: Vec<Target> = [
+        Target::EdgesyncDeployed,
+        Target::Edgesync,
+        Target::EdgesyncGateway,
+        Target::TsDeployed,
+        Target::Ts,
+        Target::Direct,
+    ]
+    .into_iter()
+    .filter(|t| r.rows.iter().any(|row| row.target == *t && row.workload == "sync_page"))
+    .collect();
 
     let file = dir.join("sync_throughput_vs_size.png");
     sync_throughput(r, &targets, &file)?;
@@ -286,7 +295,15 @@ fn draw_category_labels<DB: DrawingBackend>(
 
 fn latency_by_endpoint(r: &Results, file: &Path) -> Result<()> {
     let cats = categories(r, true);
-    let targets = [Target::Edgesync, Target::EdgesyncGateway, Target::Ts, Target::DirectModel, Target::Direct];
+    let targets = [
+        Target::EdgesyncDeployed,
+        Target::Edgesync,
+        Target::EdgesyncGateway,
+        Target::TsDeployed,
+        Target::Ts,
+        Target::DirectModel,
+        Target::Direct,
+    ];
     let targets: Vec<Target> = targets.into_iter().filter(|t| r.rows.iter().any(|row| row.target == *t)).collect();
     let root = BitMapBackend::new(file, (1300, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(pe)?;
@@ -398,15 +415,19 @@ fn live_latency(r: &Results, file: &Path) -> Result<()> {
 
 fn cpu_per_request(r: &Results, file: &Path) -> Result<()> {
     let cats = categories(r, false);
-    let targets = [Target::Edgesync, Target::EdgesyncGateway, Target::Ts];
+    let targets: Vec<Target> =
+        [Target::EdgesyncDeployed, Target::Edgesync, Target::EdgesyncGateway, Target::TsDeployed, Target::Ts]
+            .into_iter()
+            .filter(|t| r.rows.iter().any(|row| row.target == *t))
+            .collect();
     let root = BitMapBackend::new(file, (1300, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(pe)?;
     // Milliseconds of workerd CPU per request.
     let value = |row: &Row| row.worker_cpu_per_1000(WorkerCpu::Runtime).unwrap_or(0.0);
     let mut hi: f64 = 0.1;
     for (_, w, p) in &cats {
-        for t in targets {
-            if let Some(row) = find(r, w, *p, t) {
+        for t in &targets {
+            if let Some(row) = find(r, w, *p, *t) {
                 hi = hi.max(value(row));
             }
         }

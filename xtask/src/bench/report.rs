@@ -230,10 +230,15 @@ fn ratios_table(md: &mut String, r: &Results, workload: &str, bases: &[Target]) 
         }
     }
     let _ = writeln!(md, "{head}\n{rule}");
-    let variants = [Target::Edgesync, Target::EdgesyncGateway];
+    let variants = [Target::EdgesyncDeployed, Target::Edgesync, Target::EdgesyncGateway];
+    let with_deployed = r.rows.iter().any(|row| row.workload == workload && row.target == Target::EdgesyncDeployed);
     for (p, variant) in params(r, workload).into_iter().flat_map(|p| variants.map(|v| (p, v))) {
         let Some(e) = find(r, workload, p, variant) else { continue };
-        let via = if variant == Target::EdgesyncGateway { " (via gateway)" } else { "" };
+        let via = match variant {
+            Target::EdgesyncGateway => " (via gateway)",
+            Target::Edgesync if with_deployed => " (wrangler dev)",
+            _ => "",
+        };
         let mut line = format!("| {}{via} |", describe_param(workload, p));
         for b in &bases {
             let base = find(r, workload, p, *b);
@@ -337,8 +342,15 @@ pub fn markdown(r: &Results, before: Option<&Results>, plots: &[Plot], out_dir: 
     let _ = writeln!(md, "## Method\n");
     let _ = writeln!(
         md,
-        "- **Targets.** *edgesync*: the Rust Workers (.wasm) in `wrangler dev`. `/sync` and `/upload` are \
-         measured as deployed: each Worker served alone (a wrangler dev of its own), one Worker invocation \
+        "- **Targets.** *edgesync as deployed* (the headline figures): `/sync` and `/upload` each run as \
+         they are deployed: the bundle `wrangler deploy --dry-run` writes (what would be uploaded) served \
+         by the workerd binary wrangler ships, alone, with a config generated from the Worker's wrangler \
+         config (its `[vars]` as text bindings, its compatibility date, its Durable Object with SQLite \
+         storage; `xtask/src/deployed.rs`): no wrangler, no proxy in front, no inspector. One request is \
+         one invocation in one process, as on Cloudflare. *TypeScript Worker as deployed*: the TS Worker \
+         served the same way. \
+         *edgesync in wrangler dev*: the Rust Workers (.wasm) in `wrangler dev`; `/sync` and `/upload` \
+         each served alone (a wrangler dev of its own), one Worker invocation \
          per request. Everything else (`/search`, the pipeline, the 404 below) goes through the gateway \
          Worker, the local-development router, which makes a request two invocations (gateway, then the \
          function through a service binding); its cost is the 404 row of the fixed-cost table. \
@@ -346,16 +358,25 @@ pub fn markdown(r: &Results, before: Option<&Results>, plots: &[Plot], out_dir: 
          before the optimisation pass. In `wrangler dev` a Worker served alone (the first Worker of its own \
          wrangler dev) costs the runtime more CPU for a large answer than the same Worker reached through a \
          service binding (a 1,000-row page: ~2.4× with the same .wasm, measured apart from this bench; a \
-         large upload about 2×, as the two columns show). Why is not established. Each wrangler dev's \
-         runtime has wrangler's inspector proxy attached (`Runtime.enable`, `Network.enable`; its debug \
-         log shows every subrequest's answer body sent to it, base64-encoded), which a deployed Worker \
-         does not have. The TypeScript Worker is served alone too and pays the same, so *edgesync* \
-         against it compares like with like, while *via gateway* is the closer figure for the Rust \
-         Workers' own cost. \
+         large upload about 2×, as the two columns show). **Why a Worker served alone in wrangler dev \
+         pays more:** wrangler attaches its inspector proxy to the runtime of every wrangler dev and \
+         enables the `Network` domain; the runtime then reports \
+         every subrequest of the Worker to the inspector, its body included (a 1,000-row page's \
+         PostgREST answer, ~0.6 MB, is serialised into inspector messages on every request). Measured \
+         apart from this bench (one client, 200 `/sync` pages of 1,000 rows, 607 kB each, workerd \
+         2026-04-26): the runtime's CPU per page is 2.0–2.25 ms in plain workerd; 2.45–2.65 ms with \
+         `--inspector-addr` and a client that sent only `Runtime.enable`; 6.1 ms once the client also \
+         sent `Network.enable` (it then received ~520 kB of messages per page); 5.4–5.7 ms for the \
+         runtime of `wrangler dev` (served alone), whose other processes add 20 ms (the proxy workerd, \
+         which also relays the inspector's messages) and 29 ms (Node) per page. So the inspector's \
+         `Network` domain accounts for the runtime's ~2.5× on a large answer (that the same Worker behind \
+         the gateway's service binding pays less fits this, but was not measured apart). The TypeScript \
+         Worker in wrangler dev pays the same, so those two columns compare like with like; \
+         *as deployed* has neither, and is the figure to read. \
          *PostgREST direct*: the same RPC (`edgesync_pull`, `edgesync_push`, `search_entries`) \
          called on PostgREST with the same user token: the floor, no Worker at all. \
          *TypeScript Worker*: `bench/ts-worker` (supabase-js), `/sync` and `/upload`, calling the same RPCs, \
-         in a wrangler dev of its own{}. In `wrangler dev` every request to a Worker first passes wrangler's \
+         in a wrangler dev of its own{} (and as deployed, above). In `wrangler dev` every request to a Worker first passes wrangler's \
          proxy Worker (a workerd process of its own): both Workers' figures include that local hop, \
          which production does not have.\n\
          - **Load.** {} client threads, each a blocking HTTP client with keep-alive, taking jobs from a \
@@ -405,9 +426,9 @@ pub fn markdown(r: &Results, before: Option<&Results>, plots: &[Plot], out_dir: 
              `/sync` of a user with no rows (the whole path: token check, one RPC, the answer).\n"
         );
         figures_table(&mut md, r, "fixed", "requests");
-        ratios_table(&mut md, r, "fixed", &[Target::Ts]);
+        ratios_table(&mut md, r, "fixed", &[Target::TsDeployed, Target::Ts]);
     }
-    let sync_bases = [Target::Direct, Target::Ts];
+    let sync_bases = [Target::Direct, Target::TsDeployed, Target::Ts];
     let sections: [(&str, &str, &str, String); 4] = [
         (
             "sync_full",
@@ -564,35 +585,41 @@ fn summary_figures(r: &Results) -> Vec<Figure> {
 fn summary(md: &mut String, r: &Results) {
     let _ = writeln!(
         md,
-        "| figure | edgesync | via gateway | PostgREST direct | TypeScript Worker | edgesync ÷ direct | ÷ TS | via gateway ÷ direct | ÷ TS |"
+        "| figure | edgesync (as deployed) | in wrangler dev | via gateway | PostgREST direct | TS as deployed | TS in wrangler dev | edgesync ÷ direct | ÷ TS as deployed | in wrangler dev: edgesync ÷ TS |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let nan = f64::NAN;
     for (label, workload, p, f) in summary_figures(r) {
         let get = |t| find(r, workload, p, t).and_then(f);
-        let (e, g, d, t) = (get(Target::Edgesync), get(Target::EdgesyncGateway), get(Target::Direct), get(Target::Ts));
-        let (e_, g_, d_, t_) = (e.unwrap_or(nan), g.unwrap_or(nan), d.unwrap_or(nan), t.unwrap_or(nan));
+        // The headline: as deployed where measured (`/sync`, `/upload`), else the gateway's.
+        let e = get(Target::EdgesyncDeployed).or_else(|| get(Target::Edgesync));
+        let (w, g, d) = (get(Target::Edgesync), get(Target::EdgesyncGateway), get(Target::Direct));
+        let (td, t) = (get(Target::TsDeployed), get(Target::Ts));
+        let v = |x: Option<f64>| x.unwrap_or(nan);
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             opt(e),
+            opt(w),
             opt(g),
             opt(d),
+            opt(td),
             opt(t),
-            ratio(e_, d_),
-            ratio(e_, t_),
-            ratio(g_, d_),
-            ratio(g_, t_)
+            ratio(v(e), v(d)),
+            ratio(v(e), v(td)),
+            ratio(v(w), v(t))
         );
     }
     md.push('\n');
+    wrangler_dev_cost(md, r);
     // The per-page cost, at the smallest and the largest table.
     let pages = params(r, "sync_page");
     if let (Some(lo), Some(hi)) = (pages.iter().min(), pages.iter().max()) {
         if lo != hi {
-            if let (Some(a), Some(b)) =
-                (find(r, "sync_page", *lo, Target::Edgesync), find(r, "sync_page", *hi, Target::Edgesync))
-            {
+            let headline = |p: u64| {
+                find(r, "sync_page", p, Target::EdgesyncDeployed).or_else(|| find(r, "sync_page", p, Target::Edgesync))
+            };
+            if let (Some(a), Some(b)) = (headline(*lo), headline(*hi)) {
                 let _ = writeln!(
                     md,
                     "edgesync's `/sync` page p50 at {} rows is {} its p50 at {} rows ({} the table).\n",
@@ -610,6 +637,33 @@ fn summary(md: &mut String, r: &Results) {
             "The largest Worker is {} bytes gzipped: {:.1}% of Cloudflare's 3 MB free-plan limit (see \"Size and start-up\").\n",
             size(w),
             w as f64 * 100.0 / build::CLOUDFLARE_FREE_LIMIT_BYTES as f64
+        );
+    }
+}
+
+/// What serving a Worker alone in `wrangler dev` costs its runtime over serving the same
+/// bundle as deployed (a plain workerd), in this run: Worker CPU per request of both.
+fn wrangler_dev_cost(md: &mut String, r: &Results) {
+    let mut parts = Vec::new();
+    for (workload, what) in [("sync_page", "a `/sync` page"), ("upload", "an `/upload`")] {
+        let Some(p) = params(r, workload).into_iter().max() else { continue };
+        let cpu = |t| find(r, workload, p, t).and_then(|x| x.worker_cpu_per_1000(WorkerCpu::Runtime));
+        if let (Some(dev), Some(dep)) = (cpu(Target::Edgesync), cpu(Target::EdgesyncDeployed)) {
+            parts.push(format!(
+                "{what} ({}) costs the runtime {} ms of CPU in wrangler dev and {} ms as deployed ({})",
+                describe_param(workload, p),
+                num(dev),
+                num(dep),
+                ratio(dev, dep)
+            ));
+        }
+    }
+    if !parts.is_empty() {
+        let _ = writeln!(
+            md,
+            "The same bundle served alone in `wrangler dev` and as deployed (plain workerd, no inspector): {}. \
+             Why: see \"Method\".\n",
+            parts.join("; ")
         );
     }
 }
