@@ -749,6 +749,8 @@ export class Client implements LiveClient {
       heartbeatMs: this.o.heartbeatMs,
       safetyPullMs: this.o.safetyPullMs,
       longPollSecs: this.o.longPollSecs,
+      // A handshake is a request: it gets the requests' time limit.
+      connectTimeoutMs: this.o.timeoutMs,
       onMode: () => this.statusChanged(),
     });
     this.live.run();

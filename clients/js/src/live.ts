@@ -60,6 +60,8 @@ export interface LiveDeps {
   heartbeatMs: number;
   safetyPullMs: number;
   longPollSecs: number;
+  /** How long a socket may take to open before the loop long-polls instead. */
+  connectTimeoutMs: number;
   onMode: (mode: LiveMode) => void;
 }
 
@@ -128,6 +130,7 @@ export class LiveSync {
         await quiet(() => this.client.sync());
         if (this.stopped) break;
         const ws = await this.open();
+        if (ws === 'woken') continue;
         if (ws) {
           const end = await this.session(ws);
           if (end === 'stopped') break;
@@ -159,8 +162,13 @@ export class LiveSync {
     }
   }
 
-  /** Open the socket; null when it cannot be had (no WebSocket, no token, refused). */
-  private open(): Promise<WebSocketLike | null> {
+  /**
+   * Open the socket: the socket; null when it cannot be had (no WebSocket, no token,
+   * refused, or no answer within `connectTimeoutMs`: a proxy that holds the handshake
+   * must not stall the loop); 'woken' when `wake()` cut the attempt short (the network
+   * is back: sync at once, then try again).
+   */
+  private open(): Promise<WebSocketLike | null | 'woken'> {
     const token = this.client.currentToken();
     const WS = this.d.WebSocket;
     if (!WS || token === null) return Promise.resolve(null);
@@ -172,17 +180,29 @@ export class LiveSync {
       } catch {
         return resolve(null);
       }
+      let settled = false;
+      const timer = new AbortController();
       const stop = () => give(null);
-      const give = (v: WebSocketLike | null) => {
+      const give = (v: WebSocketLike | null | 'woken') => {
+        if (settled) return;
+        settled = true;
+        this.sleepers.delete(timer);
+        timer.abort();
         ws.onopen = ws.onclose = ws.onerror = null;
         this.stopCtl.signal.removeEventListener('abort', stop);
-        if (v === null) ws.close();
+        if (v !== ws) ws.close();
         resolve(v);
       };
       ws.onopen = () => give(ws);
       ws.onclose = stop;
       ws.onerror = stop;
       this.stopCtl.signal.addEventListener('abort', stop, { once: true });
+      // wake() aborts the sleepers: this wait too.
+      this.sleepers.add(timer);
+      void this.d.sleep(this.d.connectTimeoutMs, timer.signal).then(
+        () => give(timer.signal.aborted && !this.stopped ? 'woken' : null),
+        () => give(null),
+      );
     });
   }
 

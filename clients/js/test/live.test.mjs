@@ -132,6 +132,38 @@ test('without a WebSocket the loop long-polls, and stop() cuts the wait short', 
   assert.equal((await statusWhen(client, (s) => s.live === 'off')).lastError, null);
 });
 
+test('a handshake that never answers is given up after timeoutMs, and the loop long-polls', async () => {
+  const { server, clock, client } = await setup(); // timeoutMs: 30 s
+  const made = FakeWebSocket.next();
+  client.start();
+  (await server.next()).respond(200, page([], { cursor: 'c1', checkpoint: '1' }));
+  const ws = await made; // neither opens nor fails: a proxy holding the handshake
+  await clock.nextSleep(30_000);
+  clock.advance(30_000);
+  const held = await server.next();
+  assert.equal(held.query.wait, '25', 'a long-poll instead of waiting for ever');
+  assert.equal(ws.closed, 1000, 'the stalled socket is closed');
+  assert.equal((await statusWhen(client, (s) => s.live === 'long-poll')).live, 'long-poll');
+  held.respond(200, page([], { cursor: 'c1', checkpoint: '1' }));
+});
+
+test('a new token (or the network coming back) cuts a stalled handshake short and syncs at once', async () => {
+  const { server, client } = await setup();
+  let made = FakeWebSocket.next();
+  client.start();
+  (await server.next()).respond(200, page([], { cursor: 'c1', checkpoint: '1' }));
+  const stalled = await made;
+  made = FakeWebSocket.next();
+  await client.setToken(fresh);
+  const again = await server.next();
+  assert.deepEqual([again.path, again.query.since], ['/sync', 'c1'], 'a sync at once, no clock advanced');
+  assert.equal(again.headers.authorization, `Bearer ${fresh}`);
+  again.respond(200, page([], { cursor: 'c1', checkpoint: '1' }));
+  const next = await made;
+  assert.equal(stalled.closed, 1000);
+  assert.deepEqual(next.protocols, ['edgesync', `bearer.${fresh}`]);
+});
+
 test('a socket that cannot open falls back to a long-poll, then the socket is tried again', async () => {
   const { server, clock, client } = await setup();
   let made = FakeWebSocket.next();
