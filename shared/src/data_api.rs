@@ -21,12 +21,25 @@ pub enum Caller<'a> {
 }
 
 /// A PostgREST endpoint plus the Supabase `apikey` to present at its gateway.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DataApi {
     base_url: String,
     anon_key: Option<String>,
     /// How long one exchange (request and answer) may take.
     deadline: Option<Deadline<'static>>,
+    /// The `postgrest` client (and its HTTP client) for `base_url`, built once: each
+    /// exchange clones it and adds only the caller's headers.
+    base: postgrest::Postgrest,
+}
+
+impl std::fmt::Debug for DataApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataApi")
+            .field("base_url", &self.base_url)
+            .field("anon_key", &self.anon_key.as_ref().map(|_| "<set>"))
+            .field("deadline_ms", &self.deadline.as_ref().map(|d| d.ms))
+            .finish()
+    }
 }
 
 /// What went wrong talking to PostgREST.
@@ -47,7 +60,8 @@ pub enum UpstreamError {
 
 impl DataApi {
     pub fn new(base_url: impl Into<String>, anon_key: Option<String>) -> Self {
-        DataApi { base_url: base_url.into(), anon_key, deadline: None }
+        let base_url = base_url.into();
+        DataApi { base: postgrest::Postgrest::new(base_url.clone()), base_url, anon_key, deadline: None }
     }
 
     /// Give up on an exchange after `deadline` (the Worker's timer).
@@ -64,7 +78,7 @@ impl DataApi {
     pub fn client(&self, caller: Caller<'_>) -> Result<postgrest::Postgrest, UpstreamError> {
         // `postgrest` panics on header values that are not valid; check them first so
         // that no input can panic the Worker.
-        let mut client = postgrest::Postgrest::new(self.base_url.clone());
+        let mut client = self.base.clone();
         let (apikey, bearer) = match caller {
             Caller::Anonymous => (self.anon_key.as_deref(), None),
             Caller::User(token) => (self.anon_key.as_deref(), Some(token)),

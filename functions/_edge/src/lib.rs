@@ -51,7 +51,7 @@ pub struct RequestCtx {
     path: String,
     origin: Option<String>,
     preflight: bool,
-    cors: Cors,
+    cors: Rc<Cors>,
     upstream_ms: Rc<Cell<u64>>,
 }
 
@@ -74,7 +74,7 @@ pub fn begin(function: &'static str, req: &Request, env: &Env) -> RequestCtx {
         method,
         path: req.path(),
         origin,
-        cors: Cors::from_setting(setting(env, cors::SETTING).as_deref()),
+        cors: cors_policy(env),
         upstream_ms: Rc::new(Cell::new(0)),
     }
 }
@@ -255,6 +255,24 @@ pub fn config(env: &Env) -> Result<Rc<Config>, ConfigError> {
     })
 }
 
+thread_local! {
+    /// This isolate's `ALLOWED_ORIGINS`, parsed on its first request (see [`CONFIG`]).
+    static CORS: RefCell<Option<Rc<Cors>>> = const { RefCell::new(None) };
+    /// This isolate's PostgREST client, built on its first use (see [`CONFIG`]).
+    static DATA_API: RefCell<Option<Rc<DataApi>>> = const { RefCell::new(None) };
+}
+
+/// The CORS policy, read apart from [`config`] so that even an answer about a broken
+/// config carries CORS headers; parsed once per isolate.
+fn cors_policy(env: &Env) -> Rc<Cors> {
+    CORS.with(|cached| {
+        cached
+            .borrow_mut()
+            .get_or_insert_with(|| Rc::new(Cors::from_setting(setting(env, cors::SETTING).as_deref())))
+            .clone()
+    })
+}
+
 /// Unix time in seconds, from the runtime's clock.
 pub fn now_secs() -> u64 {
     Date::now().as_millis() / 1000
@@ -334,10 +352,21 @@ pub async fn json_body(
     Ok(body)
 }
 
-/// The PostgREST client for this deployment, bounded by `UPSTREAM_TIMEOUT_MS`.
-pub fn data_api(config: &Config) -> DataApi {
-    DataApi::new(config.postgrest_url.clone(), config.anon_key.clone())
-        .with_deadline(deadline(config.upstream_timeout_ms))
+/// The PostgREST client for this deployment, bounded by `UPSTREAM_TIMEOUT_MS`: built
+/// once per isolate from its [`config`] (which is fixed for the isolate's life) and
+/// shared by every request after that.
+pub fn data_api(config: &Config) -> Rc<DataApi> {
+    DATA_API.with(|cached| {
+        cached
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                Rc::new(
+                    DataApi::new(config.postgrest_url.clone(), config.anon_key.clone())
+                        .with_deadline(deadline(config.upstream_timeout_ms)),
+                )
+            })
+            .clone()
+    })
 }
 
 /// The runtime's timer, for upstream deadlines and waits an upstream asks for.

@@ -7,6 +7,7 @@
 //! Pages are the database's NDJSON lines, passed on as bytes.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use edgesync_edge::{self as edge, edgesync_shared as shared};
 use shared::data_api::{Caller, DataApi};
@@ -94,7 +95,7 @@ pub async fn stream(req: &mut Request, env: &Env) -> Result<Response, ApiError> 
 
 /// What a stream's steps need besides its state machine.
 struct Session {
-    api: DataApi,
+    api: Rc<DataApi>,
     env: Env,
     caller: PsCaller,
 }
