@@ -9,6 +9,7 @@
 //! state lives in `sync_state` (`sql/migrations/0006_populate.sql`).
 
 pub mod legacy;
+pub mod legacy_run;
 pub mod mapping;
 pub mod neo4j;
 pub mod run;
@@ -18,7 +19,8 @@ use crate::config::ConfigError;
 use crate::data_api::{Caller, DataApi};
 use crate::deadline::Sleep;
 use crate::ApiError;
-use legacy::{LegacyBatch, RecordReport, MAX_RECORDS};
+use legacy::{LegacyBatch, MAX_RECORDS};
+use legacy_run::{LegacyRun, LegacyStep};
 use mapping::{later, MappedNode, Mapping, Table};
 use neo4j::{Neo4jConfig, SourceFailure};
 use serde::{Deserialize, Serialize};
@@ -33,8 +35,6 @@ pub const DUE_RPC: &str = "edgesync_populate_due";
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// Rejections listed in one answer (all are counted).
 const MAX_LISTED_REJECTIONS: usize = 100;
-/// Legacy entries written per RPC.
-const LEGACY_CHUNK: usize = 500;
 
 /// Budgets and schedule, from the Worker's settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -558,11 +558,12 @@ impl Populate<'_> {
         v
     }
 
-    async fn rpc(&self, function: &str, args: Value, requests: &mut Requests) -> Result<Value, ApiError> {
-        requests.database += 1;
+    /// `function` with `args` (and `p_user`, for the service role).
+    async fn rpc(&self, function: &str, args: Value) -> Result<Value, ApiError> {
         Ok(self.api.rpc(self.caller, function, &self.args(args)).await?)
     }
 
+    /// `edgesync_populate_finish` of the run holding `lease`.
     async fn finish(
         &self,
         source: &str,
@@ -570,25 +571,17 @@ impl Populate<'_> {
         outcome: &str,
         error: Option<&str>,
         retry: Option<u64>,
-        req: &mut Requests,
     ) -> Result<Value, ApiError> {
-        self.rpc(
-            FINISH_RPC,
-            json!({ "p_source": source, "p_lease": lease, "p_outcome": outcome, "p_error": error, "p_retry_after_secs": retry }),
-            req,
-        )
-        .await
+        let args = json!({ "p_source": source, "p_lease": lease, "p_outcome": outcome, "p_error": error,
+                           "p_retry_after_secs": retry });
+        self.rpc(FINISH_RPC, args).await
     }
 
-    async fn begin(&self, source: &str, run: Option<&str>, mode: Mode, req: &mut Requests) -> Result<Begun, ApiError> {
-        let v = self
-            .rpc(
-                BEGIN_RPC,
-                json!({ "p_source": source, "p_run": run, "p_mode": mode.as_str(), "p_lease_secs": self.config.lease_secs() }),
-                req,
-            )
-            .await?;
-        serde_json::from_value(v)
+    /// `edgesync_populate_begin`: the run to write to, and its lease.
+    async fn begin(&self, source: &str, run: Option<&str>, mode: Mode) -> Result<Begun, ApiError> {
+        let args = json!({ "p_source": source, "p_run": run, "p_mode": mode.as_str(),
+                           "p_lease_secs": self.config.lease_secs() });
+        serde_json::from_value(self.rpc(BEGIN_RPC, args).await?)
             .map_err(|e| ApiError::bad_gateway("upstream_bad_response", format!("populate_begin: {e}")))
     }
 
@@ -604,8 +597,7 @@ impl Populate<'_> {
         max_pages: Option<u32>,
         max_subrequests: u32,
     ) -> Result<Report, ApiError> {
-        let mut req = Requests::default();
-        let begun = self.begin("neo4j", run, mode, &mut req).await?;
+        let begun = self.begin("neo4j", run, mode).await?;
         let (mut call, mut step) =
             run::NeoRun::start(begun, mapping, self.config, max_pages, max_subrequests, (self.now_ms)());
         loop {
@@ -617,66 +609,42 @@ impl Populate<'_> {
                         Err(f) => call.on_source_failure(f, (self.now_ms)()),
                     }
                 }
-                run::NeoStep::Apply { args } => match self.api.rpc(self.caller, APPLY_RPC, &self.args(args)).await {
+                run::NeoStep::Apply { args } => match self.rpc(APPLY_RPC, args).await {
                     Ok(v) => call.on_applied(v, (self.now_ms)()),
-                    Err(e) => call.on_apply_failed(e.into()),
+                    Err(e) => call.on_apply_failed(e),
                 },
                 run::NeoStep::Finish { outcome, error, retry_after_secs } => {
-                    let args = json!({ "p_source": "neo4j", "p_lease": call.lease(), "p_outcome": outcome,
-                                       "p_error": error, "p_retry_after_secs": retry_after_secs });
-                    match self.api.rpc(self.caller, FINISH_RPC, &self.args(args)).await {
+                    match self.finish("neo4j", call.lease(), outcome, error.as_deref(), retry_after_secs).await {
                         Ok(v) => call.on_finished(v, (self.now_ms)()),
-                        Err(e) => call.on_finish_failed(e.into()),
+                        Err(e) => call.on_finish_failed(e),
                     }
                 }
             };
         }
     }
 
-    /// A batch of legacy records: checked here, written in chunks, one verdict each.
+    /// A batch of legacy records: checked here, written in chunks, one verdict each
+    /// ([`legacy_run`] decides; this only asks the database).
     pub async fn legacy(&self, records: &[Value]) -> Result<Value, ApiError> {
         let started = (self.now_ms)();
-        let mut req = Requests::default();
-        let mut batch = LegacyBatch::parse(records);
-        let begun = self.begin("legacy", None, Mode::Full, &mut req).await?;
-        let lease = begun.lease_id.clone();
-        let (bad, dup) = batch.refused();
-        let mut counts = Counts { rejected: bad + dup, ..Counts::default() };
-        let chunks: Vec<Vec<Value>> = batch.rows.chunks(LEGACY_CHUNK).map(<[Value]>::to_vec).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            // Refusals are counted once, with the first chunk.
-            let refused = if i == 0 { bad + dup } else { 0 };
-            let applied = self
-                .rpc(
-                    APPLY_RPC,
-                    json!({
-                        "p_source": "legacy", "p_lease": lease, "p_cursor": null,
-                        "p_rows": { "entries": chunk, "rejected": refused },
-                        "p_lease_secs": self.config.lease_secs(),
-                    }),
-                    &mut req,
-                )
-                .await;
-            match applied {
-                Ok(v) => {
-                    let a: Applied = serde_json::from_value(v).unwrap_or_default();
-                    counts.add(Counts { rejected: 0, ..a.counts });
-                    counts.rejected += a.counts.rejected.saturating_sub(refused);
-                    batch.settle(&a.results);
+        let batch = LegacyBatch::parse(records);
+        let begun = self.begin("legacy", None, Mode::Full).await?;
+        let (mut call, mut step) = LegacyRun::start(batch, begun, self.config, started);
+        loop {
+            step = match step {
+                LegacyStep::Done(answer) => return *answer,
+                LegacyStep::Apply { args, .. } => match self.rpc(APPLY_RPC, args).await {
+                    Ok(v) => call.on_applied(v),
+                    Err(e) => call.on_apply_failed(e),
+                },
+                LegacyStep::Finish { outcome, error } => {
+                    match self.finish("legacy", call.lease(), outcome, error.as_deref(), None).await {
+                        Ok(v) => call.on_finished(v, (self.now_ms)()),
+                        Err(e) => call.on_finish_failed(e),
+                    }
                 }
-                Err(e) => {
-                    let _ = self.finish("legacy", &lease, "failed", Some(&e.message), None, &mut req).await;
-                    return Err(e);
-                }
-            }
+            };
         }
-        let finished = self.finish("legacy", &lease, "completed", None, None, &mut req).await?;
-        let records: Vec<&RecordReport> = batch.reports.iter().collect();
-        Ok(json!({
-            "source": "legacy", "user_id": begun.user_id, "status": "completed", "counts": counts,
-            "records": records, "continuation": null, "write_checkpoint": write_checkpoint(&finished)?, "requests": req,
-            "elapsed_ms": (self.now_ms)().saturating_sub(started),
-        }))
     }
 }
 
