@@ -81,7 +81,13 @@ fn write_report(paths: &Paths, results: &Results, smoke: bool) -> Result<()> {
     // figures it does not share, so that a change to `Results` that stops it from being
     // read fails CI.)
     let before = read_results(&paths.root.join("bench/before/results.json"))?;
-    let md = report::markdown(results, before.as_ref(), &plot_files, &out_dir);
+    // The fixed-cost work's before and after (`cargo xtask bench --fixed-cost` on each).
+    let fixed_dir = paths.root.join("bench/fixed-cost");
+    let fixed = match (read_results(&fixed_dir.join("before.json"))?, read_results(&fixed_dir.join("after.json"))?) {
+        (Some(b), Some(a)) => Some((b, a)),
+        _ => None,
+    };
+    let md = report::markdown(results, before.as_ref(), fixed.as_ref(), &plot_files, &out_dir);
     let report_file = out_dir.join("BENCHMARKS.md");
     fs_err::create_dir_all(&out_dir)?;
     fs_err::write(&report_file, md)?;
@@ -115,7 +121,12 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     }
     // The run's time, after the tools and the build (which are cached between runs).
     let started = Instant::now();
-    let scratch = paths.target().join(if opts.smoke { "bench-smoke" } else { "bench" });
+    let scratch = paths.target().join(match (opts.fixed_cost_only, opts.smoke) {
+        (true, true) => "bench-fixed-smoke",
+        (true, false) => "bench-fixed",
+        (false, true) => "bench-smoke",
+        (false, false) => "bench",
+    });
     fs_err::create_dir_all(&scratch)?;
 
     step("measuring the Workers' .wasm (size, compile, instantiate)");
@@ -132,7 +143,7 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     let mut ts_url = None;
     let outcome = (|| -> Result<Results> {
         let mut bench = Bench::new(paths, info.clone(), plan.clone())?;
-        let done = bench.all();
+        let done = if opts.fixed_cost_only { bench.fixed_cost_only() } else { bench.all() };
         ts_url = bench.env.ts_url.clone();
         done?;
         Ok(Results {
@@ -168,7 +179,16 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
     }
     let mut results = outcome?;
     results.total_secs = started.elapsed().as_secs_f64();
-    fs_err::write(scratch.join("results.json"), serde_json::to_vec_pretty(&results)?)?;
+    let raw = scratch.join("results.json");
+    fs_err::write(&raw, serde_json::to_vec_pretty(&results)?)?;
+    if opts.fixed_cost_only {
+        step(format!(
+            "fixed-cost bench finished in {:.0}s: {} (copy it to bench/fixed-cost/before.json or after.json)",
+            results.total_secs,
+            raw.display()
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
     write_report(paths, &results, opts.smoke)?;
     Ok(ExitCode::SUCCESS)
 }

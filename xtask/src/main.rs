@@ -112,6 +112,11 @@ enum Task {
         /// Only the live-updates figures, into bench/LIVE.md
         #[arg(long)]
         live: bool,
+        /// Only the fixed cost of a request (404, 401, an empty pull, incremental /sync,
+        /// /upload of one), into target/bench-fixed/results.json: the before and after
+        /// of a change to the Workers' per-request work
+        #[arg(long, conflicts_with_all = ["live", "report_only"])]
+        fixed_cost: bool,
     },
     /// Build, then deploy every function Worker and then the gateway to Cloudflare
     Deploy {
@@ -329,8 +334,8 @@ fn run(task: Task) -> Result<ExitCode> {
             step(format!("schemathesis: {} test cases in {:.0}s", o.cases, o.elapsed.as_secs_f64()));
             return Ok(if o.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Task::Bench { smoke, keep, report_only, live } => {
-            let opts = bench::Options { smoke, keep, report_only, live_only: live };
+        Task::Bench { smoke, keep, report_only, live, fixed_cost } => {
+            let opts = bench::Options { smoke, keep, report_only, live_only: live, fixed_cost_only: fixed_cost };
             return bench::run(&paths, opts);
         }
         Task::Deploy { env, dry_run, secrets, config } => {

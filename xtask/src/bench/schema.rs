@@ -12,6 +12,9 @@ pub struct Options {
     pub keep: bool,
     /// Only the live-updates figures, on a stack of their own, into `bench/LIVE.md`.
     pub live_only: bool,
+    /// Only the fixed cost of a request, into `target/bench-fixed/results.json` (see
+    /// `bench/fixed-cost/`).
+    pub fixed_cost_only: bool,
 }
 
 /// What to run: sizes and request counts.
@@ -212,7 +215,7 @@ impl Row {
     /// query (search results), where it is requests per second.
     pub fn throughput(&self) -> f64 {
         match self.workload.as_str() {
-            "sync_incremental" | "search" | "fixed" => self.m.requests_per_sec(),
+            "sync_incremental" | "search" | "search_serial" | "fixed" => self.m.requests_per_sec(),
             _ => self.m.units_per_sec(),
         }
     }

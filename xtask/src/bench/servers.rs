@@ -162,7 +162,9 @@ impl Env {
             }
             Target::EdgesyncDeployed => {
                 let worker = path.trim_start_matches('/').split(['/', '?']).next().unwrap_or_default();
-                self.deployed.get(worker).cloned().unwrap_or_else(|| self.info.functions_url.clone())
+                // A path no Worker serves goes to the sync Worker, which answers 404 itself:
+                // as deployed there is no gateway, and each Worker owns its routes.
+                self.deployed.get(worker).or_else(|| self.deployed.get("sync")).cloned().unwrap_or_default()
             }
             Target::EdgesyncGateway => self.info.functions_url.clone(),
             Target::Ts => self.ts_url.clone().unwrap_or_default(),
@@ -170,6 +172,55 @@ impl Env {
             _ => self.info.postgrest_url.clone(),
         };
         format!("{base}{path}")
+    }
+
+    /// One search for a random one of `texts`: `POST /search` (edgesync), the model then
+    /// `search_entries` from the client (`DirectModel`), or `search_entries` with the
+    /// text's vector given (direct). A search that finds nothing fails the run.
+    pub(super) fn search_once(
+        &self,
+        c: &mut Client,
+        t: Target,
+        auth: &str,
+        rpc: &str,
+        texts: &[String],
+        vectors: &[String],
+    ) -> Result<()> {
+        let i = c.below(texts.len());
+        let headers = [("authorization", auth), ("apikey", self.info.anon_key.as_str())];
+        let answer = match t {
+            Target::Edgesync => c.post(
+                &format!("{}/search", self.info.functions_url),
+                &[("authorization", auth)],
+                &serde_json::json!({"query": texts[i], "match_threshold": SEARCH_THRESHOLD}).to_string(),
+            )?,
+            Target::DirectModel => {
+                let e = c.post(
+                    &format!("{}/embeddings", self.info.embeddings_url),
+                    &[],
+                    &serde_json::json!({"input": [texts[i]], "model": stack::LOCAL_EMBEDDINGS_MODEL}).to_string(),
+                )?;
+                let v = vector_in(&e).context("no embedding in the embeddings server's answer")?;
+                let answer = c.post(
+                    rpc,
+                    &headers,
+                    &format!(r#"{{"query_embedding":"{v}","match_threshold":{SEARCH_THRESHOLD}}}"#),
+                )?;
+                c.merge_last(2);
+                answer
+            }
+            _ => c.post(
+                rpc,
+                &headers,
+                &format!(r#"{{"query_embedding":"{}","match_threshold":{SEARCH_THRESHOLD}}}"#, vectors[i]),
+            )?,
+        };
+        let found = scan::count(&answer, b"\"similarity\"");
+        if found == 0 {
+            bail!("{}: a search for a text in the table found nothing", t.title());
+        }
+        c.units += found;
+        Ok(())
     }
 
     /// One page: `GET /sync` (edgesync, TS) or `POST /rpc/edgesync_pull` (direct).

@@ -52,8 +52,8 @@ pub fn generate(committed: &[Committed], env: &Env) -> Result<Vec<Generated>> {
     }
     let mut out = Vec::new();
     for c in committed {
-        let reads =
-            reads(&c.worker).context(format!("{}: xtask/src/deploy/settings.rs does not list what it reads", c.worker))?;
+        let reads = reads(&c.worker)
+            .context(format!("{}: xtask/src/deploy/settings.rs does not list what it reads", c.worker))?;
         let mut table = c.table.clone();
         let name = names[str_field(&c.table, "name").unwrap_or_default()].clone();
         table.insert("name".into(), name.clone().into());

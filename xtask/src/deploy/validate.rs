@@ -18,7 +18,9 @@ pub fn validate_settings(
     secrets: &BTreeMap<String, String>,
     placeholders: bool,
 ) -> Vec<String> {
-    let Some(reads) = reads(worker) else { return vec![format!("{worker}: not listed in xtask/src/deploy/settings.rs")] };
+    let Some(reads) = reads(worker) else {
+        return vec![format!("{worker}: not listed in xtask/src/deploy/settings.rs")];
+    };
     let mut problems = Vec::new();
     if !placeholders {
         for s in &reads.required {
