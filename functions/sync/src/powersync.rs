@@ -122,7 +122,11 @@ impl Session {
             ApiError::bad_gateway("upstream_bad_response", "the page answer is not text").with_log_detail(e.to_string())
         })?;
         let (lines, trailer) = ps::split_page(text.as_bytes())?;
-        Ok((lines.to_vec(), trailer))
+        // The lines are the text's head: keep them in place rather than copy them.
+        let n = lines.len();
+        let mut lines = text.into_bytes();
+        lines.truncate(n);
+        Ok((lines, trailer))
     }
 
     /// Write `turn`'s bytes and do its action: the bytes to send now, and the next turn

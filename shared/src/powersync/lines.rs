@@ -289,7 +289,8 @@ pub struct PageTrailer {
 
 /// Split a page answer into the data lines to forward to the client as they are (empty,
 /// or whole lines ending in `\n`), and its trailer. Only the trailer is parsed; the data
-/// is neither copied nor read.
+/// is neither copied nor read. The lines are always a prefix of `text`, so a caller that
+/// owns the text can keep them by truncating it.
 pub fn split_page(text: &[u8]) -> Result<(&[u8], PageTrailer), ApiError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
