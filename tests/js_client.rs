@@ -46,11 +46,11 @@ fn the_typescript_client_and_the_example_app_sync_against_the_stack() {
 
     let started = Instant::now();
     let Finished { status, stdout, stderr } = run_to_end(
-        Command::new(&js.node)
+        Command::new(&js.node.bin)
             .args(["--disable-warning=ExperimentalWarning", "--test", "--test-reporter=tap", "--test-concurrency=1"])
             .args(["integration/node.test.mjs", "integration/browser.test.mjs"])
             .current_dir(&js.dir)
-            .env("PATH", &js.path)
+            .env("PATH", &js.node.path)
             .env("EDGESYNC_STACK_DIR", &info.stack_dir)
             .env("EDGESYNC_FAULT_URL", &proxy.url)
             .env("EDGESYNC_BROWSER", browser_cfg.to_string()),

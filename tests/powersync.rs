@@ -44,10 +44,10 @@ impl Device {
         let js = xtask::jsclient::ensure_powersync(&paths).unwrap_or_else(|e| panic!("tests/powersync: {e}"));
         let dir = std::env::temp_dir().join(format!("edgesync-powersync-{name}-{}", uuid()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut child = Command::new(&js.node)
+        let mut child = Command::new(&js.node.bin)
             .arg(js.dir.join("device.mjs"))
             .current_dir(&js.dir)
-            .env("PATH", &js.path)
+            .env("PATH", &js.node.path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

