@@ -5,7 +5,8 @@
 //! service role is used only where no user is involved. PostgREST's answers are
 //! mapped to [`ApiError`]s here, in one place, without leaking internals.
 
-use crate::deadline::{within, Deadline};
+use crate::deadline::Deadline;
+use crate::upstream::{exchange, ExchangeError, Limits};
 use crate::ApiError;
 use serde_json::Value;
 
@@ -111,9 +112,8 @@ impl DataApi {
         }
     }
 
-    /// The answer's status and body as bytes. (Bytes, not text: in a Worker, text
-    /// would be decoded into a JavaScript string and encoded back into Rust's memory,
-    /// two passes over a page of rows that the bytes are spared.)
+    /// The answer's status and body as bytes ([`crate::upstream::Answer`]), whole: no
+    /// cap, as PostgREST's answers are bounded by the RPCs themselves.
     async fn rpc_bytes(
         &self,
         caller: Caller<'_>,
@@ -121,16 +121,23 @@ impl DataApi {
         args: String,
     ) -> Result<(u16, Vec<u8>), UpstreamError> {
         let request = self.client(caller)?.rpc(function, args);
-        let exchange = async {
-            let response =
-                request.execute().await.map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
-            let status = response.status().as_u16();
-            let body = response.bytes().await.map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))?;
-            Ok((status, body.into()))
-        };
-        within(self.deadline, exchange)
-            .await
-            .unwrap_or_else(|| Err(UpstreamError::Timeout(self.deadline.map_or(0, |d| d.ms))))
+        let answer = exchange(request.execute(), Limits::new(self.deadline)).await?;
+        Ok((answer.status, answer.body))
+    }
+}
+
+impl From<ExchangeError> for UpstreamError {
+    /// The transport's detail stays in the variant's text, for the log and `/health`'s
+    /// summary; [`ApiError`]'s mapping below never quotes it.
+    fn from(e: ExchangeError) -> Self {
+        match e {
+            ExchangeError::Unreachable(why) | ExchangeError::Unreadable { detail: why, .. } => {
+                UpstreamError::Unreachable(why)
+            }
+            ExchangeError::Timeout(ms) => UpstreamError::Timeout(ms),
+            // No cap is set for PostgREST; kept total for a cap added later.
+            ExchangeError::TooLarge { limit, .. } => UpstreamError::BadBody(format!("larger than {limit} bytes")),
+        }
     }
 }
 
@@ -161,16 +168,6 @@ fn header_safe(value: &str) -> Result<&str, UpstreamError> {
         Ok(value)
     } else {
         Err(UpstreamError::BadRequest("a credential contains characters not allowed in an HTTP header".into()))
-    }
-}
-
-/// How a failed HTTP exchange is described to operators (also for the embeddings API).
-pub(crate) fn describe_reqwest_error(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else {
-        // reqwest's Display names the URL and the cause, which is what an operator needs.
-        e.to_string()
     }
 }
 

@@ -195,10 +195,8 @@ pub fn vector_literal(v: &[f32]) -> String {
     s
 }
 
-/// How long to wait before retrying a 429/503, from `Retry-After` (seconds, or absent).
-pub fn retry_after_secs(header: Option<&str>) -> Option<u64> {
-    header.and_then(|h| h.trim().parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0).map(|s| s.ceil() as u64)
-}
+/// How long to wait before retrying a 429/503 (one parser for every upstream).
+pub use crate::upstream::retry_after_secs;
 
 /// What a database webhook asks for.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,11 +5,11 @@
 //! PostgREST RPCs with the service role (`sql/migrations/0004_embeddings.sql`).
 
 use crate::data_api::{Caller, DataApi};
-use crate::deadline::{within, Deadline};
+use crate::deadline::Deadline;
 use crate::embed::{
-    content_hash, embedding_text, retry_after_secs, vector_literal, EmbeddingsConfig, EntryContent, BATCH,
-    MAX_INLINE_WAIT_SECS,
+    content_hash, embedding_text, vector_literal, EmbeddingsConfig, EntryContent, BATCH, MAX_INLINE_WAIT_SECS,
 };
+use crate::upstream::{exchange, retry_after_secs, ExchangeError, Limits};
 use crate::ApiError;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -195,6 +195,41 @@ impl From<ApiFailure> for ApiError {
     }
 }
 
+impl From<ExchangeError> for ApiFailure {
+    /// No usable answer: the message is for the log and the jobs' error, never the
+    /// client's ([`ApiError`]'s mapping above answers a fixed text).
+    fn from(e: ExchangeError) -> Self {
+        let (status, message) = match e {
+            ExchangeError::Unreachable(why) => (None, format!("embeddings API unreachable: {why}")),
+            ExchangeError::Timeout(ms) => (None, format!("embeddings API did not answer within {ms} ms")),
+            ExchangeError::Unreadable { status, detail, .. } => {
+                (Some(status), format!("embeddings API's answer could not be read: {detail}"))
+            }
+            // No cap is set for the embeddings API; kept total for a cap added later.
+            ExchangeError::TooLarge { limit, .. } => {
+                (None, format!("embeddings API's answer is larger than {limit} bytes"))
+            }
+        };
+        ApiFailure { status, message, retry_after: 0 }
+    }
+}
+
+/// What an embeddings answer means: `n` vectors on a 200, else a failure whose message
+/// quotes the start of the body (for the log and the jobs' error).
+pub fn parse_answer(
+    cfg: &EmbeddingsConfig,
+    n: usize,
+    status: u16,
+    retry_after: Option<u64>,
+    body: &str,
+) -> Result<Vec<Vec<f32>>, ApiFailure> {
+    if status == 200 {
+        return cfg.vectors(body, n).map_err(|e| ApiFailure { status: Some(200), message: e.message, retry_after: 0 });
+    }
+    let message = format!("embeddings API answered {status}: {}", body.chars().take(300).collect::<String>());
+    Err(ApiFailure { status: Some(status), message, retry_after: retry_after.unwrap_or(0) })
+}
+
 /// One embeddings request for `texts`; a 429/503 with a short `Retry-After` is retried
 /// in place (twice at most), a longer one is left to the caller (a job's backoff).
 pub async fn embed_texts(
@@ -213,37 +248,22 @@ pub async fn embed_texts(
         if let Some(key) = &cfg.api_key {
             req = req.bearer_auth(key);
         }
-        let exchange = async {
-            let resp = req.send().await.map_err(|e| ApiFailure {
-                status: None,
-                message: format!("embeddings API unreachable: {}", crate::data_api::describe_reqwest_error(&e)),
-                retry_after: 0,
-            })?;
-            let status = resp.status().as_u16();
-            let retry_after = retry_after_secs(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()));
-            Ok((status, retry_after, resp.text().await.unwrap_or_default()))
+        let limits = Limits::new(Some(Deadline { ms: cfg.timeout_ms, sleep }));
+        let (status, retry_after, text) = match exchange(req.send(), limits).await {
+            Ok(answer) => (answer.status, retry_after_secs(answer.retry_after.as_deref()), answer.text().into_owned()),
+            // An answer whose body broke off is read as an empty body.
+            Err(ExchangeError::Unreadable { status, retry_after, .. }) => {
+                (status, retry_after_secs(retry_after.as_deref()), String::new())
+            }
+            Err(e) => return Err(e.into()),
         };
-        let (status, retry_after, text) =
-            within(Some(Deadline { ms: cfg.timeout_ms, sleep }), exchange).await.unwrap_or_else(|| {
-                Err(ApiFailure {
-                    status: None,
-                    message: format!("embeddings API did not answer within {} ms", cfg.timeout_ms),
-                    retry_after: 0,
-                })
-            })?;
-        if status == 200 {
-            return cfg.vectors(&text, n).map_err(|e| ApiFailure {
-                status: Some(200),
-                message: e.message,
-                retry_after: 0,
-            });
+        if status != 200 {
+            if let Some(wait_secs) = retry_in_place(status, retry_after, tries) {
+                sleep(wait_secs * 1000).await;
+                continue;
+            }
         }
-        let message = format!("embeddings API answered {status}: {}", text.chars().take(300).collect::<String>());
-        if let Some(wait_secs) = retry_in_place(status, retry_after, tries) {
-            sleep(wait_secs * 1000).await;
-            continue;
-        }
-        return Err(ApiFailure { status: Some(status), message, retry_after: retry_after.unwrap_or(0) });
+        return parse_answer(cfg, n, status, retry_after, &text);
     }
 }
 

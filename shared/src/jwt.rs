@@ -13,7 +13,8 @@
 //! is only ever the project's HS256 service-role key, which names no user); oversized
 //! tokens.
 
-use crate::deadline::{within, Deadline};
+use crate::deadline::Deadline;
+use crate::upstream::{exchange, Answer, ExchangeError, Limits};
 use crate::ApiError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -400,44 +401,32 @@ thread_local! {
 }
 
 /// Fetch and parse the key set, within `deadline` for the whole exchange (headers and
-/// body), reading at most [`MAX_JWKS_BYTES`]: a slow or hostile auth endpoint costs one
-/// bounded wait, never a hung request or an unbounded buffer.
+/// body), reading at most [`MAX_JWKS_BYTES`] (and no error body): a slow or hostile
+/// auth endpoint costs one bounded wait, never a hung request or an unbounded buffer.
 async fn fetch_jwks(url: &str, deadline: Option<Deadline<'_>>) -> Result<KeySet, String> {
-    let exchange = async {
-        let response = reqwest::Client::new()
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("JWKS request failed: {}", crate::data_api::describe_reqwest_error(&e)))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!("JWKS endpoint answered HTTP {status}"));
-        }
-        let body = read_capped(response, MAX_JWKS_BYTES).await?;
-        KeySet::from_jwks_json(&String::from_utf8_lossy(&body))
-    };
-    within(deadline, exchange)
-        .await
-        .unwrap_or_else(|| Err(format!("JWKS endpoint did not answer within {} ms", deadline.map_or(0, |d| d.ms))))
+    let limits = Limits::new(deadline).max_body(MAX_JWKS_BYTES).skip_error_bodies();
+    let answer = exchange(reqwest::Client::new().get(url).send(), limits).await.map_err(jwks_failure)?;
+    parse_jwks_answer(&answer)
 }
 
-/// A body of at most `cap` bytes, refused as soon as it is known to be longer: by its
-/// Content-Length, or while reading, chunk by chunk.
-async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
-    let too_large = || format!("JWKS body is larger than {cap} bytes");
-    if response.content_length().is_some_and(|n| n > cap as u64) {
-        return Err(too_large());
+/// The key set in a JWKS answer, or why there is none (for the log).
+fn parse_jwks_answer(answer: &Answer) -> Result<KeySet, String> {
+    if !answer.is_success() {
+        let status = reqwest::StatusCode::from_u16(answer.status).map_or(answer.status.to_string(), |s| s.to_string());
+        return Err(format!("JWKS endpoint answered HTTP {status}"));
     }
-    let mut stream = std::pin::pin!(response.bytes_stream());
-    let mut body = Vec::new();
-    while let Some(chunk) = std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx)).await {
-        let chunk = chunk.map_err(|e| format!("JWKS body: {}", crate::data_api::describe_reqwest_error(&e)))?;
-        if body.len() + chunk.len() > cap {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
+    KeySet::from_jwks_json(&answer.text())
+}
+
+/// Why the key set could not be fetched, for [`AuthError::KeysUnavailable`] (whose
+/// client message is fixed; this text goes to the log).
+pub(crate) fn jwks_failure(e: ExchangeError) -> String {
+    match e {
+        ExchangeError::Unreachable(why) => format!("JWKS request failed: {why}"),
+        ExchangeError::Unreadable { detail, .. } => format!("JWKS body: {detail}"),
+        ExchangeError::TooLarge { limit, .. } => format!("JWKS body is larger than {limit} bytes"),
+        ExchangeError::Timeout(ms) => format!("JWKS endpoint did not answer within {ms} ms"),
     }
-    Ok(body)
 }
 
 fn cached(url: &str) -> JwksCache {

@@ -30,6 +30,7 @@ pub mod raw_json;
 pub mod request_id;
 pub mod sync;
 pub mod upload;
+pub mod upstream;
 
 pub use error::ApiError;
 

@@ -509,7 +509,7 @@ pub struct Populate<'a> {
 /// How a call's run ended, for the error answers.
 /// A fixed text per code for the client; what Neo4j said (or the error naming
 /// NEO4J_URL) goes to the log only.
-fn source_error(f: &SourceFailure, continuation: &str) -> ApiError {
+pub(crate) fn source_error(f: &SourceFailure, continuation: &str) -> ApiError {
     let details = json!({ "continuation": continuation });
     let e = match f {
         SourceFailure::RateLimited { retry_after_secs, .. } => ApiError::new(

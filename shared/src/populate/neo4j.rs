@@ -3,7 +3,8 @@
 //! them (`{"data": {"fields", "values"}}` on 202; `{"errors": [{"code", "message"}]}`).
 
 use crate::config::{http_url, ConfigError};
-use crate::deadline::{within, Deadline, Sleep};
+use crate::deadline::{Deadline, Sleep};
+use crate::upstream::{exchange, retry_after_secs, ExchangeError, Limits};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
@@ -190,17 +191,15 @@ pub fn parse_answer(status: u16, retry_after: Option<&str>, body: &str) -> Resul
     let text = describe(&code, &message);
     let transient = code.starts_with("Neo.TransientError.");
     Err(match status {
-        429 => SourceFailure::RateLimited {
-            retry_after_secs: crate::embed::retry_after_secs(retry_after).unwrap_or(60),
-            message: text,
-        },
+        429 => {
+            SourceFailure::RateLimited { retry_after_secs: retry_after_secs(retry_after).unwrap_or(60), message: text }
+        }
         410 => SourceFailure::Gone { message: text },
         401 | 403 => SourceFailure::Unauthorized { status, message: text },
         _ if code.starts_with("Neo.ClientError.Security.") => SourceFailure::Unauthorized { status, message: text },
-        503 if transient => SourceFailure::RateLimited {
-            retry_after_secs: crate::embed::retry_after_secs(retry_after).unwrap_or(30),
-            message: text,
-        },
+        503 if transient => {
+            SourceFailure::RateLimited { retry_after_secs: retry_after_secs(retry_after).unwrap_or(30), message: text }
+        }
         _ => SourceFailure::Failed { status: Some(status), message: text },
     })
 }
@@ -217,25 +216,33 @@ pub async fn query(
         .header("authorization", cfg.authorization())
         .header("accept", "application/json")
         .json(&query_body(statement, parameters));
-    let exchange = async {
-        let response = request.send().await.map_err(|e| SourceFailure::Failed {
-            status: None,
-            message: format!("Neo4j could not be reached: {}", crate::data_api::describe_reqwest_error(&e)),
-        })?;
-        let status = response.status().as_u16();
-        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let body = response.text().await.map_err(|e| SourceFailure::Failed {
-            status: Some(status),
-            message: format!("Neo4j's answer could not be read: {}", crate::data_api::describe_reqwest_error(&e)),
-        })?;
-        parse_answer(status, retry_after.as_deref(), &body)
-    };
-    within(Some(Deadline { ms: cfg.timeout_ms, sleep }), exchange).await.unwrap_or_else(|| {
-        Err(SourceFailure::TimedOut {
-            ms: cfg.timeout_ms,
-            message: format!("Neo4j did not answer within {} ms", cfg.timeout_ms),
-        })
-    })
+    let limits = Limits::new(Some(Deadline { ms: cfg.timeout_ms, sleep }));
+    let answer = exchange(request.send(), limits).await?;
+    parse_answer(answer.status, answer.retry_after.as_deref(), &answer.text())
+}
+
+impl From<ExchangeError> for SourceFailure {
+    /// The texts are the run's error (its log and `sync_state`), never the client's
+    /// message (`populate::source_error` answers a fixed text per code).
+    fn from(e: ExchangeError) -> Self {
+        match e {
+            ExchangeError::Unreachable(why) => {
+                SourceFailure::Failed { status: None, message: format!("Neo4j could not be reached: {why}") }
+            }
+            ExchangeError::Unreadable { status, detail, .. } => SourceFailure::Failed {
+                status: Some(status),
+                message: format!("Neo4j's answer could not be read: {detail}"),
+            },
+            // No cap is set for Neo4j; kept total for a cap added later.
+            ExchangeError::TooLarge { status, limit } => SourceFailure::Failed {
+                status: Some(status),
+                message: format!("Neo4j's answer is larger than {limit} bytes"),
+            },
+            ExchangeError::Timeout(ms) => {
+                SourceFailure::TimedOut { ms, message: format!("Neo4j did not answer within {ms} ms") }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
