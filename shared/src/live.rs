@@ -9,6 +9,8 @@
 //! Sans-I/O: the sync Worker drives [`LongPoll`] with pages and the answers of the
 //! user's Durable Object, and the clock it reads itself.
 
+pub mod hub;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 

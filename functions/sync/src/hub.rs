@@ -7,9 +7,9 @@
 //! Reached only from this Worker (a Durable Object has no URL of its own), at
 //! `https://hub/poke`, `/wait` and `/socket`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 
-use edgesync_edge::edgesync_shared::live;
+use edgesync_edge::edgesync_shared::live::{self, hub, hub::Hub};
 use edgesync_edge::{self as edge, edgesync_shared::ApiError};
 use futures_channel::oneshot;
 use worker::{
@@ -26,13 +26,11 @@ const POKED: &str = "poked";
 #[durable_object]
 pub struct LiveHub {
     state: State,
-    /// The newest checkpoint poked; `None` until read from storage, where every poke
-    /// is kept: a hub evicted while a synced writer held the watermark still tells
-    /// the next waiting pull that its change came.
-    poked: Cell<Option<u64>>,
-    /// The newest checkpoint sent to the sockets: an older poke is not sent again.
-    sent: Cell<u64>,
-    waiters: RefCell<Vec<(u64, oneshot::Sender<u64>)>>,
+    /// What pokes and waits decide (`shared::live::hub`): the newest checkpoint poked
+    /// (read from storage once, where every poke is kept: a hub evicted while a synced
+    /// writer held the watermark still tells the next waiting pull that its change
+    /// came), the newest one sent to the sockets, and the waiting pulls.
+    hub: RefCell<Hub<oneshot::Sender<u64>>>,
 }
 
 /// What a socket remembers across hibernation.
@@ -48,7 +46,7 @@ impl worker::DurableObject for LiveHub {
         if let Ok(pair) = WebSocketRequestResponsePair::new(live::PING, live::PONG) {
             state.set_websocket_auto_response(&pair);
         }
-        LiveHub { state, poked: Cell::new(None), sent: Cell::new(0), waiters: RefCell::new(Vec::new()) }
+        LiveHub { state, hub: RefCell::new(Hub::default()) }
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
@@ -59,7 +57,8 @@ impl worker::DurableObject for LiveHub {
         match url.path() {
             "/poke" => {
                 let checkpoint = number("checkpoint");
-                let newer = checkpoint > self.poked().await;
+                self.poked().await;
+                let newer = self.hub.borrow().must_store(checkpoint);
                 // Wake first: the waiting pulls and sockets of this instance must not
                 // depend on the write that only an evicted hub's successor reads.
                 self.poke(checkpoint);
@@ -81,18 +80,17 @@ impl worker::DurableObject for LiveHub {
 
     async fn alarm(&self) -> worker::Result<Response> {
         // Close every socket whose token has expired; wake again for the next one.
-        let now = edge::now_secs();
-        let mut next: Option<u64> = None;
-        for ws in self.state.get_websockets() {
-            let expires = ws.deserialize_attachment::<Attachment>().ok().flatten().map_or(0, |a| a.expires);
-            if expires <= now {
-                let _ = ws.close(Some(live::CLOSE_TOKEN_EXPIRED), Some("token expired"));
-            } else {
-                next = Some(next.map_or(expires, |n| n.min(expires)));
-            }
+        let sockets = self.state.get_websockets();
+        let expires: Vec<u64> = sockets
+            .iter()
+            .map(|ws| ws.deserialize_attachment::<Attachment>().ok().flatten().map_or(0, |a| a.expires))
+            .collect();
+        let (close, next) = hub::sweep(edge::now_secs(), &expires);
+        for (ws, _) in sockets.iter().zip(close).filter(|(_, close)| *close) {
+            let _ = ws.close(Some(live::CLOSE_TOKEN_EXPIRED), Some("token expired"));
         }
         if let Some(at) = next {
-            self.state.storage().set_alarm(alarm_offset(at)).await?;
+            self.state.storage().set_alarm(hub::alarm_offset(at, edge::now_ms())).await?;
         }
         Response::empty()
     }
@@ -109,8 +107,7 @@ impl worker::DurableObject for LiveHub {
 
     async fn websocket_close(&self, ws: WebSocket, code: usize, _reason: String, _clean: bool) -> worker::Result<()> {
         // Complete the closing handshake the client began (1005 "no code" cannot be sent).
-        let code = u16::try_from(code).ok().filter(|c| *c == 1000 || (3000..5000).contains(c)).unwrap_or(1000);
-        let _ = ws.close(Some(code), Some("closed"));
+        let _ = ws.close(Some(hub::close_code(code)), Some("closed"));
         Ok(())
     }
 
@@ -122,29 +119,20 @@ impl worker::DurableObject for LiveHub {
 impl LiveHub {
     /// The newest checkpoint poked, read from storage once per instance.
     async fn poked(&self) -> u64 {
-        if let Some(p) = self.poked.get() {
+        if let Some(p) = self.hub.borrow().known_poked() {
             return p;
         }
         let stored = self.state.storage().get::<u64>(POKED).await.ok().flatten().unwrap_or(0);
-        // A poke may have been handled while storage was read.
-        let p = stored.max(self.poked.get().unwrap_or(0));
-        self.poked.set(Some(p));
-        p
+        // A poke may have been handled while storage was read: `loaded` keeps it.
+        self.hub.borrow_mut().loaded(stored)
     }
 
     fn poke(&self, checkpoint: u64) {
-        self.poked.set(Some(self.poked.get().unwrap_or(0).max(checkpoint)));
-        // Wake the pulls whose page is older than this change.
-        let waiting = std::mem::take(&mut *self.waiters.borrow_mut());
-        let (wake, keep): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(after, _)| checkpoint > *after);
-        *self.waiters.borrow_mut() = keep;
-        for (_, tx) in wake {
+        let poked = self.hub.borrow_mut().poke(checkpoint);
+        for tx in poked.wake {
             let _ = tx.send(checkpoint);
         }
-        // Coalesced: a poke no newer than one already sent is not sent again.
-        if checkpoint > self.sent.get() {
-            self.sent.set(checkpoint);
-            let message = live::poke_message(checkpoint);
+        if let Some(message) = poked.send {
             for ws in self.state.get_websockets() {
                 let _ = ws.send_with_str(&message);
             }
@@ -152,17 +140,14 @@ impl LiveHub {
     }
 
     async fn wait(&self, after: u64, ms: u64) -> Option<u64> {
-        // A poke that came between the caller's pull and this call (or before this hub
-        // was evicted) is not missed.
-        let poked = self.poked().await;
-        if poked > after {
+        self.poked().await;
+        let (tx, rx) = oneshot::channel();
+        if let Some(poked) = self.hub.borrow_mut().wait(after, tx) {
             return Some(poked);
         }
-        let (tx, rx) = oneshot::channel();
-        self.waiters.borrow_mut().push((after, tx));
         let poked = edgesync_edge::edgesync_shared::deadline::within(Some(edge::deadline(ms)), rx).await;
         // At the deadline the sender is still listed: drop it.
-        self.waiters.borrow_mut().retain(|(_, tx)| !tx.is_canceled());
+        self.hub.borrow_mut().forget(oneshot::Sender::is_canceled);
         poked.and_then(Result::ok)
     }
 
@@ -171,9 +156,8 @@ impl LiveHub {
         self.state.accept_web_socket(&pair.server);
         pair.server.serialize_attachment(Attachment { expires })?;
         let storage = self.state.storage();
-        let due = storage.get_alarm().await?;
-        if due.is_none_or(|t| t > (expires * 1000) as i64) {
-            storage.set_alarm(alarm_offset(expires)).await?;
+        if hub::alarm_needed(storage.get_alarm().await?, expires) {
+            storage.set_alarm(hub::alarm_offset(expires, edge::now_ms())).await?;
         }
         let response = Response::from_websocket(pair.client)?;
         if subprotocol {
@@ -183,11 +167,6 @@ impl LiveHub {
         }
         Ok(response)
     }
-}
-
-/// Milliseconds from now until `at` (seconds since the epoch), at least 1.
-fn alarm_offset(at: u64) -> i64 {
-    ((at * 1000).saturating_sub(edge::now_ms()) as i64).max(1)
 }
 
 fn stub(env: &Env, user: &str) -> Result<worker::Stub, ApiError> {
