@@ -58,3 +58,6 @@ pub const EXPECTED_SCHEMA_VERSION: i64 = 13;
 
 /// The version of the functions, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod test_server;

@@ -276,22 +276,15 @@ fn jwks_cache_policy() {
 
 /// A tiny JWKS server on loopback that counts its requests.
 fn jwks_server(body: &'static str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/auth/v1/.well-known/jwks.json", listener.local_addr().unwrap());
     let hits = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            counter.fetch_add(1, Ordering::SeqCst);
-            let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-        }
-    });
-    (url, hits)
+    let answer = move |s: &mut std::net::TcpStream| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+    };
+    (format!("{}/auth/v1/.well-known/jwks.json", crate::test_server::raw_server("", answer, true)), hits)
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -330,33 +323,21 @@ async fn unreachable_jwks_is_503_not_401() {
     assert_eq!(ApiError::from(err).status, 503);
 }
 
-const TOKIO_SLEEP: crate::deadline::Sleep<'static> =
-    &|ms| Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms)));
+use crate::test_server::{raw_server, TOKIO_SLEEP};
 
 /// A JWKS endpoint that answers `head` (status line and headers) and then `body`
 /// forever, chunk after chunk, or (`body` empty) nothing more, never closing.
 fn endless_jwks_server(head: &'static str, body: &'static str) -> String {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(head.as_bytes());
-                // Bounded: 64 MiB at most, far past the cap, then the connection stays open.
-                for _ in 0..(64 * 1024 * 1024 / body.len().max(1)) {
-                    if body.is_empty() || write!(s, "{:x}\r\n{body}\r\n", body.len()).is_err() {
-                        break;
-                    }
-                }
-                let _ = s.read(&mut buf);
-            });
+    use std::io::Write;
+    let chunks = move |s: &mut std::net::TcpStream| {
+        // Bounded: 64 MiB at most, far past the cap, then the connection stays open.
+        for _ in 0..(64 * 1024 * 1024 / body.len().max(1)) {
+            if body.is_empty() || write!(s, "{:x}\r\n{body}\r\n", body.len()).is_err() {
+                break;
+            }
         }
-    });
-    url
+    };
+    format!("{}/jwks.json", raw_server(head, chunks, false))
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -1,9 +1,8 @@
 use super::*;
 use crate::ApiError;
-use std::io::{Read, Write};
+use std::io::Write;
 
-const TOKIO_SLEEP: crate::deadline::Sleep<'static> =
-    &|ms| Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms)));
+use crate::test_server::{raw_server, TOKIO_SLEEP};
 
 fn deadline(ms: u64) -> Option<Deadline<'static>> {
     Some(Deadline { ms, sleep: TOKIO_SLEEP })
@@ -12,28 +11,14 @@ fn deadline(ms: u64) -> Option<Deadline<'static>> {
 /// A server answering every connection with `head`, then `chunk` `repeat` times, then
 /// (`close`) closing or holding the connection open for a while.
 fn server(head: &'static str, chunk: &'static str, repeat: usize, close: bool) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(head.as_bytes());
-                for _ in 0..repeat {
-                    if s.write_all(chunk.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-                let _ = s.flush();
-                if !close {
-                    std::thread::sleep(std::time::Duration::from_secs(10));
-                }
-            });
+    let body = move |s: &mut std::net::TcpStream| {
+        for _ in 0..repeat {
+            if s.write_all(chunk.as_bytes()).is_err() {
+                return;
+            }
         }
-    });
-    url
+    };
+    format!("{}/", raw_server(head, body, close))
 }
 
 async fn get(url: &str, limits: Limits<'_>) -> Result<Answer, ExchangeError> {
