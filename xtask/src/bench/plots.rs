@@ -25,6 +25,7 @@ fn color(t: Target) -> RGBColor {
         Target::EdgesyncGateway => RGBColor(245, 190, 120),
         Target::TsDeployed => RGBColor(38, 110, 200),
         Target::Ts => RGBColor(120, 170, 230),
+        Target::FloorDeployed => RGBColor(60, 60, 60),
         Target::Direct => RGBColor(64, 150, 72),
         Target::DirectModel => RGBColor(140, 80, 170),
         Target::Model => RGBColor(110, 110, 110),

@@ -136,6 +136,9 @@ pub enum Target {
     TsDeployed,
     /// PostgREST called directly with the same RPC (for search: with the query vector given).
     Direct,
+    /// The floor of the fixed-cost table: a minimal JavaScript Worker as deployed
+    /// (`bench/floor-worker`) that checks nothing and passes an empty pull to PostgREST.
+    FloorDeployed,
     /// Search the way the Worker does it, from outside: the model, then PostgREST.
     DirectModel,
     /// The embeddings server alone.
@@ -150,6 +153,7 @@ impl Target {
             Target::EdgesyncGateway => "edgesync via gateway",
             Target::Ts => "TypeScript Worker in wrangler dev",
             Target::TsDeployed => "TypeScript Worker as deployed",
+            Target::FloorDeployed => "floor Worker as deployed",
             Target::Direct => "PostgREST direct",
             Target::DirectModel => "model + PostgREST",
             Target::Model => "model alone",
@@ -163,6 +167,7 @@ impl Target {
             Target::EdgesyncDeployed => Some("edge_deployed"),
             Target::Ts => Some("ts"),
             Target::TsDeployed => Some("ts_deployed"),
+            Target::FloorDeployed => Some("floor_deployed"),
             _ => None,
         }
     }

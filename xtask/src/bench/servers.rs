@@ -147,6 +147,8 @@ pub(super) struct Env {
     pub(super) deployed: BTreeMap<String, String>,
     /// The TypeScript Worker served as deployed.
     pub(super) ts_deployed_url: Option<String>,
+    /// The floor Worker (`bench/floor-worker`), served as deployed.
+    pub(super) floor_url: Option<String>,
 }
 
 impl Env {
@@ -169,6 +171,7 @@ impl Env {
             Target::EdgesyncGateway => self.info.functions_url.clone(),
             Target::Ts => self.ts_url.clone().unwrap_or_default(),
             Target::TsDeployed => self.ts_deployed_url.clone().unwrap_or_default(),
+            Target::FloorDeployed => self.floor_url.clone().unwrap_or_default(),
             _ => self.info.postgrest_url.clone(),
         };
         format!("{base}{path}")
@@ -325,15 +328,21 @@ pub(crate) fn stop_deployed(stack_dir: &Path) {
     let _ = fs_err::remove_file(file);
 }
 
-/// The TypeScript Worker's wrangler config as deployed against this stack: the
-/// committed one with `main` made absolute and the settings `serve.sh` passes as
-/// `--var` (written beside the stack's own Workers' configs).
-pub(super) fn ts_deployed_config(paths: &Paths, info: &StackInfo) -> Result<std::path::PathBuf> {
-    let dir = paths.root.join("bench/ts-worker");
+/// The wrangler config of a bench Worker (`bench/<name>`: the TypeScript Worker, the
+/// floor Worker) as deployed against this stack: the committed one with `main` made
+/// absolute and the stack's settings as vars (those `serve.sh` passes as `--var`),
+/// written beside the stack's own Workers' configs as `<as_name>.toml`.
+pub(super) fn bench_worker_config(
+    paths: &Paths,
+    info: &StackInfo,
+    name: &str,
+    as_name: &str,
+) -> Result<std::path::PathBuf> {
+    let dir = paths.root.join("bench").join(name);
     let committed = dir.join("wrangler.toml");
     let mut table: toml::Table = toml::from_str(&fs_err::read_to_string(&committed)?)
         .map_err(|e| Error(format!("{} is not valid TOML: {e}", committed.display())))?;
-    let main = table.get("main").and_then(|m| m.as_str()).context("bench/ts-worker/wrangler.toml has no main")?;
+    let main = table.get("main").and_then(|m| m.as_str()).context(format!("{} has no main", committed.display()))?;
     table.insert("main".into(), toml::Value::String(dir.join(main).display().to_string()));
     let mut vars = table.get("vars").and_then(|v| v.as_table()).cloned().unwrap_or_default();
     for (k, v) in [
@@ -346,7 +355,7 @@ pub(super) fn ts_deployed_config(paths: &Paths, info: &StackInfo) -> Result<std:
         vars.insert(k.into(), toml::Value::String(v.clone()));
     }
     table.insert("vars".into(), toml::Value::Table(vars));
-    let file = info.stack_dir.join("wrangler").join("ts-baseline.toml");
+    let file = info.stack_dir.join("wrangler").join(format!("{as_name}.toml"));
     fs_err::write(&file, toml::to_string(&table).map_err(|e| Error(format!("could not write TOML: {e}")))?)?;
     Ok(file)
 }

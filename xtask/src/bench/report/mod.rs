@@ -222,10 +222,14 @@ pub fn markdown(
              gateway answers it alone: what the gateway adds to every request routed through it; the \
              TypeScript Worker answers its own), \
              `/sync` without a token (the sync Worker answers 401 without calling PostgREST), and \
-             `/sync` of a user with no rows (the whole path: token check, one RPC, the answer).\n"
+             `/sync` of a user with no rows (the whole path: token check, one RPC, the answer). \
+             *Floor Worker as deployed* (`bench/floor-worker`, plain JavaScript) is the least a Worker \
+             in front of PostgREST can do: it checks nothing, answers 404 and 401 from constants and \
+             passes the empty pull to PostgREST with the caller's token; its CPU is the runtime's own \
+             cost of an invocation and one subrequest, which no Worker can go below.\n"
         );
         figures_table(&mut md, r, "fixed", "requests");
-        ratios_table(&mut md, r, "fixed", &[Target::TsDeployed, Target::Ts]);
+        ratios_table(&mut md, r, "fixed", &[Target::TsDeployed, Target::FloorDeployed, Target::Ts]);
     }
     if let Some((before, after)) = fixed {
         fixed_cost_work(&mut md, before, after);

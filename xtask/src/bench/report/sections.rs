@@ -491,9 +491,9 @@ pub(super) fn fixed_cost_work(md: &mut String, before: &Results, after: &Results
     );
     let _ = writeln!(
         md,
-        "| request | Worker CPU ms before | after | after ÷ before | p50 ms before | after | ÷ TS as deployed before | after |"
+        "| request | Worker CPU ms before | after | after ÷ before | p50 ms before | after | ÷ TS as deployed before | after | floor Worker CPU ms | after ÷ floor |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut figures: Vec<(String, &str, u64)> =
         params(after, "fixed").into_iter().map(|p| (describe_param("fixed", p), "fixed", p)).collect();
     for p in params(after, "sync_incremental") {
@@ -509,16 +509,19 @@ pub(super) fn fixed_cost_work(md: &mut String, before: &Results, after: &Results
         };
         let p50 = |run: &Results| find(run, workload, p, Target::EdgesyncDeployed).map_or(nan, |x| x.p50_ms);
         let (cb, ca) = (cpu(before, Target::EdgesyncDeployed), cpu(after, Target::EdgesyncDeployed));
+        let floor = cpu(after, Target::FloorDeployed);
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             num(cb),
             num(ca),
             ratio(ca, cb),
             num(p50(before)),
             num(p50(after)),
             ratio(cb, cpu(before, Target::TsDeployed)),
-            ratio(ca, cpu(after, Target::TsDeployed))
+            ratio(ca, cpu(after, Target::TsDeployed)),
+            num(floor),
+            ratio(ca, floor)
         );
     }
     md.push('\n');

@@ -51,7 +51,13 @@ impl Bench {
         }
         let mut bench = Bench {
             paths: paths.clone(),
-            env: Env { info: info.clone(), ts_url: None, deployed: BTreeMap::new(), ts_deployed_url: None },
+            env: Env {
+                info: info.clone(),
+                ts_url: None,
+                deployed: BTreeMap::new(),
+                ts_deployed_url: None,
+                floor_url: None,
+            },
             with_ts,
             info,
             plan,
@@ -157,16 +163,22 @@ impl Bench {
             self.env.deployed.insert((*w).to_owned(), s.url);
         }
         let ts = if self.with_ts {
-            let config = ts_deployed_config(&self.paths, &self.info)?;
+            let config = bench_worker_config(&self.paths, &self.info, "ts-worker", "ts-baseline")?;
             let s = served(&config, "ts-baseline")?;
             self.env.ts_deployed_url = Some(s.url);
             Some((s.pid, s.port))
         } else {
             None
         };
-        self.runner.groups.retain(|g| !g.label.starts_with("edge_deployed.") && !g.label.starts_with("ts_deployed."));
+        let config = bench_worker_config(&self.paths, &self.info, "floor-worker", "floor")?;
+        let floor = served(&config, "floor")?;
+        self.env.floor_url = Some(floor.url);
+        self.runner
+            .groups
+            .retain(|g| !["edge_deployed.", "ts_deployed.", "floor_deployed."].iter().any(|p| g.label.starts_with(p)));
         self.runner.groups.extend(deployed_groups("edge_deployed", &edge));
         self.runner.groups.extend(ts.iter().flat_map(|t| deployed_groups("ts_deployed", &[*t])));
+        self.runner.groups.extend(deployed_groups("floor_deployed", &[(floor.pid, floor.port)]));
         Ok(())
     }
 

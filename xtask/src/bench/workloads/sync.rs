@@ -23,7 +23,8 @@ impl Bench {
     /// (401 from the function, no upstream), and the pull of a user with no rows.
     pub(super) fn fixed_costs(&mut self) -> Result<()> {
         step("the fixed cost of a request");
-        let targets: Vec<Target> = self.sync_targets().into_iter().filter(|t| *t != Target::Direct).collect();
+        let mut targets: Vec<Target> = self.sync_targets().into_iter().filter(|t| *t != Target::Direct).collect();
+        targets.push(Target::FloorDeployed);
         let (_, token) = user(&self.info)?;
         let auth = format!("Bearer {token}");
         let rounds = self.plan.rounds;
