@@ -34,6 +34,42 @@ fn color(t: Target) -> RGBColor {
 
 const FONT: &str = "sans-serif";
 
+/// A chart of `n` categories side by side (their labels drawn by the caller), with a
+/// linear axis from 0 to `top` and its mesh drawn.
+fn bar_chart<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    y_label_size: u32,
+    n: f64,
+    top: f64,
+) -> Result<
+    ChartContext<
+        'a,
+        BitMapBackend<'b>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, (FONT, 24))
+        .margin(20)
+        .x_label_area_size(60)
+        .y_label_area_size(y_label_size)
+        .build_cartesian_2d(0f64..n, 0f64..top)
+        .map_err(pe)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .x_label_formatter(&|_| String::new())
+        .y_desc(y_desc)
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 17))
+        .draw()
+        .map_err(pe)?;
+    Ok(chart)
+}
+
 /// Give plotters the TTF file every plot's text is drawn with.
 fn register_font(font: &Path) -> Result<()> {
     let bytes = fs_err::read(font).context(format!("could not read the font {}", font.display()))?;
@@ -373,23 +409,8 @@ fn live_latency(r: &Results, file: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(pe)?;
     let hi = rows.iter().map(|r| r.p99_ms).fold(1.0, f64::max);
     let n = rows.len() as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Write to the other devices' poke (bar: p50, line: p99)", (FONT, 24))
-        .margin(20)
-        .x_label_area_size(60)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..n, 0f64..hi * 1.15)
-        .map_err(pe)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(0)
-        .x_label_formatter(&|_| String::new())
-        .y_desc("latency, ms")
-        .label_style((FONT, 15))
-        .axis_desc_style((FONT, 17))
-        .draw()
-        .map_err(pe)?;
+    let mut chart =
+        bar_chart(&root, "Write to the other devices' poke (bar: p50, line: p99)", "latency, ms", 70, n, hi * 1.15)?;
     let colour = |w: &str| if w == "upload" { color(Target::Edgesync) } else { color(Target::Direct) };
     for writer in ["upload", "sql"] {
         let c = colour(writer);
@@ -434,23 +455,8 @@ fn cpu_per_request(r: &Results, file: &Path) -> Result<()> {
         }
     }
     let n = cats.len() as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Worker CPU per request (the Workers' workerd process, from /proc)", (FONT, 24))
-        .margin(20)
-        .x_label_area_size(60)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0f64..n, 0f64..hi * 1.2)
-        .map_err(pe)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(0)
-        .x_label_formatter(&|_| String::new())
-        .y_desc("CPU ms per request")
-        .label_style((FONT, 15))
-        .axis_desc_style((FONT, 17))
-        .draw()
-        .map_err(pe)?;
+    let caption = "Worker CPU per request (the Workers' workerd process, from /proc)";
+    let mut chart = bar_chart(&root, caption, "CPU ms per request", 80, n, hi * 1.2)?;
     let width = 0.7 / targets.len() as f64;
     for (k, t) in targets.iter().enumerate() {
         let c = color(*t);
