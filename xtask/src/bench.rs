@@ -112,7 +112,11 @@ pub fn run(paths: &Paths, opts: Options) -> Result<ExitCode> {
         write_report(paths, &results, opts.smoke)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let plan = if opts.smoke { Plan::smoke() } else { Plan::full() };
+    let plan = match (opts.smoke, opts.fixed_cost_only) {
+        (true, _) => Plan::smoke(),
+        (false, true) => Plan::fixed_cost(),
+        (false, false) => Plan::full(),
+    };
     let t = tools::ensure(paths)?;
     build::build(paths, &t, &[])?;
     ensure_font()?;

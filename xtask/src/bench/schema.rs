@@ -86,6 +86,13 @@ impl Plan {
         }
     }
 
+    /// `--fixed-cost`: the full plan with five times the requests of the workloads it
+    /// runs, so that CPU read in clock ticks (10 ms) resolves a few microseconds per
+    /// request.
+    pub fn fixed_cost() -> Plan {
+        Plan { incremental_jobs: 3000, uploads: vec![(1, 1500)], ..Plan::full() }
+    }
+
     pub fn smoke() -> Plan {
         Plan {
             clients: 8,
