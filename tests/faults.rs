@@ -13,12 +13,25 @@
 //! Decisions come from a seeded generator per device (the `x-sim-device` request
 //! header), so one device's fault sequence is the same on every run with the same seed,
 //! whatever the other devices' threads do.
+//!
+//! Served by hyper (HTTP/1.1, one request per connection) on a tokio runtime of its own,
+//! forwarding with hyper's client. A service error is how a connection is closed
+//! without an answer; a cut stream's body ends after N bytes (its last chunk, then the
+//! connection closes), so the device sees the answer end mid-line.
 
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// The header that names the device a request comes from (not forwarded).
@@ -75,17 +88,17 @@ struct Counters {
 }
 
 struct Shared {
-    upstream: String,
+    upstream: Upstream,
     rates: Mutex<FaultRates>,
     seed: u64,
     rngs: Mutex<HashMap<String, u64>>,
     counters: Counters,
-    stop: AtomicBool,
 }
 
 pub struct FaultProxy {
     pub url: String,
-    addr: std::net::SocketAddr,
+    /// Ends the proxy's runtime (see `Drop`).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -105,29 +118,36 @@ fn unit(state: &mut u64) -> f64 {
 
 impl FaultProxy {
     pub fn start(upstream: &str, rates: FaultRates, seed: u64) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
         let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).expect("a non-blocking listener");
         let shared = Arc::new(Shared {
-            upstream: upstream.trim_end_matches('/').to_owned(),
+            upstream: Upstream::parse(upstream),
             rates: Mutex::new(rates),
             seed,
             rngs: Mutex::new(HashMap::new()),
             counters: Counters::default(),
-            stop: AtomicBool::new(false),
         });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fault-proxy")
+            .enable_all()
+            .build()
+            .expect("the fault proxy's runtime");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = shared.clone();
         let thread = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.stop.load(Ordering::SeqCst) {
-                    break;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("the fault proxy's listener");
+                tokio::select! {
+                    _ = accept(listener, s) => {}
+                    _ = stopped => {}
                 }
-                if let Ok(conn) = conn {
-                    let s = s.clone();
-                    std::thread::spawn(move || handle(&s, conn));
-                }
-            }
+            });
+            // Connections still open end with the runtime.
+            runtime.shutdown_background();
         });
-        FaultProxy { url: format!("http://{addr}"), addr, shared, thread: Some(thread) }
+        FaultProxy { url: format!("http://{addr}"), stop: Some(stop), shared, thread: Some(thread) }
     }
 
     pub fn set_rates(&self, rates: FaultRates) {
@@ -151,12 +171,31 @@ impl FaultProxy {
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Where requests go: `host:port` and a path prefix (from the upstream URL).
+struct Upstream {
+    authority: String,
+    prefix: String,
+}
+
+impl Upstream {
+    fn parse(url: &str) -> Upstream {
+        let rest = url.trim_end_matches('/');
+        let rest =
+            rest.strip_prefix("http://").unwrap_or_else(|| panic!("the fault proxy forwards to http:// only: {url}"));
+        let (authority, prefix) = rest.find('/').map_or((rest, ""), |i| (&rest[..i], &rest[i..]));
+        Upstream { authority: authority.to_owned(), prefix: prefix.to_owned() }
     }
 }
 
@@ -172,86 +211,128 @@ struct Response {
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     /// A streamed answer's body, read as it arrives (then `body` is empty).
-    stream: Option<Box<dyn Read + Send>>,
+    stream: Option<Incoming>,
 }
 
 /// Answers of this type are streamed, not buffered.
 const STREAMED: &str = "application/x-ndjson";
+/// A silent upstream is given up after this long (between reads; a stream lasts).
+const UPSTREAM_READ: Duration = Duration::from_secs(60);
 
-fn read_request(conn: &TcpStream) -> Option<Request> {
-    let mut r = BufReader::new(conn.try_clone().ok()?);
-    let mut line = String::new();
-    r.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next()?.to_owned(), parts.next()?.to_owned());
-    let mut headers = Vec::new();
-    let mut len = 0usize;
+/// One connection per device request (`keep-alive` off), each on its own task.
+async fn accept(listener: tokio::net::TcpListener, s: Arc<Shared>) {
     loop {
-        let mut h = String::new();
-        r.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_owned());
-        if k == "content-length" {
-            len = v.parse().ok()?;
-        }
-        headers.push((k, v));
+        let Ok((conn, _)) = listener.accept().await else { continue };
+        let s = s.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(s.clone(), req));
+            // An Err here is a fault closing the connection unanswered, or a broken device.
+            let _ = http1::Builder::new()
+                .keep_alive(false)
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(conn), service)
+                .await;
+        });
     }
-    if len > 16 << 20 {
-        return None;
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some(Request { method, path, headers, body })
 }
 
-fn forward(upstream: &str, req: &Request) -> Response {
-    // No overall deadline (a stream lasts); a silent upstream is given up after 60 s.
-    let agent = xtask::ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(10))
-        .timeout_read(Duration::from_secs(60))
-        .build();
-    let mut call = agent.request(&req.method, &format!("{upstream}{}", req.path));
+/// The request as the device sent it (a body over 16 MiB: `None`, closed unanswered).
+async fn read_request(req: hyper::Request<Incoming>) -> Option<Request> {
+    let (parts, body) = req.into_parts();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).trim().to_owned()))
+        .collect();
+    let body = Limited::new(body, 16 << 20).collect().await.ok()?.to_bytes().to_vec();
+    let path = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    Some(Request { method: parts.method.to_string(), path, headers, body })
+}
+
+async fn forward(upstream: &Upstream, req: &Request) -> Response {
+    match send(upstream, req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let header = |h: &str| resp.headers().get(h).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let headers = ["content-type", "x-request-id", "retry-after", "www-authenticate", "cache-control"]
+                .iter()
+                .filter_map(|h| header(h).map(|v| (h.to_string(), v)))
+                .collect();
+            let streamed = header("content-type").is_some_and(|t| t.split(';').next().unwrap_or("").trim() == STREAMED);
+            let body = resp.into_body();
+            if streamed {
+                return Response { status, headers, body: Vec::new(), stream: Some(body) };
+            }
+            // Up to 64 MiB; a body that breaks off is passed on as far as it came.
+            let body = read_to_end(body, 64 << 20).await;
+            Response { status, headers, body, stream: None }
+        }
+        Err(e) => Response {
+            status: 502,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: format!("fault proxy: upstream unreachable: {e}").into_bytes(),
+            stream: None,
+        },
+    }
+}
+
+/// The request upstream, on a connection of its own; the answer's head.
+async fn send(upstream: &Upstream, req: &Request) -> Result<hyper::Response<Incoming>, String> {
+    let timed_out = |what: &str| format!("{what} timed out");
+    let conn = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(&upstream.authority))
+        .await
+        .map_err(|_| timed_out("connecting"))?
+        .map_err(|e| format!("{}: {e}", upstream.authority))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(conn)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let mut call = hyper::Request::builder()
+        .method(Method::from_bytes(req.method.as_bytes()).map_err(|e| e.to_string())?)
+        .uri(format!("{}{}", upstream.prefix, req.path))
+        .header("host", &upstream.authority);
     for (k, v) in &req.headers {
         if matches!(k.as_str(), "authorization" | "content-type" | "apikey" | "accept") {
-            call = call.set(k, v);
+            call = call.header(k, v);
         }
     }
-    let result = if req.method == "GET" { call.call() } else { call.send_bytes(&req.body) };
-    let resp = match result {
-        Ok(r) => r,
-        Err(xtask::ureq::Error::Status(_, r)) => r,
-        Err(e) => {
-            return Response {
-                status: 502,
-                headers: vec![("content-type".into(), "text/plain".into())],
-                body: format!("fault proxy: upstream unreachable: {e}").into_bytes(),
-                stream: None,
-            }
-        }
+    if !req.headers.iter().any(|(k, _)| k == "accept") {
+        call = call.header("accept", "*/*");
+    }
+    let body = if req.method == "GET" {
+        Full::new(Bytes::new())
+    } else {
+        call = call.header("content-length", req.body.len());
+        Full::new(Bytes::from(req.body.clone()))
     };
-    let status = resp.status();
-    let headers = ["content-type", "x-request-id", "retry-after", "www-authenticate", "cache-control"]
-        .iter()
-        .filter_map(|h| resp.header(h).map(|v| (h.to_string(), v.to_owned())))
-        .collect();
-    if resp.content_type() == STREAMED {
-        return Response { status, headers, body: Vec::new(), stream: Some(Box::new(resp.into_reader())) };
-    }
-    let mut body = Vec::new();
-    let _ = resp.into_reader().take(64 << 20).read_to_end(&mut body);
-    Response { status, headers, body, stream: None }
+    let call = call.body(body).map_err(|e| e.to_string())?;
+    tokio::time::timeout(UPSTREAM_READ, sender.send_request(call))
+        .await
+        .map_err(|_| timed_out("waiting for the answer"))?
+        .map_err(|e| e.to_string())
 }
 
-fn handle(s: &Shared, mut conn: TcpStream) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Some(req) = read_request(&conn) else {
-        let _ = conn.shutdown(Shutdown::Both);
-        return;
-    };
+/// A body's bytes, up to `limit`, or as many as arrived before it broke off or went
+/// silent.
+async fn read_to_end(mut body: Incoming, limit: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match tokio::time::timeout(UPSTREAM_READ, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data[..data.len().min(limit - out.len())]);
+                }
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// One device request: decide its faults, forward it, answer (or not). An `Err` closes
+/// the connection without an answer.
+async fn handle(s: Arc<Shared>, req: hyper::Request<Incoming>) -> Result<hyper::Response<ProxyBody>, BoxError> {
+    let Some(req) = read_request(req).await else { return Err("fault proxy: unreadable request".into()) };
     let device = req.headers.iter().find(|(k, _)| k == DEVICE_HEADER).map(|(_, v)| v.clone()).unwrap_or_default();
     let rates = *s.rates.lock().unwrap();
     // Draw every decision up front, from this device's own sequence.
@@ -270,31 +351,26 @@ fn handle(s: &Shared, mut conn: TcpStream) {
     c.requests.fetch_add(1, Ordering::SeqCst);
     if delay_draw < rates.delay {
         c.delayed.fetch_add(1, Ordering::SeqCst);
-        std::thread::sleep(rates.max_delay.mul_f64(delay_amount));
+        tokio::time::sleep(rates.max_delay.mul_f64(delay_amount)).await;
     }
     let mut p = pick;
     if p < rates.drop_request {
         c.dropped_requests.fetch_add(1, Ordering::SeqCst);
-        let _ = conn.shutdown(Shutdown::Both);
-        return;
+        return Err("fault proxy: request dropped".into());
     }
     p -= rates.drop_request;
     // A stream is not duplicated: two would both stay open.
     let streams = req.path.starts_with("/sync/stream");
     let resp = if p < rates.duplicate && !streams {
         c.duplicated.fetch_add(1, Ordering::SeqCst);
-        let (a, b) = std::thread::scope(|scope| {
-            let a = scope.spawn(|| forward(&s.upstream, &req));
-            let b = scope.spawn(|| forward(&s.upstream, &req));
-            (a.join().unwrap(), b.join().unwrap())
-        });
+        let (a, b) = tokio::join!(forward(&s.upstream, &req), forward(&s.upstream, &req));
         if dup_pick == 0 {
             a
         } else {
             b
         }
     } else {
-        forward(&s.upstream, &req)
+        forward(&s.upstream, &req).await
     };
     if resp.status >= 500 {
         c.server_errors.fetch_add(1, Ordering::SeqCst);
@@ -302,47 +378,196 @@ fn handle(s: &Shared, mut conn: TcpStream) {
     p -= rates.duplicate;
     if (0.0..rates.drop_response).contains(&p) {
         c.dropped_responses.fetch_add(1, Ordering::SeqCst);
-        let _ = conn.shutdown(Shutdown::Both);
-        return;
+        return Err("fault proxy: response dropped".into());
     }
-    let length = match resp.stream {
-        // Without a length the body ends when the connection closes.
-        Some(_) => String::new(),
-        None => format!("content-length: {}\r\n", resp.body.len()),
-    };
-    let mut out = format!("HTTP/1.1 {} X\r\nconnection: close\r\n{length}", resp.status);
+    let mut answer = hyper::Response::builder().status(StatusCode::from_u16(resp.status)?);
     for (k, v) in &resp.headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
+        answer = answer.header(k, v);
     }
-    out.push_str("\r\n");
-    let _ = conn.write_all(out.as_bytes());
-    let _ = conn.write_all(&resp.body);
-    let _ = conn.flush();
-    if let Some(mut stream) = resp.stream {
-        c.streams.fetch_add(1, Ordering::SeqCst);
-        let cut = (cut_draw < rates.cut_stream).then_some(cut_at as usize);
-        if cut.is_some() {
-            c.cut_streams.fetch_add(1, Ordering::SeqCst);
+    let answer = match resp.stream {
+        None => answer.body(Full::new(Bytes::from(resp.body)).map_err(|never| match never {}).boxed_unsync())?,
+        Some(stream) => {
+            c.streams.fetch_add(1, Ordering::SeqCst);
+            let cut = (cut_draw < rates.cut_stream).then_some(cut_at as usize);
+            if cut.is_some() {
+                c.cut_streams.fetch_add(1, Ordering::SeqCst);
+            }
+            // Chunked; a cut ends the body after `cut` bytes, mid-line.
+            answer.body(Passed::new(stream, cut).boxed_unsync())?
         }
-        pass_stream(&mut *stream, &mut conn, cut);
-    }
-    let _ = conn.shutdown(Shutdown::Both);
+    };
+    Ok(answer)
 }
 
-/// Copy a streamed body to the device as it arrives, stopping after `cut` bytes (or
-/// when either side closes).
-fn pass_stream(from: &mut dyn Read, to: &mut TcpStream, cut: Option<usize>) {
-    let mut left = cut.unwrap_or(usize::MAX);
-    let mut buf = [0u8; 8192];
-    while left > 0 {
-        let want = buf.len().min(left);
-        let n = match from.read(&mut buf[..want]) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
-            return;
+/// A streamed body passed on as it arrives, ending after `left` bytes (or when the
+/// upstream ends, breaks off or goes silent for [`UPSTREAM_READ`]).
+struct Passed {
+    from: Incoming,
+    left: usize,
+    silent: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Passed {
+    fn new(from: Incoming, cut: Option<usize>) -> Passed {
+        Passed { from, left: cut.unwrap_or(usize::MAX), silent: Box::pin(tokio::time::sleep(UPSTREAM_READ)) }
+    }
+}
+
+impl Body for Passed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.left == 0 {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.from).poll_frame(cx) {
+                Poll::Pending => {
+                    return match this.silent.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+                Poll::Ready(None | Some(Err(_))) => return Poll::Ready(None),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + UPSTREAM_READ;
+                    this.silent.as_mut().reset(deadline);
+                    // Trailers are not passed on (a close-delimited body has none).
+                    let Ok(mut data) = frame.into_data() else { continue };
+                    data.truncate(this.left);
+                    this.left -= data.len();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+            }
         }
-        left -= n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use xtask::ureq;
+
+    /// An upstream on a runtime of its own: `POST /count` counts and answers JSON,
+    /// `GET /sync/stream` answers 128 KiB of ndjson lines.
+    fn upstream() -> (String, Arc<AtomicU64>, Vec<u8>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let count = Arc::new(AtomicU64::new(0));
+        let lines: Vec<u8> = (0..2048)
+            .flat_map(|i| format!("{{\"line\":{i:05},\"pad\":\"{}\"}}\n", "x".repeat(40)).into_bytes())
+            .collect();
+        let (n, body) = (count.clone(), lines.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let app = axum::Router::new()
+                    .route(
+                        "/count",
+                        axum::routing::post(move || async move {
+                            let seen = n.fetch_add(1, Ordering::SeqCst) + 1;
+                            ([("content-type", "application/json")], format!("{{\"n\":{seen}}}"))
+                        }),
+                    )
+                    .route(
+                        "/sync/stream",
+                        axum::routing::get(move || async move { ([("content-type", STREAMED)], body) }),
+                    );
+                axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await
+            })
+        });
+        (url, count, lines)
+    }
+
+    fn post(proxy: &FaultProxy) -> Result<String, String> {
+        match ureq::post(&format!("{}/count", proxy.url)).set(DEVICE_HEADER, "d1").send_string("{}") {
+            Ok(r) => Ok(r.into_string().unwrap()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The head and the (de-chunked) body of a streamed answer, read to the connection's end.
+    fn stream(proxy: &FaultProxy, device: &str) -> (String, Vec<u8>) {
+        let mut c = std::net::TcpStream::connect(proxy.url.trim_start_matches("http://")).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(c, "GET /sync/stream HTTP/1.1\r\nhost: x\r\n{DEVICE_HEADER}: {device}\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        c.read_to_end(&mut raw).unwrap();
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("an answer head") + 4;
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        let (mut rest, mut body) = (&raw[split..], Vec::new());
+        loop {
+            let line = rest.windows(2).position(|w| w == b"\r\n").expect("a chunk size");
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap(), 16).unwrap();
+            if size == 0 {
+                assert_eq!(&rest[line..], b"\r\n\r\n", "the last chunk, then the end");
+                return (head, body);
+            }
+            body.extend_from_slice(&rest[line + 2..line + 2 + size]);
+            rest = &rest[line + 2 + size + 2..];
+        }
+    }
+
+    #[test]
+    fn each_fault_as_planned() {
+        let (url, upstream_count, lines) = upstream();
+        let proxy = FaultProxy::start(&url, FaultRates::NONE, 7);
+        assert_eq!(post(&proxy).unwrap(), "{\"n\":1}");
+        let (head, body) = stream(&proxy, "d1");
+        assert!(head.contains("application/x-ndjson") && !head.contains("content-length"), "{head}");
+        assert_eq!(body, lines, "passed on whole");
+
+        // Closed unanswered, never forwarded.
+        proxy.set_rates(FaultRates { drop_request: 1.0, ..FaultRates::NONE });
+        assert!(post(&proxy).is_err());
+        assert_eq!(upstream_count.load(Ordering::SeqCst), 1);
+        // Forwarded (the upstream counts it), then closed unanswered.
+        proxy.set_rates(FaultRates { drop_response: 1.0, ..FaultRates::NONE });
+        assert!(post(&proxy).is_err());
+        assert_eq!(upstream_count.load(Ordering::SeqCst), 2);
+        // Two copies upstream, one answer.
+        proxy.set_rates(FaultRates { duplicate: 1.0, ..FaultRates::NONE });
+        let answer = post(&proxy).unwrap();
+        assert!(answer == "{\"n\":3}" || answer == "{\"n\":4}", "{answer}");
+        assert_eq!(upstream_count.load(Ordering::SeqCst), 4);
+        // A delay holds the request.
+        proxy.set_rates(FaultRates { delay: 1.0, max_delay: Duration::from_millis(1), ..FaultRates::NONE });
+        assert!(post(&proxy).is_ok());
+
+        // A cut stream: a prefix of the answer, then the end, mid-line.
+        proxy.set_rates(FaultRates { cut_stream: 1.0, ..FaultRates::NONE });
+        let (_, cut) = stream(&proxy, "d2");
+        assert!(cut.len() < lines.len() && lines.starts_with(&cut), "{} bytes", cut.len());
+        assert_eq!(
+            proxy.counts(),
+            FaultCounts {
+                requests: 7,
+                dropped_requests: 1,
+                dropped_responses: 1,
+                duplicated: 1,
+                delayed: 1,
+                streams: 2,
+                cut_streams: 1,
+                server_errors: 0
+            }
+        );
+        // The same seed cuts the same device's stream at the same byte.
+        let again = FaultProxy::start(&url, FaultRates { cut_stream: 1.0, ..FaultRates::NONE }, 7);
+        assert_eq!(stream(&again, "d2").1.len(), cut.len());
+        // An upstream that is not there: 502, counted as a server error.
+        drop(again);
+        let nowhere = FaultProxy::start("http://127.0.0.1:9", FaultRates::NONE, 7);
+        match ureq::get(&format!("{}/x", nowhere.url)).call() {
+            Err(ureq::Error::Status(502, r)) => {
+                assert!(r.into_string().unwrap().starts_with("fault proxy: upstream unreachable"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(nowhere.counts().server_errors, 1);
     }
 }

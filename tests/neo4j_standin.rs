@@ -2,8 +2,8 @@
 //!
 //! No Neo4j server can run here, so this answers `POST /db/neo4j/query/v2` for exactly
 //! the two Cypher statements edgesync sends (one page of a user's nodes, one page of a
-//! user's relationships), over hand-rolled HTTP/1.1 on 127.0.0.1, one thread per
-//! connection, one request per connection (`connection: close`).
+//! user's relationships), over HTTP/1.1 on 127.0.0.1 (axum on hyper, on a tokio runtime
+//! of its own), one request per connection (`connection: close`).
 //!
 //! The statements are the stand-in's own copies ([`NODES_STATEMENT`], [`RELS_STATEMENT`]),
 //! deliberately not imported from the product: a change to the product's Cypher must
@@ -17,13 +17,18 @@
 //! Faults ([`Fault`]) and delays are planned per user (the `user_id` query parameter),
 //! so tests for different users running in parallel do not see each other's.
 
+use axum::body::Body;
+use axum::extract;
+use axum::http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{json, Map, Value};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -106,6 +111,8 @@ pub struct Fault {
 pub struct Neo4jStandin {
     addr: SocketAddr,
     inner: Arc<Inner>,
+    /// Ends the server's runtime (see `Drop`).
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -116,7 +123,6 @@ struct Inner {
     store: Mutex<Store>,
     users: Mutex<HashMap<String, UserState>>,
     bookmarks: AtomicU64,
-    stop: AtomicBool,
     log: bool,
 }
 
@@ -142,32 +148,39 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Neo4jStandin {
     /// Start serving on 127.0.0.1:`port` (0 picks a free port, see [`Neo4jStandin::port`])
-    /// in background threads; `user` and `password` are the Basic auth credentials.
+    /// on a tokio runtime in a background thread; `user` and `password` are the Basic
+    /// auth credentials.
     pub fn start(port: u16, user: &str, password: &str) -> std::io::Result<Arc<Neo4jStandin>> {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
         let inner = Arc::new(Inner {
             credentials: format!("{user}:{password}"),
             bearer: Mutex::new(None),
             store: Mutex::new(Store::default()),
             users: Mutex::new(HashMap::new()),
             bookmarks: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
             log: std::env::var_os("NEO4J_STANDIN_LOG").is_some_and(|v| !v.is_empty() && v != "0"),
         });
-        let i = inner.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("neo4j-standin-{}", addr.port()))
+            .enable_all()
+            .build()?;
+        let app = axum::Router::new().fallback(serve_one).with_state(inner.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name(format!("neo4j-standin-{}", addr.port())).spawn(move || {
-            for conn in listener.incoming() {
-                if i.stop.load(Ordering::SeqCst) {
-                    break;
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+                tokio::select! {
+                    _ = axum::serve(listener, app) => {}
+                    _ = stopped => {}
                 }
-                if let Ok(conn) = conn {
-                    let i = i.clone();
-                    std::thread::spawn(move || handle(&i, conn));
-                }
-            }
+            });
+            // Connections still open end with the runtime, as the process would end them.
+            runtime.shutdown_background();
         })?;
-        Ok(Arc::new(Neo4jStandin { addr, inner, thread: Mutex::new(Some(thread)) }))
+        Ok(Arc::new(Neo4jStandin { addr, inner, stop: Mutex::new(Some(stop)), thread: Mutex::new(Some(thread)) }))
     }
 
     /// The port it listens on (useful after `start(0, ..)`).
@@ -244,9 +257,9 @@ impl Neo4jStandin {
 
 impl Drop for Neo4jStandin {
     fn drop(&mut self) {
-        self.inner.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
+        if let Some(stop) = lock(&self.stop).take() {
+            let _ = stop.send(());
+        }
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
         }
@@ -646,79 +659,51 @@ fn reason(status: u16) -> &'static str {
 }
 
 enum ReadError {
-    /// The connection broke or the request is not HTTP: close without answering.
+    /// The connection broke inside the body.
     Gone,
     TooLarge,
 }
 
-fn read_request(conn: &mut TcpStream) -> Result<Request, ReadError> {
-    let mut r = BufReader::new(conn.try_clone().map_err(|_| ReadError::Gone)?);
-    let mut line = String::new();
-    r.read_line(&mut line).map_err(|_| ReadError::Gone)?;
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(path)) = (parts.next(), parts.next()) else { return Err(ReadError::Gone) };
-    let (method, path) = (method.to_owned(), path.to_owned());
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).map_err(|_| ReadError::Gone)? == 0 {
-            return Err(ReadError::Gone);
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-        }
+/// The body, up to [`MAX_BODY`] bytes (a `Content-Length` over it is refused unread).
+async fn read_body(body: Body, content_length: Option<u64>) -> Result<Vec<u8>, ReadError> {
+    if content_length.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(ReadError::TooLarge);
     }
-    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    if header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
-        let _ = conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes().to_vec()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ReadError::TooLarge),
+        Err(_) => Err(ReadError::Gone),
     }
-    let chunked = header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            let mut size = String::new();
-            r.read_line(&mut size).map_err(|_| ReadError::Gone)?;
-            let size = size.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size, 16).map_err(|_| ReadError::Gone)?;
-            if size == 0 {
-                // Trailers, up to the empty line.
-                loop {
-                    let mut t = String::new();
-                    if r.read_line(&mut t).map_err(|_| ReadError::Gone)? == 0 || t.trim_end().is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            if body.len() + size > MAX_BODY {
-                return Err(ReadError::TooLarge);
-            }
-            let at = body.len();
-            body.resize(at + size, 0);
-            r.read_exact(&mut body[at..]).map_err(|_| ReadError::Gone)?;
-            let mut crlf = String::new();
-            r.read_line(&mut crlf).map_err(|_| ReadError::Gone)?;
-        }
-    } else if let Some(len) = header("content-length") {
-        let len: usize = len.parse().map_err(|_| ReadError::Gone)?;
-        if len > MAX_BODY {
-            return Err(ReadError::TooLarge);
-        }
-        body.resize(len, 0);
-        r.read_exact(&mut body).map_err(|_| ReadError::Gone)?;
-    }
-    Ok(Request { method, path, headers, body })
 }
 
-fn handle(inner: &Inner, mut conn: TcpStream) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let reply = match read_request(&mut conn) {
-        Ok(req) => {
-            let reply = answer(inner, &req);
+/// Every request: read it, [`answer`] it (on the blocking pool: it locks the store and
+/// serialises pages), wait out the user's delay, and answer with `connection: close`.
+async fn serve_one(
+    extract::State(inner): extract::State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let length = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let reply = match read_body(body, length).await {
+        Ok(body) => {
+            let req = Request {
+                method: method.to_string(),
+                path: uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).trim().to_owned()))
+                    .collect(),
+                body,
+            };
+            let i = inner.clone();
+            let (req, reply) = tokio::task::spawn_blocking(move || {
+                let reply = answer(&i, &req);
+                (req, reply)
+            })
+            .await
+            .expect("the stand-in's answer panicked");
             if inner.log {
                 eprintln!("neo4j stand-in: {} {} -> {}", req.method, req.path, reply.status);
             }
@@ -727,29 +712,21 @@ fn handle(inner: &Inner, mut conn: TcpStream) {
         Err(ReadError::TooLarge) => {
             Reply::error(413, "Neo.ClientError.Request.Invalid", format!("Request body larger than {MAX_BODY} bytes"))
         }
-        Err(ReadError::Gone) => {
-            let _ = conn.shutdown(Shutdown::Both);
-            return;
-        }
+        // The client is gone: nothing will read this.
+        Err(ReadError::Gone) => Reply::invalid("The request body could not be read"),
     };
-    let status = reply.status;
     if reply.delay_ms > 0 {
-        std::thread::sleep(Duration::from_millis(reply.delay_ms));
+        tokio::time::sleep(Duration::from_millis(reply.delay_ms)).await;
     }
-    let body = reply.body;
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-        reason(status),
-        body.len()
-    );
-    for (k, v) in &reply.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response =
+        (status, [(CONTENT_TYPE, "application/json"), (CONNECTION, "close")], reply.body).into_response();
+    for (k, v) in reply.headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            response.headers_mut().append(HeaderName::from_static(k), v);
+        }
     }
-    head.push_str("\r\n");
-    let _ = conn.write_all(head.as_bytes());
-    let _ = conn.write_all(&body);
-    let _ = conn.flush();
-    let _ = conn.shutdown(Shutdown::Both);
+    response
 }
 
 fn authorized(inner: &Inner, header: Option<&str>) -> bool {
@@ -1043,6 +1020,8 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
     use std::time::Instant;
 
     const USER: &str = "neo4j";

@@ -7,8 +7,8 @@
 //!
 //! - [`api`]: the wire format, validation, padding, pooling (pure).
 //! - [`model`]: tokenizer + BERT + pooling, as sentence-transformers does it.
-//! - [`server`]: the routes.
-//! - [`http`]: a small HTTP/1.1 server on std's TcpListener.
+//! - [`server`]: the routes, served by axum on hyper 1 + tokio.
+//! - [`http`]: what hyper does not do: a connection cap, a body limit, a lingering close.
 //! - [`faults`]: planned failures (429, 5xx) for tests of callers, behind `--allow-faults`.
 
 pub mod api;

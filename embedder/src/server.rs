@@ -1,10 +1,16 @@
 //! The routes, answered by [`handle`] (plain data in, plain data out, so the tests
-//! drive it with a fake model), served by [`crate::http`].
+//! drive it with a fake model), served by axum on hyper ([`router`], [`crate::http`]).
 
 use crate::api::{self, ApiError, NATIVE_DIMENSIONS, SERVED_MODEL};
 use crate::faults::Faults;
-use crate::http::{self, BodyError, Response};
+use crate::http::{self, BodyError};
 use crate::model::Embed;
+use axum::body::Body;
+use axum::extract;
+use axum::http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
 use std::net::TcpListener;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -164,29 +170,65 @@ pub fn body_error(e: BodyError) -> ApiError {
     }
 }
 
-/// Serve on `listener` until the process ends, logging one line per request.
+/// Serve on `listener` until the process ends, logging one line per request (on a
+/// tokio runtime of its own: the caller is plain threads).
 pub fn serve<E: Embed + 'static>(listener: TcpListener, state: Arc<State<E>>) {
-    http::serve(listener, api::MAX_BODY_BYTES, move |req| {
-        let started = Instant::now();
-        let head = req.head;
-        let reply =
-            handle(&state, &head.method, &head.target, head.header("authorization"), || req.body().map_err(body_error));
-        eprintln!(
-            "{} {} {} {:.1}ms",
-            head.method,
-            head.target.split('?').next().unwrap_or(""),
-            reply.status,
-            started.elapsed().as_secs_f64() * 1000.0
-        );
-        let mut headers = Vec::new();
-        if let Some(allow) = reply.allow {
-            headers.push(("allow", allow.to_owned()));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    runtime.block_on(async {
+        let listener = listener.set_nonblocking(true).and_then(|_| tokio::net::TcpListener::from_std(listener));
+        match listener {
+            Ok(listener) => http::serve(listener, router(state)).await,
+            Err(e) => eprintln!("edgesync-embedder: could not serve: {e}"),
         }
-        if let Some(secs) = reply.retry_after {
-            headers.push(("retry-after", secs.to_string()));
-        }
-        Response { status: reply.status, body: reply.body, headers }
     })
+}
+
+/// Every request goes to [`handle`], which does its own routing (404 and 405 in
+/// OpenAI's shape, a trailing slash or a query string ignored).
+pub fn router<E: Embed + 'static>(state: Arc<State<E>>) -> Router {
+    Router::new().fallback(answer::<E>).with_state(state)
+}
+
+async fn answer<E: Embed + 'static>(
+    extract::State(state): extract::State<Arc<State<E>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let target = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let length = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    // The model is CPU-bound and synchronous: the whole request runs on the blocking
+    // pool, reading its body (only if the route wants it) back on the runtime.
+    let runtime = tokio::runtime::Handle::current();
+    let reply = {
+        let (method, target) = (method.clone(), target.clone());
+        tokio::task::spawn_blocking(move || {
+            handle(&state, method.as_str(), &target, authorization.as_deref(), || {
+                runtime.block_on(http::read_body(body, length, api::MAX_BODY_BYTES)).map_err(body_error)
+            })
+        })
+        .await
+        .unwrap_or_else(|e| ApiError::server(500, "internal_error", format!("The server failed: {e}")).into())
+    };
+    eprintln!(
+        "{} {} {} {:.1}ms",
+        method,
+        target.split('?').next().unwrap_or(""),
+        reply.status,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, [(CONTENT_TYPE, "application/json")], reply.body).into_response();
+    if let Some(allow) = reply.allow {
+        response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    if let Some(secs) = reply.retry_after {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }
 
 #[cfg(test)]
@@ -367,5 +409,57 @@ mod tests {
         // Without --allow-faults the route does not exist.
         let plain = State { faults: None, ..state(None) };
         assert_error(&handle(&plain, "GET", "/_faults", None, || unreachable!()), 404, "unknown_url");
+    }
+
+    /// The router on a real socket: keep-alive, chunked bodies, `Expect: 100-continue`,
+    /// an answer then a close when a body is left unread, and a body over the limit
+    /// refused (with the answer still arriving while the client sends it).
+    #[test]
+    fn a_real_connection_keeps_alive_and_lingers_after_an_unread_body() {
+        use std::io::{Read, Write};
+        use std::net::TcpStream;
+        use std::time::Duration;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let s = Arc::new(state(None));
+        std::thread::spawn(move || serve(listener, s));
+        let embed = br#"{"input":"abc","model":"all-MiniLM-L6-v2","dimensions":384}"#;
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Two requests on one connection, the second chunked with Expect: 100-continue.
+        let mut first =
+            format!("POST /v1/embeddings HTTP/1.1\r\nhost: x\r\nContent-Length: {}\r\n\r\n", embed.len()).into_bytes();
+        first.extend_from_slice(embed);
+        c.write_all(&first).unwrap();
+        let mut second = format!(
+            "POST /v1/embeddings HTTP/1.1\r\nhost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n{:x}\r\n",
+            embed.len()
+        )
+        .into_bytes();
+        second.extend_from_slice(embed);
+        second.extend_from_slice(b"\r\n0\r\n\r\n");
+        c.write_all(&second).unwrap();
+        // A body the route does not read (hyper drains a small one), then the end.
+        c.write_all(b"POST /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\nContent-Length: 4\r\n\r\nabcd").unwrap();
+        let mut all = String::new();
+        c.read_to_string(&mut all).unwrap();
+        let answers: Vec<&str> = all.split("HTTP/1.1 ").skip(1).collect();
+        let statuses: Vec<&str> = answers.iter().map(|a| &a[..3]).collect();
+        assert!(statuses == ["200", "200", "405"] || statuses == ["200", "100", "200", "405"], "{all}");
+        assert!(answers[0].contains("content-type: application/json") && answers[0].ends_with("}"), "{all}");
+        assert!(answers.last().unwrap().contains("allow: GET"), "{all}");
+        // Over the limit (8 MiB): refused without reading, and answered while the
+        // client is still sending.
+        let huge = vec![b'a'; 10 * 1024 * 1024];
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!("POST /v1/embeddings HTTP/1.1\r\nhost: x\r\nContent-Length: {}\r\n\r\n", huge.len());
+        let mut writer = c.try_clone().unwrap();
+        let sending =
+            std::thread::spawn(move || writer.write_all(head.as_bytes()).and_then(|_| writer.write_all(&huge)));
+        let mut all = String::new();
+        c.read_to_string(&mut all).unwrap();
+        assert!(all.starts_with("HTTP/1.1 400 ") && all.contains("request_too_large"), "{all}");
+        sending.join().unwrap().unwrap();
     }
 }

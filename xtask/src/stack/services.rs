@@ -40,43 +40,79 @@ pub(super) fn wait_for_embedder(info: &StackInfo) -> Result<()> {
     })
 }
 
-/// Minimal HTTP server for the JWKS (the stand-in for Supabase Auth's
-/// `/auth/v1/.well-known/jwks.json`). Runs until killed.
+/// The JWKS stand-in (Supabase Auth's `/auth/v1/.well-known/jwks.json`, and its
+/// `/auth/v1/health`), axum on a one-thread tokio runtime. Runs until killed.
 pub fn serve_jwks(port: u16, file: &Path) -> Result<()> {
-    use std::io::{BufRead, BufReader, Write};
     let listener =
         std::net::TcpListener::bind(("127.0.0.1", port)).context(format!("could not listen on 127.0.0.1:{port}"))?;
     let body = fs_err::read_to_string(file).context(format!("could not read {}", file.display()))?;
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut reader = BufReader::new(match stream.try_clone() {
-            Ok(s) => s,
-            Err(_) => continue,
-        });
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).is_err() {
-            continue;
-        }
-        // Drain the headers.
-        let mut line = String::new();
-        while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-            line.clear();
-        }
-        let path = request_line.split_whitespace().nth(1).unwrap_or("");
-        let (status, payload) = if path == "/auth/v1/.well-known/jwks.json" {
-            ("200 OK", body.as_str())
-        } else if path == "/auth/v1/health" {
-            ("200 OK", "{\"name\":\"edgesync auth stand-in\"}")
-        } else {
-            ("404 Not Found", "{\"error\":\"not found\"}")
-        };
-        eprintln!("{} {}", request_line.trim(), &status[..3]);
-        let _ = write!(
-            stream,
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncache-control: max-age=600\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{payload}",
-            payload.len()
-        );
-    }
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move { axum::serve(tokio::net::TcpListener::from_std(listener)?, jwks_app(body)).await })?;
     Ok(())
+}
+
+/// The JWKS at its path, any method; every answer JSON, cacheable for 10 minutes, and
+/// logged as `<request line> <status>`.
+fn jwks_app(jwks: String) -> axum::Router {
+    use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+    use axum::http::StatusCode;
+    use axum::routing::any;
+    fn answer(status: StatusCode, payload: String) -> impl axum::response::IntoResponse {
+        (status, [(CONTENT_TYPE, "application/json"), (CACHE_CONTROL, "max-age=600")], payload)
+    }
+    let log = |req: axum::extract::Request, next: axum::middleware::Next| async move {
+        let line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
+        let resp = next.run(req).await;
+        eprintln!("{line} {}", resp.status().as_u16());
+        resp
+    };
+    axum::Router::new()
+        .route("/auth/v1/.well-known/jwks.json", any(move || async move { answer(StatusCode::OK, jwks) }))
+        .route(
+            "/auth/v1/health",
+            any(|| async { answer(StatusCode::OK, "{\"name\":\"edgesync auth stand-in\"}".into()) }),
+        )
+        .fallback(|| async { answer(StatusCode::NOT_FOUND, "{\"error\":\"not found\"}".into()) })
+        .layer(axum::middleware::from_fn(log))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_jwks_standin_serves_the_file_and_its_health() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), jwks_app("{\"keys\":[]}".into()))
+                    .await
+            })
+        });
+        let get = |path: &str| match ureq::get(&format!("http://{addr}{path}")).call() {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => {
+                let head = (
+                    r.status(),
+                    r.header("content-type").map(str::to_owned),
+                    r.header("cache-control").map(str::to_owned),
+                );
+                (head, r.into_string().unwrap())
+            }
+            Err(e) => panic!("{path}: {e}"),
+        };
+        let json = Some("application/json".to_owned());
+        let cached = Some("max-age=600".to_owned());
+        assert_eq!(
+            get("/auth/v1/.well-known/jwks.json"),
+            ((200, json.clone(), cached.clone()), "{\"keys\":[]}".into())
+        );
+        assert_eq!(get("/auth/v1/health").0, (200, json.clone(), cached.clone()));
+        assert_eq!(get("/nope"), ((404, json, cached), "{\"error\":\"not found\"}".into()));
+        let posted = ureq::post(&format!("http://{addr}/auth/v1/.well-known/jwks.json")).call().unwrap();
+        assert_eq!(posted.status(), 200, "any method, as before");
+    }
 }
