@@ -183,6 +183,41 @@ fn x_range(r: &Results) -> std::ops::Range<f64> {
     (lo / 2.0)..(hi * 2.0)
 }
 
+/// A chart over the big user's table sizes (log scale) from 0 to `top`, its mesh drawn.
+fn by_table_size<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    r: &Results,
+    caption: &str,
+    top: f64,
+    y_desc: &str,
+    y_label: Option<&dyn Fn(&f64) -> String>,
+) -> Result<
+    ChartContext<
+        'a,
+        BitMapBackend<'b>,
+        Cartesian2d<plotters::coord::combinators::LogCoord<f64>, plotters::coord::types::RangedCoordf64>,
+    >,
+> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, (FONT, 24))
+        .margin(20)
+        .x_label_area_size(55)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x_range(r).log_scale(), 0f64..top)
+        .map_err(pe)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc("rows of the user (log scale)")
+        .y_desc(y_desc)
+        .x_label_formatter(&|x| size_label(*x))
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 17));
+    if let Some(f) = y_label {
+        mesh.y_label_formatter(f);
+    }
+    mesh.draw().map_err(pe)?;
+    Ok(chart)
+}
+
 fn sync_throughput(r: &Results, targets: &[Target], file: &Path) -> Result<()> {
     let root = BitMapBackend::new(file, (1100, 650)).into_drawing_area();
     root.fill(&WHITE).map_err(pe)?;
@@ -190,23 +225,8 @@ fn sync_throughput(r: &Results, targets: &[Target], file: &Path) -> Result<()> {
     for row in r.rows.iter().filter(|row| row.workload.starts_with("sync_") && row.workload != "sync_incremental") {
         ymax = ymax.max(row.m.units_per_sec());
     }
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("/sync throughput, {} clients (rows delivered per second)", r.plan.clients), (FONT, 24))
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(80)
-        .build_cartesian_2d(x_range(r).log_scale(), 0f64..ymax * 1.6)
-        .map_err(pe)?;
-    chart
-        .configure_mesh()
-        .x_desc("rows of the user (log scale)")
-        .y_desc("rows/s")
-        .x_label_formatter(&|x| size_label(*x))
-        .y_label_formatter(&|y| thousands(*y))
-        .label_style((FONT, 15))
-        .axis_desc_style((FONT, 17))
-        .draw()
-        .map_err(pe)?;
+    let caption = format!("/sync throughput, {} clients (rows delivered per second)", r.plan.clients);
+    let mut chart = by_table_size(&root, r, &caption, ymax * 1.6, "rows/s", Some(&|y| thousands(*y)))?;
     for &t in targets {
         let c = color(t);
         let pages: Vec<(f64, f64)> = r
@@ -245,25 +265,9 @@ fn sync_latency(r: &Results, targets: &[Target], file: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(pe)?;
     let rows: Vec<&Row> = r.rows.iter().filter(|row| row.workload == "sync_page").collect();
     let ymax = rows.iter().map(|row| row.p99_ms).fold(1.0, f64::max);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("/sync: one page of {} rows at a random position, {} clients", r.plan.page_limit, r.plan.clients),
-            (FONT, 24),
-        )
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(80)
-        .build_cartesian_2d(x_range(r).log_scale(), 0f64..ymax * 1.6)
-        .map_err(pe)?;
-    chart
-        .configure_mesh()
-        .x_desc("rows of the user (log scale)")
-        .y_desc("latency, ms")
-        .x_label_formatter(&|x| size_label(*x))
-        .label_style((FONT, 15))
-        .axis_desc_style((FONT, 17))
-        .draw()
-        .map_err(pe)?;
+    let caption =
+        format!("/sync: one page of {} rows at a random position, {} clients", r.plan.page_limit, r.plan.clients);
+    let mut chart = by_table_size(&root, r, &caption, ymax * 1.6, "latency, ms", None)?;
     for &t in targets {
         let c = color(t);
         let pts = |p: fn(&Row) -> f64| -> Vec<(f64, f64)> {
