@@ -475,6 +475,15 @@ pub(super) fn sizes(md: &mut String, r: &Results) {
     md.push('\n');
 }
 
+/// Milliseconds to the microsecond (the fixed costs are fractions of a millisecond).
+fn micro(ms: f64) -> String {
+    if ms.is_finite() {
+        format!("{ms:.3}")
+    } else {
+        "–".into()
+    }
+}
+
 /// The before and after of the work on the fixed cost of a request (issue 22): two
 /// `cargo xtask bench --fixed-cost` runs, committed in `bench/fixed-cost/`. Worker CPU
 /// is the runtime's, as deployed; each run's ratio to the TypeScript Worker as deployed
@@ -513,14 +522,14 @@ pub(super) fn fixed_cost_work(md: &mut String, before: &Results, after: &Results
         let _ = writeln!(
             md,
             "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            num(cb),
-            num(ca),
+            micro(cb),
+            micro(ca),
             ratio(ca, cb),
             num(p50(before)),
             num(p50(after)),
             ratio(cb, cpu(before, Target::TsDeployed)),
             ratio(ca, cpu(after, Target::TsDeployed)),
-            num(floor),
+            micro(floor),
             ratio(ca, floor)
         );
     }
