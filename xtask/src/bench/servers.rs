@@ -276,9 +276,10 @@ impl Env {
     }
 }
 
-/// The CPU groups of one or more `wrangler dev`s (`(pgid, port)`; label prefix `g`):
-/// each runs two workerd processes, its proxy (listening on the port the clients use)
-/// and the runtime of the Workers behind it.
+/// The CPU groups of one or more `wrangler dev`s or Workers served as deployed
+/// (`(pgid, port)`; label prefix `g`). A `wrangler dev` runs two workerd processes, its
+/// proxy (listening on the port the clients use, left out of `runtime`) and the runtime
+/// of the Workers behind it; as deployed, one workerd process is all three groups.
 pub(super) fn worker_groups(g: &str, devs: &[(u32, u16)]) -> Vec<cpu::Group> {
     let all =
         cpu::Group { pgids: devs.iter().map(|(pgid, _)| *pgid).collect(), ..cpu::Group::new(&format!("{g}.all"), 0) };
@@ -307,16 +308,6 @@ pub(super) fn edge_devs(info: &StackInfo) -> Vec<(u32, u16)> {
 pub(super) const DEPLOYED_DIR: &str = "deployed";
 
 pub(super) const DEPLOYED_PIDS: &str = "pids";
-
-/// The CPU groups of Workers served as deployed (`(pid, port)` of each workerd; label
-/// prefix `g`). One process runs the Worker: `all`, `workerd` and `runtime` are all it.
-pub(super) fn deployed_groups(g: &str, served: &[(u32, u16)]) -> Vec<cpu::Group> {
-    let pgids: Vec<u32> = served.iter().map(|(pid, _)| *pid).collect();
-    ["all", "workerd", "runtime"]
-        .iter()
-        .map(|which| cpu::Group { pgids: pgids.clone(), ..cpu::Group::new(&format!("{g}.{which}"), 0) })
-        .collect()
-}
 
 /// Stop the workerd processes a bench (perhaps one run with `--keep`) started from this
 /// stack directory to serve Workers as deployed.

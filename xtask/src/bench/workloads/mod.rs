@@ -176,9 +176,9 @@ impl Bench {
         self.runner
             .groups
             .retain(|g| !["edge_deployed.", "ts_deployed.", "floor_deployed."].iter().any(|p| g.label.starts_with(p)));
-        self.runner.groups.extend(deployed_groups("edge_deployed", &edge));
-        self.runner.groups.extend(ts.iter().flat_map(|t| deployed_groups("ts_deployed", &[*t])));
-        self.runner.groups.extend(deployed_groups("floor_deployed", &[(floor.pid, floor.port)]));
+        self.runner.groups.extend(worker_groups("edge_deployed", &edge));
+        self.runner.groups.extend(ts.iter().flat_map(|t| worker_groups("ts_deployed", &[*t])));
+        self.runner.groups.extend(worker_groups("floor_deployed", &[(floor.pid, floor.port)]));
         Ok(())
     }
 
