@@ -29,8 +29,8 @@ use postgres::{apply_sql, ensure_system_user, pgdata_dir, start_postgres};
 pub use postgres::{expected_schema_version, psql, schema_version};
 pub use services::serve_jwks;
 use services::{spawn_embedder, start_auth_standin, wait_for_embedder};
-pub use wrangler::restart_own;
 use wrangler::start_wrangler;
+pub use wrangler::{restart_gateway, restart_own};
 
 /// The system user Postgres and PostgREST run as when xtask runs as root.
 pub const PG_SYSTEM_USER: &str = "edgesync-pg";

@@ -75,18 +75,7 @@ pub(super) fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> 
             bail!("{} is not built (run `cargo xtask build`)", w.name);
         }
     }
-    let configs = wrangler_configs(paths, info)?;
-    let main = WranglerProcess {
-        what: "wrangler dev".into(),
-        configs,
-        port: info.ports.functions,
-        inspector: info.ports.inspector,
-        home: info.stack_dir.join("wrangler-home"),
-        log: info.logs_dir.join("wrangler.log"),
-        // 200 or 503: either way the gateway and the health Worker answered.
-        probe: format!("{}/health", info.functions_url),
-        ready: |s| s == 200 || s == 503,
-    };
+    let main = main_process(paths, info)?;
     // The Cron Workers' own processes (see `CronWorker`) start meanwhile.
     let crons: Vec<WranglerProcess> = info.crons.iter().map(|c| own_process(info, c)).collect();
     info.pids.wrangler = main.spawn(info)?;
@@ -109,6 +98,34 @@ pub(super) fn start_wrangler(paths: &Paths, info: &mut StackInfo) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// The main `wrangler dev`: the gateway and every function behind it.
+fn main_process(paths: &Paths, info: &StackInfo) -> Result<WranglerProcess> {
+    Ok(WranglerProcess {
+        what: "wrangler dev".into(),
+        configs: wrangler_configs(paths, info)?,
+        port: info.ports.functions,
+        inspector: info.ports.inspector,
+        home: info.stack_dir.join("wrangler-home"),
+        log: info.logs_dir.join("wrangler.log"),
+        // 200 or 503: either way the gateway and the health Worker answered.
+        probe: format!("{}/health", info.functions_url),
+        ready: |s| s == 200 || s == 503,
+    })
+}
+
+/// Serve the gateway and the functions behind it afresh, on the same port: stop the
+/// main `wrangler dev` and start a new one. (The bench does this before its largest
+/// answers: under wrangler's inspector that runtime keeps what it served, and it ran
+/// out of JavaScript heap at the 1,000,000-row pages.)
+pub fn restart_gateway(paths: &Paths, info: &mut StackInfo) -> Result<()> {
+    let main = main_process(paths, info)?;
+    procs::stop_group(info.pids.wrangler, libc::SIGTERM, Duration::from_secs(15))?;
+    info.pids.wrangler = main.spawn(info)?;
+    info.save()?;
+    info.pids.wrangler = main.wait(info, info.pids.wrangler)?;
+    info.save()
 }
 
 /// The `wrangler dev` of a Worker served on its own (a Cron Worker, or one asked for

@@ -75,7 +75,7 @@ impl Bench {
             warm_user,
             many: Vec::new(),
         };
-        bench.fresh_alone()?;
+        bench.fresh_alone(false)?;
         Ok(bench)
     }
 
@@ -84,8 +84,12 @@ impl Bench {
     /// before each workload they take part in: under this load the wrangler proxy in
     /// front of a Worker served alone grows with every answer; it ran out of JavaScript
     /// heap within minutes in earlier runs, or reset connections (see the report's
-    /// memory table).
-    pub(super) fn fresh_alone(&mut self) -> Result<()> {
+    /// memory table). With `gateway`, the main `wrangler dev` (the gateway and the
+    /// functions behind it) too: its runtime ran out of heap at the 1,000,000-row pages.
+    pub(super) fn fresh_alone(&mut self, gateway: bool) -> Result<()> {
+        if gateway {
+            stack::restart_gateway(&self.paths, &mut self.info)?;
+        }
         for w in ALONE {
             stack::restart_own(&mut self.info, w)?;
         }
@@ -93,6 +97,9 @@ impl Bench {
         self.runner.groups.retain(|g| !g.label.starts_with("edge."));
         self.runner.groups.extend(worker_groups("edge", &edge_devs(&self.info)));
         let mut warm = vec![Target::Edgesync];
+        if gateway {
+            warm.push(Target::EdgesyncGateway);
+        }
         if self.with_ts {
             let ts = start_ts_worker(&self.paths, &self.info)?.context("the TypeScript Worker did not start")?;
             let port = ts.url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);

@@ -77,7 +77,7 @@ impl Bench {
     /// Every client pulls the big user's whole table from scratch; rows/s over all of them.
     pub(super) fn sync_full(&mut self, size: u64) -> Result<()> {
         step(format!("/sync: full initial pulls of {size} rows"));
-        self.fresh_alone()?;
+        self.fresh_alone(true)?;
         let targets = self.sync_targets();
         let clients = self.plan.clients;
         let rounds =
@@ -117,7 +117,7 @@ impl Bench {
     /// Random full pages of the big user (cursors spread over the whole table).
     pub(super) fn sync_pages(&mut self, size: u64) -> Result<()> {
         step(format!("/sync: random pages at {size} rows"));
-        self.fresh_alone()?;
+        self.fresh_alone(true)?;
         let limit = self.plan.page_limit as i64;
         let origin = self.watermark()?;
         let span = (size as i64 - limit).max(1);
@@ -161,7 +161,7 @@ impl Bench {
     /// a second: most pulls bring nothing or a row or two.
     pub(super) fn sync_incremental(&mut self) -> Result<()> {
         step("/sync: incremental pulls of many users while a few rows change");
-        self.fresh_alone()?;
+        self.fresh_alone(false)?;
         let targets = self.sync_targets();
         let head = self.watermark()?;
         let start = Position { txid: head, id: NIL_ID.into(), origin: head };
@@ -231,7 +231,7 @@ impl Bench {
     /// device (client_id) of its own user.
     pub(super) fn upload(&mut self, batch: usize, jobs: usize) -> Result<()> {
         step(format!("/upload: batches of {batch}"));
-        self.fresh_alone()?;
+        self.fresh_alone(false)?;
         let targets = self.sync_targets();
         let users: Vec<(String, String)> = (0..self.plan.clients).map(|_| user(&self.info)).collect::<Result<_>>()?;
         // Per target and client: (client_id, last op_id).
