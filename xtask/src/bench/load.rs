@@ -28,6 +28,8 @@ pub struct Client {
     rng: u64,
 }
 
+// The closures passed to `send` return ureq's own (large) error type.
+#[allow(clippy::result_large_err)]
 impl Client {
     pub fn new(index: usize, seed: u64) -> Client {
         Client {
@@ -69,66 +71,81 @@ impl Client {
 
     /// `GET url`, timed; the body on 2xx, an error otherwise.
     pub fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> Result<Vec<u8>> {
-        let mut req = self.agent.get(url);
-        for (k, v) in headers {
-            req = req.set(k, v);
-        }
-        let started = Instant::now();
-        let outcome = req.call();
-        self.finish("GET", url, started, outcome, None)
+        let agent = self.agent.clone();
+        self.send("GET", url, None, || {
+            let mut req = agent.get(url);
+            for (k, v) in headers {
+                req = req.set(k, v);
+            }
+            req.call()
+        })
     }
 
     /// `GET url` that must answer exactly `status` (an error answer measured on purpose).
     pub fn get_expecting(&mut self, url: &str, headers: &[(&str, &str)], status: u16) -> Result<Vec<u8>> {
-        let mut req = self.agent.get(url);
-        for (k, v) in headers {
-            req = req.set(k, v);
-        }
-        let started = Instant::now();
-        let outcome = req.call();
-        self.finish("GET", url, started, outcome, Some(status))
-    }
-
-    /// `POST url` with a JSON body, timed.
-    ///
-    /// A POST whose connection closes without any answer is sent again (twice at most;
-    /// the time includes the failed attempt): ureq resends only idempotent requests
-    /// when a kept-alive connection turns out to be closed, and wrangler dev sometimes
-    /// closes one under load; likewise once the runtime answers 503 "Your worker restarted
-    /// mid-request" (it restarted the isolate). Every endpoint posted to is safe to resend (`/upload` is
-    /// idempotent by `op_id`); the caller sees it in `last_resent`.
-    pub fn post(&mut self, url: &str, headers: &[(&str, &str)], body: &str) -> Result<Vec<u8>> {
-        let started = Instant::now();
-        self.last_resent = false;
-        let mut attempt = 0;
-        loop {
-            let mut req = self.agent.post(url).set("content-type", "application/json");
+        let agent = self.agent.clone();
+        self.send("GET", url, Some(status), || {
+            let mut req = agent.get(url);
             for (k, v) in headers {
                 req = req.set(k, v);
             }
-            let outcome = match req.send_string(body) {
-                // The local runtime's answer when it restarted the isolate under the
-                // request; it asks for the request to be sent again.
-                Err(ureq::Error::Status(503, r)) => {
+            req.call()
+        })
+    }
+
+    /// `POST url` with a JSON body, timed. Every endpoint posted to is safe to send
+    /// again (`/upload` is idempotent by `op_id`).
+    pub fn post(&mut self, url: &str, headers: &[(&str, &str)], body: &str) -> Result<Vec<u8>> {
+        let agent = self.agent.clone();
+        self.send("POST", url, None, || {
+            let mut req = agent.post(url).set("content-type", "application/json");
+            for (k, v) in headers {
+                req = req.set(k, v);
+            }
+            req.send_string(body)
+        })
+    }
+
+    /// One request (`attempt` sends it once), timed from the first attempt. A request
+    /// that got no answer (the connection closed, or nothing came within the agent's
+    /// timeout) is sent again, twice at most, and so is one the local runtime answered
+    /// 503 "Your worker restarted mid-request" (it restarted the isolate): ureq resends
+    /// only idempotent requests, and only when a kept-alive connection turns out to be
+    /// closed, while wrangler dev under load sometimes drops or stalls one. The time
+    /// includes the failed attempts; the caller sees a resend in `last_resent`, and the
+    /// report counts them.
+    fn send(
+        &mut self,
+        method: &str,
+        url: &str,
+        expect: Option<u16>,
+        attempt: impl Fn() -> std::result::Result<ureq::Response, ureq::Error>,
+    ) -> Result<Vec<u8>> {
+        let started = Instant::now();
+        self.last_resent = false;
+        let mut tries = 0;
+        loop {
+            let outcome = match attempt() {
+                Err(ureq::Error::Status(503, r)) if expect != Some(503) => {
                     let text = r.into_string().unwrap_or_default();
-                    if text.contains("restarted mid-request") && attempt < 2 {
-                        attempt += 1;
+                    if text.contains("restarted mid-request") && tries < 2 {
+                        tries += 1;
                         self.resent += 1;
                         self.last_resent = true;
                         continue;
                     }
                     let shown = url.split('?').next().unwrap_or(url);
-                    return Err(Error(format!("POST {shown}: HTTP 503: {}", prefix(&text, 400))));
+                    return Err(Error(format!("{method} {shown}: HTTP 503: {}", prefix(&text, 400))));
                 }
                 outcome => outcome,
             };
-            if matches!(outcome, Err(ureq::Error::Transport(_))) && attempt < 2 {
-                attempt += 1;
+            if matches!(outcome, Err(ureq::Error::Transport(_))) && tries < 2 {
+                tries += 1;
                 self.resent += 1;
                 self.last_resent = true;
                 continue;
             }
-            return self.finish("POST", url, started, outcome, None);
+            return self.finish(method, url, started, outcome, expect);
         }
     }
 

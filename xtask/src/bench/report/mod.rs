@@ -346,9 +346,10 @@ pub fn markdown(
         if !resent.is_empty() {
             let _ = writeln!(
                 md,
-                "- POSTs sent again because the connection closed without an answer (the server \
-                 closed a kept-alive connection without answering), or because the local runtime answered 503 \
-                 \"Your worker restarted mid-request\" (it restarted an isolate); the latency includes the failed attempt: {}.",
+                "- Requests sent again because no answer came (the server closed a kept-alive connection \
+                 without answering, or a local `wrangler dev` stalled past the client's 120 s timeout), or \
+                 because the local runtime answered 503 \"Your worker restarted mid-request\" (it restarted \
+                 an isolate); the latency includes the failed attempt: {}.",
                 resent.join("; ")
             );
         }
