@@ -195,9 +195,6 @@ pub fn vector_literal(v: &[f32]) -> String {
     s
 }
 
-/// How long to wait before retrying a 429/503 (one parser for every upstream).
-pub use crate::upstream::retry_after_secs;
-
 /// What a database webhook asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WebhookAction {
@@ -470,14 +467,6 @@ mod tests {
     #[test]
     fn a_vector_is_written_as_pgvector_text() {
         assert_eq!(vector_literal(&[1.0, -0.5, 0.25]), "[1,-0.5,0.25]");
-    }
-
-    #[test]
-    fn retry_after_is_whole_seconds_rounded_up_and_nothing_when_unreadable() {
-        assert_eq!(retry_after_secs(Some("2")), Some(2));
-        assert_eq!(retry_after_secs(Some("0.2")), Some(1));
-        assert_eq!(retry_after_secs(Some("soon")), None);
-        assert_eq!(retry_after_secs(None), None);
     }
 
     #[test]
