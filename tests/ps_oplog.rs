@@ -547,6 +547,18 @@ fn compaction_keeps_clients_valid_and_the_log_and_first_download_near_the_live_r
     assert_eq!(cut.sync(&mut db, &u, 20, 3), Outcome::Cut, "a client cut off mid-download");
     let churned = bucket_ops(&mut db, &u);
     let defragged: i64 = db.query_one("select edgesync.ps_defrag(50, 2, 1000)", &[]).unwrap().get(0);
+    // Compaction folds only ops below the watermark, and a synced writer still open
+    // (another test's, or an embedding written back) holds it: wait until it has
+    // passed every op of the bucket, re-puts included.
+    eventually("synced writers open across the defragmentation to end", Duration::from_secs(30), || {
+        db.query_one(
+            "select (edgesync.watermark()::text::bigint << 24) > max(o.op_id)
+               from edgesync.ps_ops o where o.user_id = $1::text::uuid and o.tbl = 'entries'",
+            &[&u],
+        )
+        .unwrap()
+        .get(0)
+    });
     let removed: i64 =
         db.query_one("select edgesync.ps_compact_bucket($1::text::uuid, 'entries')", &[&u]).unwrap().get(0);
     let after = bucket_ops(&mut db, &u);
