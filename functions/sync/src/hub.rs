@@ -5,11 +5,12 @@
 //! waiting pull whose page is older. What a user gets is decided by their next pull.
 //!
 //! Reached only from this Worker (a Durable Object has no URL of its own), at
-//! `https://hub/poke`, `/wait` and `/socket`.
+//! `https://hub/poke`, `/wait` and `/socket` (`shared::live::hub::HubCall`).
 
 use std::cell::RefCell;
 
-use edgesync_edge::edgesync_shared::live::{self, hub, hub::Hub};
+use edgesync_edge::edgesync_shared::live;
+use edgesync_edge::edgesync_shared::live::hub::{self, Hub, HubCall};
 use edgesync_edge::{self as edge, edgesync_shared::ApiError};
 use futures_channel::oneshot;
 use worker::{
@@ -51,12 +52,8 @@ impl worker::DurableObject for LiveHub {
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
         let url = req.url()?;
-        let number = |name: &str| {
-            url.query_pairs().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<u64>().ok()).unwrap_or(0)
-        };
-        match url.path() {
-            "/poke" => {
-                let checkpoint = number("checkpoint");
+        match HubCall::parse(url.path(), url.query().unwrap_or_default()) {
+            Some(HubCall::Poke { checkpoint }) => {
                 self.poked().await;
                 let newer = self.hub.borrow().must_store(checkpoint);
                 // Wake first: the waiting pulls and sockets of this instance must not
@@ -69,12 +66,12 @@ impl worker::DurableObject for LiveHub {
                 }
                 Response::empty().map(|r| r.with_status(204))
             }
-            "/wait" => {
-                let poked = self.wait(number("after"), number("ms")).await;
-                Response::from_json(&serde_json::json!({ "poked": poked.map(|p| p.to_string()) }))
+            Some(HubCall::Wait { after, ms }) => {
+                let poked = self.wait(after, ms).await;
+                Response::ok(hub::wait_answer(poked))
             }
-            "/socket" => self.accept(number("expires"), number("subprotocol") == 1).await,
-            _ => Response::error("no such hub path", 404),
+            Some(HubCall::Socket { expires, subprotocol }) => self.accept(expires, subprotocol).await,
+            None => Response::error("no such hub path", 404),
         }
     }
 
@@ -170,50 +167,45 @@ impl LiveHub {
 }
 
 fn stub(env: &Env, user: &str) -> Result<worker::Stub, ApiError> {
-    let unavailable = |e: worker::Error| {
-        ApiError::unavailable("live_unavailable", "live updates are not available right now")
-            .with_log_detail(e.to_string())
-    };
-    env.durable_object(BINDING).and_then(|ns| ns.get_by_name(user)).map_err(unavailable)
+    env.durable_object(BINDING).and_then(|ns| ns.get_by_name(user)).map_err(|e| unavailable(e.to_string()))
 }
 
-/// One request to `user`'s hub; its answer as it is (a 101 included).
-async fn call(env: &Env, user: &str, method: Method, path: &str, headers: Headers) -> Result<Response, ApiError> {
+/// One call to `user`'s hub; its answer as it is (a 101 included).
+async fn call(env: &Env, user: &str, call: HubCall) -> Result<Response, ApiError> {
     let stub = stub(env, user)?;
+    let headers = Headers::new();
     let mut init = RequestInit::new();
-    init.with_method(method).with_headers(headers);
-    let req = Request::new_with_init(&format!("https://hub{path}"), &init)
+    match call {
+        HubCall::Poke { .. } => _ = init.with_method(Method::Post),
+        HubCall::Wait { .. } => {}
+        HubCall::Socket { .. } => _ = headers.set("upgrade", "websocket"),
+    }
+    init.with_headers(headers);
+    let req = Request::new_with_init(&call.url(), &init)
         .map_err(|e| ApiError::internal("could not ask the live hub").with_log_detail(e.to_string()))?;
-    edge::upstream(stub.fetch_with_request(req)).await.map_err(|e| {
-        ApiError::unavailable("live_unavailable", "live updates are not available right now")
-            .with_log_detail(e.to_string())
-    })
+    edge::upstream(stub.fetch_with_request(req)).await.map_err(|e| unavailable(e.to_string()))
+}
+
+fn unavailable(detail: String) -> ApiError {
+    ApiError::unavailable("live_unavailable", "live updates are not available right now").with_log_detail(detail)
 }
 
 /// Tell `user`'s hub about a change reaching `checkpoint`.
 pub async fn poke(env: &Env, user: &str, checkpoint: u64) -> Result<(), ApiError> {
-    let answer = call(env, user, Method::Post, &format!("/poke?checkpoint={checkpoint}"), Headers::new()).await?;
-    match answer.status_code() {
+    match call(env, user, HubCall::Poke { checkpoint }).await?.status_code() {
         200..=299 => Ok(()),
-        status => Err(ApiError::unavailable("live_unavailable", "live updates are not available right now")
-            .with_log_detail(format!("the live hub answered the poke with {status}"))),
+        status => Err(unavailable(format!("the live hub answered the poke with {status}"))),
     }
 }
 
 /// Wait up to `ms` for a poke newer than `after`: its checkpoint, or `None`.
 pub async fn wait(env: &Env, user: &str, after: u64, ms: u64) -> Result<Option<u64>, ApiError> {
-    let mut answer = call(env, user, Method::Get, &format!("/wait?after={after}&ms={ms}"), Headers::new()).await?;
-    let body: serde_json::Value = answer
-        .json()
-        .await
-        .map_err(|e| ApiError::internal("the live hub's answer is not JSON").with_log_detail(e.to_string()))?;
-    Ok(body["poked"].as_str().and_then(|p| p.parse().ok()))
+    let body =
+        call(env, user, HubCall::Wait { after, ms }).await?.bytes().await.map_err(|e| unavailable(e.to_string()))?;
+    hub::parse_wait_answer(&body).ok_or_else(|| unavailable("the live hub's wait answer is not valid".into()))
 }
 
 /// Open the caller's socket on their hub; the 101 answer is passed back as it is.
 pub async fn open_socket(env: &Env, user: &str, expires: u64, subprotocol: bool) -> Result<Response, ApiError> {
-    let headers = Headers::new();
-    let _ = headers.set("upgrade", "websocket");
-    let path = format!("/socket?expires={expires}&subprotocol={}", u8::from(subprotocol));
-    call(env, user, Method::Get, &path, headers).await
+    call(env, user, HubCall::Socket { expires, subprotocol }).await
 }

@@ -17,10 +17,6 @@ use worker::{Delay, Env, Method, Request, Response};
 
 use crate::hub;
 
-/// Ops per page RPC, and about how many bytes (the database's own caps are higher).
-const PAGE_OPS: u32 = 1000;
-const PAGE_BYTES: u32 = 4 * 1024 * 1024;
-
 /// The verified caller of a PowerSync route.
 struct PsCaller {
     token: String,
@@ -86,10 +82,9 @@ pub async fn stream(req: &mut Request, env: &Env) -> Result<Response, ApiError> 
     let mut response = Response::from_stream(lines)
         .map_err(|e| ApiError::internal("could not start the stream").with_log_detail(e.to_string()))?;
     let headers = response.headers_mut();
-    let _ = headers.set("content-type", ps::STREAM_CONTENT_TYPE);
-    // No cache, no compression or buffering on the way: keepalives must arrive.
-    let _ = headers.set("cache-control", "no-store, no-transform");
-    let _ = headers.set("x-accel-buffering", "no");
+    for (name, value) in ps::STREAM_HEADERS {
+        let _ = headers.set(name, value);
+    }
     Ok(response)
 }
 
@@ -112,21 +107,8 @@ impl Session {
 
     /// The page's lines (to send as they are) and its trailer.
     async fn page(&self, h: u64, after: &BTreeMap<String, u64>) -> Result<(Vec<u8>, ps::PageTrailer), ApiError> {
-        let after: serde_json::Map<String, serde_json::Value> =
-            after.iter().map(|(t, a)| (t.clone(), serde_json::Value::String(a.to_string()))).collect();
-        let args =
-            serde_json::json!({"p_h": h.to_string(), "p_after": after, "p_lim": PAGE_OPS, "p_max_bytes": PAGE_BYTES});
-        let answer = self.api.rpc_raw(Caller::User(&self.caller.token), ps::PAGE_RPC, args.to_string()).await?;
-        // PostgREST answers a `text` function as a JSON string.
-        let text: String = serde_json::from_slice(&answer).map_err(|e| {
-            ApiError::bad_gateway("upstream_bad_response", "the page answer is not text").with_log_detail(e.to_string())
-        })?;
-        let (lines, trailer) = ps::split_page(text.as_bytes())?;
-        // The lines are the text's head: keep them in place rather than copy them.
-        let n = lines.len();
-        let mut lines = text.into_bytes();
-        lines.truncate(n);
-        Ok((lines, trailer))
+        let answer = self.api.rpc_raw(Caller::User(&self.caller.token), ps::PAGE_RPC, ps::page_args(h, after));
+        ps::page_answer(&answer.await?)
     }
 
     /// Write `turn`'s bytes and do its action: the bytes to send now, and the next turn
@@ -137,7 +119,7 @@ impl Session {
         loop {
             let next = match turn.action {
                 Action::End => {
-                    log_end(machine);
+                    worker::console_log!("{}", machine.stats().end_log(edge::now_ms()));
                     return (out, None);
                 }
                 Action::FetchCheckpoint { floor, at_ms } => {
@@ -184,28 +166,4 @@ fn failed(machine: &mut StreamLoop, what: &str, e: &ApiError) -> Turn {
         e.log_detail.as_deref().unwrap_or(&e.message)
     );
     machine.on_fetch_failed(edge::now_ms())
-}
-
-/// The stream's own log line (the request's was written when its headers went out).
-fn log_end(machine: &StreamLoop) {
-    let s = machine.stats();
-    worker::console_log!(
-        "{}",
-        serde_json::json!({
-            "event": "powersync_stream_end",
-            "duration_ms": edge::now_ms().saturating_sub(s.started_ms),
-            "ended": s.ended.map(|r| r.as_str()),
-            "lines": s.lines,
-            "bytes": s.bytes,
-            "checkpoints": s.checkpoints,
-            "completed": s.completed,
-            "invalidated": s.invalidated,
-            "fresh_buckets": s.fresh_buckets,
-            "ignored_buckets": s.ignored_buckets,
-            "pages": s.pages,
-            "keepalives": s.keepalives,
-            "subrequests": s.subrequests,
-            "floor_dropped": s.floor_dropped,
-        })
-    );
 }

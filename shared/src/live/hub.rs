@@ -115,9 +115,109 @@ pub fn close_code(code: usize) -> u16 {
     u16::try_from(code).ok().filter(|c| *c == 1000 || (3000..5000).contains(c)).unwrap_or(1000)
 }
 
+/// A call from the Worker to a user's hub. A Durable Object has no URL of its own:
+/// the call is a request to `https://hub/<path>?<query>`, made and read here so both
+/// ends agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubCall {
+    /// A change reaching `checkpoint` was committed.
+    Poke { checkpoint: u64 },
+    /// Wait up to `ms` for a poke newer than `after`.
+    Wait { after: u64, ms: u64 },
+    /// Accept a WebSocket whose token expires at `expires` (seconds); `subprotocol`:
+    /// the token came as a subprotocol, which the answer must then name.
+    Socket { expires: u64, subprotocol: bool },
+}
+
+impl HubCall {
+    /// The URL the Worker asks.
+    pub fn url(&self) -> String {
+        match *self {
+            HubCall::Poke { checkpoint } => format!("https://hub/poke?checkpoint={checkpoint}"),
+            HubCall::Wait { after, ms } => format!("https://hub/wait?after={after}&ms={ms}"),
+            HubCall::Socket { expires, subprotocol } => {
+                format!("https://hub/socket?expires={expires}&subprotocol={}", u8::from(subprotocol))
+            }
+        }
+    }
+
+    /// The call a hub was asked, from its URL's path and query; `None` for any other
+    /// path. A number that is missing or not one reads as 0.
+    pub fn parse(path: &str, query: &str) -> Option<HubCall> {
+        let number = |name: &str| {
+            query
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| *k == name)
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        match path {
+            "/poke" => Some(HubCall::Poke { checkpoint: number("checkpoint") }),
+            "/wait" => Some(HubCall::Wait { after: number("after"), ms: number("ms") }),
+            "/socket" => Some(HubCall::Socket { expires: number("expires"), subprotocol: number("subprotocol") == 1 }),
+            _ => None,
+        }
+    }
+}
+
+/// The hub's answer to [`HubCall::Wait`]: the checkpoint poked, or null at the deadline.
+pub fn wait_answer(poked: Option<u64>) -> String {
+    serde_json::json!({ "poked": poked.map(|p| p.to_string()) }).to_string()
+}
+
+/// Read [`wait_answer`]'s body: `Some(poked)`, or `None` when it is not one.
+pub fn parse_wait_answer(body: &[u8]) -> Option<Option<u64>> {
+    match serde_json::from_slice::<serde_json::Value>(body).ok()?.get("poked")? {
+        serde_json::Value::Null => Some(None),
+        serde_json::Value::String(p) => p.parse().ok().map(Some),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hub_call_reads_back_as_the_call_that_was_made() {
+        let calls = [
+            HubCall::Poke { checkpoint: 0 },
+            HubCall::Poke { checkpoint: u64::MAX },
+            HubCall::Wait { after: 17, ms: 55_000 },
+            HubCall::Socket { expires: 1_900_000_000, subprotocol: true },
+            HubCall::Socket { expires: 5, subprotocol: false },
+        ];
+        for call in calls {
+            let url = call.url();
+            let rest = url.strip_prefix("https://hub").unwrap();
+            let (path, query) = rest.split_once('?').unwrap();
+            assert_eq!(HubCall::parse(path, query), Some(call), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_hub_call_with_an_unknown_path_or_bad_numbers_is_read_safely() {
+        assert_eq!(HubCall::parse("/", ""), None);
+        assert_eq!(HubCall::parse("/pokes", "checkpoint=1"), None);
+        assert_eq!(HubCall::parse("/poke", ""), Some(HubCall::Poke { checkpoint: 0 }));
+        assert_eq!(HubCall::parse("/wait", "after=-1&ms=x&ms=9"), Some(HubCall::Wait { after: 0, ms: 0 }));
+        assert_eq!(
+            HubCall::parse("/socket", "expires=9&subprotocol=2"),
+            Some(HubCall::Socket { expires: 9, subprotocol: false })
+        );
+    }
+
+    #[test]
+    fn a_wait_answer_carries_the_checkpoint_as_a_string_or_null() {
+        assert_eq!(wait_answer(Some(u64::MAX)), format!("{{\"poked\":\"{}\"}}", u64::MAX));
+        assert_eq!(parse_wait_answer(wait_answer(Some(u64::MAX)).as_bytes()), Some(Some(u64::MAX)));
+        assert_eq!(wait_answer(None), "{\"poked\":null}");
+        assert_eq!(parse_wait_answer(wait_answer(None).as_bytes()), Some(None));
+        for bad in [&b""[..], b"{}", b"{\"poked\":7}", b"{\"poked\":\"x\"}", b"<html>"] {
+            assert_eq!(parse_wait_answer(bad), None);
+        }
+    }
 
     #[test]
     fn a_poke_wakes_only_the_pulls_whose_page_is_older() {

@@ -169,6 +169,29 @@ pub struct StreamStats {
     pub ended: Option<EndReason>,
 }
 
+impl StreamStats {
+    /// The stream's own log line, written when it ends at `now_ms` (the request's line
+    /// was written when its headers went out).
+    pub fn end_log(&self, now_ms: u64) -> serde_json::Value {
+        serde_json::json!({
+            "event": "powersync_stream_end",
+            "duration_ms": now_ms.saturating_sub(self.started_ms),
+            "ended": self.ended.map(EndReason::as_str),
+            "lines": self.lines,
+            "bytes": self.bytes,
+            "checkpoints": self.checkpoints,
+            "completed": self.completed,
+            "invalidated": self.invalidated,
+            "fresh_buckets": self.fresh_buckets,
+            "ignored_buckets": self.ignored_buckets,
+            "pages": self.pages,
+            "keepalives": self.keepalives,
+            "subrequests": self.subrequests,
+            "floor_dropped": self.floor_dropped,
+        })
+    }
+}
+
 /// One stream's state; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct StreamLoop {
@@ -511,6 +534,30 @@ impl StreamLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_end_log_names_why_and_how_long_and_every_count() {
+        let stats = StreamStats {
+            started_ms: 1_000,
+            lines: 7,
+            bytes: 700,
+            pages: 2,
+            subrequests: 5,
+            ended: Some(EndReason::TokenExpiring),
+            ..StreamStats::default()
+        };
+        let log = stats.end_log(4_500);
+        assert_eq!(log["event"], "powersync_stream_end");
+        assert_eq!(log["duration_ms"], 3_500);
+        assert_eq!(log["ended"], "token_expiring");
+        assert_eq!((log["lines"].as_u64(), log["bytes"].as_u64()), (Some(7), Some(700)));
+        assert_eq!((log["pages"].as_u64(), log["subrequests"].as_u64()), (Some(2), Some(5)));
+        assert_eq!(log["floor_dropped"], false);
+        assert_eq!(log.as_object().unwrap().len(), 14);
+        // A clock that went back gives 0, and a stream still open has no reason.
+        let open = StreamStats { started_ms: 9, ..StreamStats::default() }.end_log(1);
+        assert_eq!((open["duration_ms"].as_u64(), open["ended"].is_null()), (Some(0), true));
+    }
     use crate::powersync::lines::BucketChecksum;
     use crate::powersync::op_id::{last_op_id, op_id};
     use serde_json::{json, Value};
