@@ -174,6 +174,20 @@ pub fn too_large_poke(len: usize) -> ApiError {
     ApiError::new(413, "payload_too_large", format!("a poke is at most {MAX_POKE_BYTES} bytes; this one is {len}"))
 }
 
+/// May this `POST /live/poke` in? `configured` is `LIVE_POKE_SECRET` (unset or blank:
+/// pokes are off, a 503), `given` the request's [`POKE_SECRET_HEADER`]; both are
+/// trimmed and compared in constant time.
+pub fn authorize_poke(configured: Option<&str>, given: Option<&str>) -> Result<(), ApiError> {
+    let secret = configured.map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| {
+        ApiError::unavailable("live_pokes_unconfigured", "live pokes are not configured (LIVE_POKE_SECRET)")
+    })?;
+    let given = given.unwrap_or_default().trim();
+    if !crate::embed::secrets_equal(given.as_bytes(), secret.as_bytes()) {
+        return Err(ApiError::unauthorized("invalid_poke_secret", "the poke secret is not valid"));
+    }
+    Ok(())
+}
+
 /// Parse and check a poke body.
 pub fn parse_poke(body: &[u8]) -> Result<Poke, ApiError> {
     #[derive(Deserialize)]
@@ -257,6 +271,19 @@ impl Poke {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_poke_needs_the_configured_secret_and_none_is_configured_by_a_blank() {
+        for unset in [None, Some(""), Some("  \n")] {
+            let e = authorize_poke(unset, Some("")).unwrap_err();
+            assert_eq!((e.status, e.code), (503, "live_pokes_unconfigured"));
+        }
+        assert_eq!(authorize_poke(Some(" s3cret\n"), Some("s3cret ")), Ok(()));
+        for wrong in [None, Some(""), Some("s3cre"), Some("s3cret2"), Some("S3CRET")] {
+            let e = authorize_poke(Some("s3cret"), wrong).unwrap_err();
+            assert_eq!((e.status, e.code), (401, "invalid_poke_secret"), "{wrong:?}");
+        }
+    }
 
     const A: &str = "11111111-1111-4111-8111-111111111111";
     const B: &str = "22222222-2222-4222-8222-222222222222";

@@ -103,13 +103,8 @@ async fn socket(req: &Request, env: &Env) -> Result<Response, ApiError> {
 /// secret. Wakes each named user's sockets and waiting pulls.
 async fn poke(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     edge::require_method(req, &[Method::Post])?;
-    let secret = edge::setting(env, "LIVE_POKE_SECRET").filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-        ApiError::unavailable("live_pokes_unconfigured", "live pokes are not configured (LIVE_POKE_SECRET)")
-    })?;
-    let given = req.headers().get(live::POKE_SECRET_HEADER).ok().flatten().unwrap_or_default();
-    if !shared::embed::secrets_equal(given.trim().as_bytes(), secret.trim().as_bytes()) {
-        return Err(ApiError::unauthorized("invalid_poke_secret", "the poke secret is not valid"));
-    }
+    let given = req.headers().get(live::POKE_SECRET_HEADER).ok().flatten();
+    live::authorize_poke(edge::setting(env, "LIVE_POKE_SECRET").as_deref(), given.as_deref())?;
     let body = edge::json_body(req, live::MAX_POKE_BYTES, live::too_large_poke).await?;
     let poke = live::parse_poke(&body)?;
     let mut delivered = 0;
