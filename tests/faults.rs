@@ -26,6 +26,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::background::Background;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -97,10 +99,9 @@ struct Shared {
 
 pub struct FaultProxy {
     pub url: String,
-    /// Ends the proxy's runtime (see `Drop`).
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// The proxy's runtime, stopped when the proxy is dropped.
+    _server: Background,
 }
 
 /// splitmix64: small, seedable, good enough for fault decisions.
@@ -119,8 +120,6 @@ fn unit(state: &mut u64) -> f64 {
 impl FaultProxy {
     pub fn start(upstream: &str, rates: FaultRates, seed: u64) -> FaultProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
-        let addr = listener.local_addr().unwrap();
-        listener.set_nonblocking(true).expect("a non-blocking listener");
         let shared = Arc::new(Shared {
             upstream: Upstream::parse(upstream),
             rates: Mutex::new(rates),
@@ -128,26 +127,9 @@ impl FaultProxy {
             rngs: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("fault-proxy")
-            .enable_all()
-            .build()
-            .expect("the fault proxy's runtime");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = shared.clone();
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("the fault proxy's listener");
-                tokio::select! {
-                    _ = accept(listener, s) => {}
-                    _ = stopped => {}
-                }
-            });
-            // Connections still open end with the runtime.
-            runtime.shutdown_background();
-        });
-        FaultProxy { url: format!("http://{addr}"), stop: Some(stop), shared, thread: Some(thread) }
+        let server = Background::start("fault-proxy", listener, move |l| accept(l, s)).expect("start the fault proxy");
+        FaultProxy { url: format!("http://{}", server.addr), shared, _server: server }
     }
 
     pub fn set_rates(&self, rates: FaultRates) {
@@ -165,17 +147,6 @@ impl FaultProxy {
             streams: c.streams.load(Ordering::SeqCst),
             cut_streams: c.cut_streams.load(Ordering::SeqCst),
             server_errors: c.server_errors.load(Ordering::SeqCst),
-        }
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `EDGESYNC_STACK_DIR`); against `cargo xtask stack up` run
 //! `EDGESYNC_STACK_DIR=target/stack cargo test -p edgesync-integration`.
 
+pub mod background;
 pub mod faults;
 pub mod neo4j_standin;
 

@@ -30,8 +30,9 @@ use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crate::background::Background;
 
 /// The stand-in's copy of the statement that reads one page of a user's nodes.
 pub const NODES_STATEMENT: &str = "
@@ -111,9 +112,8 @@ pub struct Fault {
 pub struct Neo4jStandin {
     addr: SocketAddr,
     inner: Arc<Inner>,
-    /// Ends the server's runtime (see `Drop`).
-    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The server's runtime, stopped when the last `Arc` is dropped.
+    _server: Background,
 }
 
 struct Inner {
@@ -152,8 +152,6 @@ impl Neo4jStandin {
     /// auth credentials.
     pub fn start(port: u16, user: &str, password: &str) -> std::io::Result<Arc<Neo4jStandin>> {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
-        let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
         let inner = Arc::new(Inner {
             credentials: format!("{user}:{password}"),
             bearer: Mutex::new(None),
@@ -162,25 +160,12 @@ impl Neo4jStandin {
             bookmarks: AtomicU64::new(0),
             log: std::env::var_os("NEO4J_STANDIN_LOG").is_some_and(|v| !v.is_empty() && v != "0"),
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(format!("neo4j-standin-{}", addr.port()))
-            .enable_all()
-            .build()?;
         let app = axum::Router::new().fallback(serve_one).with_state(inner.clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name(format!("neo4j-standin-{}", addr.port())).spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                tokio::select! {
-                    _ = axum::serve(listener, app) => {}
-                    _ = stopped => {}
-                }
-            });
-            // Connections still open end with the runtime, as the process would end them.
-            runtime.shutdown_background();
+        let name = format!("neo4j-standin-{}", listener.local_addr()?.port());
+        let server = Background::start(&name, listener, move |l| async move {
+            let _ = axum::serve(l, app).await;
         })?;
-        Ok(Arc::new(Neo4jStandin { addr, inner, stop: Mutex::new(Some(stop)), thread: Mutex::new(Some(thread)) }))
+        Ok(Arc::new(Neo4jStandin { addr: server.addr, inner, _server: server }))
     }
 
     /// The port it listens on (useful after `start(0, ..)`).
@@ -252,17 +237,6 @@ impl Neo4jStandin {
     /// Faulted answers sent for this user so far.
     pub fn faulted(&self, user_id: &str) -> usize {
         lock(&self.inner.users).get(user_id).map_or(0, |u| u.faulted)
-    }
-}
-
-impl Drop for Neo4jStandin {
-    fn drop(&mut self) {
-        if let Some(stop) = lock(&self.stop).take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = lock(&self.thread).take() {
-            let _ = t.join();
-        }
     }
 }
 
