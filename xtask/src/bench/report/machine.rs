@@ -70,7 +70,18 @@ impl Machine {
                     .max_by(|a, b| version_key(a).cmp(&version_key(b)))
             })
             .unwrap_or_else(|| "unknown".into());
-        let dirty = output(Command::new("git").args(["status", "--porcelain"]).current_dir(&paths.root))
+        // The bench's own outputs of an earlier run in this checkout are not changes to
+        // what is measured.
+        let status = [
+            "status",
+            "--porcelain",
+            "--",
+            ".",
+            ":(exclude)BENCHMARKS.md",
+            ":(exclude)bench/LIVE.md",
+            ":(exclude)bench/plots",
+        ];
+        let dirty = output(Command::new("git").args(status).current_dir(&paths.root))
             .map(|s| !s.trim().is_empty())
             .unwrap_or(false);
         let commit = try_output(Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(&paths.root));
