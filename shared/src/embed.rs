@@ -287,9 +287,14 @@ impl SearchRequest {
     }
 }
 
-/// Constant-time equality for secrets (length is not hidden).
-pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// May this call to `embed_entry` in by its `x-webhook-secret` header (`given`)?
+/// `configured` is `EMBED_WEBHOOK_SECRET`; with it unset or blank no secret is valid
+/// (the caller may still use a service-role token instead of the header).
+pub fn authorize_webhook_secret(configured: Option<&str>, given: Option<&str>) -> Result<(), ApiError> {
+    match crate::secret::check(configured, given) {
+        crate::secret::SecretCheck::Valid => Ok(()),
+        _ => Err(ApiError::unauthorized("invalid_webhook_secret", "the webhook secret is not valid")),
+    }
 }
 
 #[cfg(test)]
@@ -470,8 +475,11 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_equal_only_byte_for_byte_and_length_for_length() {
-        assert!(secrets_equal(b"abc", b"abc"));
-        assert!(!secrets_equal(b"abc", b"abd") && !secrets_equal(b"abc", b"ab"));
+    fn a_webhook_secret_is_valid_only_when_configured_and_equal_after_trimming() {
+        assert_eq!(authorize_webhook_secret(Some("hook\n"), Some("hook")), Ok(()));
+        for (configured, given) in [(None, Some("hook")), (Some("  "), Some("")), (Some("hook"), Some("hooks"))] {
+            let e = authorize_webhook_secret(configured, given).unwrap_err();
+            assert_eq!((e.status, e.code), (401, "invalid_webhook_secret"), "{configured:?} {given:?}");
+        }
     }
 }

@@ -28,6 +28,7 @@ pub mod populate;
 pub mod powersync;
 pub mod raw_json;
 pub mod request_id;
+pub mod secret;
 pub mod sync;
 pub mod upload;
 pub mod upstream;

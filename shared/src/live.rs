@@ -178,14 +178,15 @@ pub fn too_large_poke(len: usize) -> ApiError {
 /// pokes are off, a 503), `given` the request's [`POKE_SECRET_HEADER`]; both are
 /// trimmed and compared in constant time.
 pub fn authorize_poke(configured: Option<&str>, given: Option<&str>) -> Result<(), ApiError> {
-    let secret = configured.map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| {
-        ApiError::unavailable("live_pokes_unconfigured", "live pokes are not configured (LIVE_POKE_SECRET)")
-    })?;
-    let given = given.unwrap_or_default().trim();
-    if !crate::embed::secrets_equal(given.as_bytes(), secret.as_bytes()) {
-        return Err(ApiError::unauthorized("invalid_poke_secret", "the poke secret is not valid"));
+    match crate::secret::check(configured, given) {
+        crate::secret::SecretCheck::Valid => Ok(()),
+        crate::secret::SecretCheck::Unset => {
+            Err(ApiError::unavailable("live_pokes_unconfigured", "live pokes are not configured (LIVE_POKE_SECRET)"))
+        }
+        crate::secret::SecretCheck::Invalid => {
+            Err(ApiError::unauthorized("invalid_poke_secret", "the poke secret is not valid"))
+        }
     }
-    Ok(())
 }
 
 /// Parse and check a poke body.

@@ -18,7 +18,9 @@ use serde_json::json;
 use shared::auth::Principal;
 use shared::config::{Config, ConfigError};
 use shared::data_api::Caller;
-use shared::embed::{parse_webhook, secrets_equal, EmbeddingsConfig, SearchRequest, WebhookAction, SEARCH_RPC};
+use shared::embed::{
+    authorize_webhook_secret, parse_webhook, EmbeddingsConfig, SearchRequest, WebhookAction, SEARCH_RPC,
+};
 use shared::embed_jobs::{embed_texts, Drain, DrainReport, DrainSettings, Route, Sleep};
 use shared::ApiError;
 use worker::{
@@ -127,10 +129,7 @@ async fn handle(req: &mut Request, env: &Env, ctx: &Context) -> Result<Response,
 /// The shared webhook secret (constant-time) or a service-role token; nothing else.
 async fn authorize(req: &Request, env: &Env) -> Result<(), ApiError> {
     if let Some(given) = req.headers().get("x-webhook-secret").ok().flatten() {
-        return match edge::setting(env, "EMBED_WEBHOOK_SECRET").filter(|s| !s.trim().is_empty()) {
-            Some(secret) if secrets_equal(given.trim().as_bytes(), secret.as_bytes()) => Ok(()),
-            _ => Err(ApiError::unauthorized("invalid_webhook_secret", "the webhook secret is not valid")),
-        };
+        return authorize_webhook_secret(edge::setting(env, "EMBED_WEBHOOK_SECRET").as_deref(), Some(&given));
     }
     let verified = edge::authenticate(req, &*edge::config(env)?).await?;
     match verified.principal {
