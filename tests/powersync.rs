@@ -531,6 +531,13 @@ fn devices_behind_a_faulty_network_converge_without_a_checksum_mismatch() {
     }
     let faults = proxy.counts();
     proxy.set_rates(FaultRates::NONE);
+    // On the clean network every device writes once more. The SDK clears `uploadError`
+    // only after its next successful upload (a write checkpoint fetch that failed under
+    // faults leaves it set even when the retry succeeds), and `downloadError` at its
+    // next completed checkpoint: this write gives every device both.
+    for (i, (device, _)) in devices.iter_mut().enumerate() {
+        device.put(&uuid(), json!({"title": format!("clean {i}"), "body_markdown": "", "tags": []}));
+    }
     // Every upload done first; then the server's rows are final.
     for (device, _) in devices.iter_mut() {
         device.synced();
@@ -538,10 +545,16 @@ fn devices_behind_a_faulty_network_converge_without_a_checksum_mismatch() {
     for (device, user) in devices.iter_mut() {
         let server = normalized(server_entries(&info, user));
         device.shows(&server);
-        eventually(&format!("{}'s errors to clear", device.name), Duration::from_secs(30), || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
             let status = device.ok(json!({"cmd": "status"}))["status"].clone();
-            status["dataFlowStatus"]["uploadError"].is_null() && status["dataFlowStatus"]["downloadError"].is_null()
-        });
+            let flow = &status["dataFlowStatus"];
+            if flow["uploadError"].is_null() && flow["downloadError"].is_null() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}'s errors did not clear in 30 s: {status}", device.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
         device.assert_healthy();
     }
     eprintln!("powersync: faults {faults:?}");
