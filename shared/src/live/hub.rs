@@ -144,14 +144,9 @@ impl HubCall {
     /// The call a hub was asked, from its URL's path and query; `None` for any other
     /// path. A number that is missing or not one reads as 0.
     pub fn parse(path: &str, query: &str) -> Option<HubCall> {
-        let number = |name: &str| {
-            query
-                .split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .find(|(k, _)| *k == name)
-                .and_then(|(_, v)| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        let pairs = crate::sync::parse_query(query).unwrap_or_default();
+        let number =
+            |name: &str| pairs.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<u64>().ok()).unwrap_or(0);
         match path {
             "/poke" => Some(HubCall::Poke { checkpoint: number("checkpoint") }),
             "/wait" => Some(HubCall::Wait { after: number("after"), ms: number("ms") }),
