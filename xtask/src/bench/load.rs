@@ -71,20 +71,17 @@ impl Client {
 
     /// `GET url`, timed; the body on 2xx, an error otherwise.
     pub fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> Result<Vec<u8>> {
-        let agent = self.agent.clone();
-        self.send("GET", url, None, || {
-            let mut req = agent.get(url);
-            for (k, v) in headers {
-                req = req.set(k, v);
-            }
-            req.call()
-        })
+        self.get_answering(url, headers, None)
     }
 
     /// `GET url` that must answer exactly `status` (an error answer measured on purpose).
     pub fn get_expecting(&mut self, url: &str, headers: &[(&str, &str)], status: u16) -> Result<Vec<u8>> {
+        self.get_answering(url, headers, Some(status))
+    }
+
+    fn get_answering(&mut self, url: &str, headers: &[(&str, &str)], expect: Option<u16>) -> Result<Vec<u8>> {
         let agent = self.agent.clone();
-        self.send("GET", url, Some(status), || {
+        self.send("GET", url, expect, || {
             let mut req = agent.get(url);
             for (k, v) in headers {
                 req = req.set(k, v);
