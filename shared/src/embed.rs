@@ -297,6 +297,37 @@ pub fn authorize_webhook_secret(configured: Option<&str>, given: Option<&str>) -
     }
 }
 
+/// Largest webhook body `embed_entry` accepts (the payload carries one row).
+pub const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
+/// Largest `POST /search` body.
+pub const MAX_SEARCH_BYTES: usize = 16 * 1024;
+
+/// 413 for a webhook body over [`MAX_WEBHOOK_BYTES`] (also before reading it).
+pub fn too_large_webhook(len: usize) -> ApiError {
+    ApiError::new(
+        413,
+        "body_too_large",
+        format!("the body is {len} bytes; a webhook payload is at most {MAX_WEBHOOK_BYTES}"),
+    )
+}
+
+/// 413 for a search body over [`MAX_SEARCH_BYTES`] (also before reading it).
+pub fn too_large_search(len: usize) -> ApiError {
+    ApiError::new(413, "body_too_large", format!("the body is {len} bytes; a search is at most 16 KiB"))
+}
+
+/// May a caller without the webhook secret, verified as `principal`, use `embed_entry`?
+/// Only the service role: users search, they do not run the embedding jobs.
+pub fn require_service_role(principal: &crate::auth::Principal) -> Result<(), ApiError> {
+    match principal {
+        crate::auth::Principal::ServiceRole => Ok(()),
+        crate::auth::Principal::User { .. } => Err(ApiError::forbidden(
+            "forbidden_role",
+            "embed_entry is called by the database (webhook secret) or with the service role, not by users",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +503,19 @@ mod tests {
     #[test]
     fn a_vector_is_written_as_pgvector_text() {
         assert_eq!(vector_literal(&[1.0, -0.5, 0.25]), "[1,-0.5,0.25]");
+    }
+
+    #[test]
+    fn only_the_service_role_runs_jobs_and_oversized_bodies_say_their_limit() {
+        use crate::auth::Principal;
+        assert_eq!(require_service_role(&Principal::ServiceRole), Ok(()));
+        let e = require_service_role(&Principal::User { user_id: "u".into() }).unwrap_err();
+        assert_eq!((e.status, e.code), (403, "forbidden_role"));
+        for (e, limit) in [(too_large_webhook(300_000), "262144"), (too_large_search(20_000), "16 KiB")] {
+            assert_eq!((e.status, e.code), (413, "body_too_large"));
+            assert!(e.message.contains(limit), "{}", e.message);
+        }
+        assert_eq!(MAX_SEARCH_BYTES, 16 * 1024);
     }
 
     #[test]

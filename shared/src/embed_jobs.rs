@@ -230,6 +230,13 @@ pub fn parse_answer(
     Err(ApiFailure { status: Some(status), message, retry_after: retry_after.unwrap_or(0) })
 }
 
+/// The embedding of one search query: [`embed_texts`] with one text.
+pub async fn embed_query(cfg: &EmbeddingsConfig, query: &str, sleep: Sleep<'_>) -> Result<Vec<f32>, ApiError> {
+    let mut requests = 0;
+    let mut vectors = embed_texts(cfg, vec![query.to_owned()], sleep, &mut requests).await?;
+    vectors.pop().ok_or_else(|| ApiError::bad_gateway("embeddings_bad_response", "no embedding"))
+}
+
 /// One embeddings request for `texts`; a 429/503 with a short `Retry-After` is retried
 /// in place (twice at most), a longer one is left to the caller (a job's backoff).
 pub async fn embed_texts(

@@ -57,6 +57,14 @@ pub struct Verified {
     pub token: String,
 }
 
+impl Verified {
+    /// The token's `exp` in whole seconds (verification requires it): a socket or a
+    /// stream opened with this token ends then.
+    pub fn expires(&self) -> u64 {
+        self.claims.get("exp").and_then(Value::as_f64).map_or(0, |exp| exp.max(0.0) as u64)
+    }
+}
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AuthError {

@@ -370,3 +370,11 @@ async fn an_endless_jwks_body_is_refused_while_reading() {
     let err = authenticate(Some(&token), &declared, NOW, None).await.unwrap_err();
     assert!(matches!(&err, AuthError::KeysUnavailable(m) if m.contains("larger than")), "{err:?}");
 }
+
+#[test]
+fn expires_is_the_verified_exp_in_whole_seconds_fractions_included() {
+    assert_eq!(verify(&hs256(&user_claims())).unwrap().expires(), NOW + 3600);
+    // A fractional `exp` passes verification; it must not read as "already expired".
+    let fractional = with(user_claims(), "exp", json!((NOW + 60) as f64 + 0.5));
+    assert_eq!(verify(&hs256(&fractional)).unwrap().expires(), NOW + 60);
+}

@@ -243,6 +243,18 @@ impl CronBudget {
     }
 }
 
+/// `edgesync_populate_due`'s arguments: the Neo4j users not synced for
+/// `stale_after_secs`, at most `cron_users` of them.
+pub fn due_args(config: &PopulateConfig) -> Value {
+    json!({ "p_source": "neo4j", "p_stale_after_secs": config.stale_after_secs, "p_limit": config.cron_users })
+}
+
+/// The user ids in `edgesync_populate_due`'s answer (rows of `{"user_id": …}`).
+pub fn due_users(answer: &Value) -> Vec<String> {
+    let rows = answer.as_array().map(Vec::as_slice).unwrap_or_default();
+    rows.iter().filter_map(|r| r.get("user_id").and_then(Value::as_str).map(str::to_owned)).collect()
+}
+
 pub fn too_large_body(len: usize) -> ApiError {
     ApiError::new(
         413,
@@ -678,6 +690,15 @@ mod tests {
         assert_eq!(b.left(), 0, "never below zero");
         assert!(!CronBudget::new(4).room_for_a_user());
         assert!(CronBudget::new(5).room_for_a_user());
+    }
+
+    #[test]
+    fn the_cron_asks_for_stale_neo4j_users_and_reads_their_ids() {
+        let c = PopulateConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(due_args(&c), json!({"p_source": "neo4j", "p_stale_after_secs": 21_600, "p_limit": 5}));
+        let answer = json!([{"user_id": "u1"}, {"user_id": 7}, {}, {"user_id": "u2", "due": true}]);
+        assert_eq!(due_users(&answer), ["u1", "u2"]);
+        assert!(due_users(&json!({"user_id": "u1"})).is_empty());
     }
 
     #[test]

@@ -273,6 +273,15 @@ pub fn write_checkpoint_body(x: u64) -> Result<String, ApiError> {
     Ok(serde_json::to_string(&Body { data: Data { write_checkpoint: Decimal(wc) } }).unwrap_or_default())
 }
 
+/// `edgesync_ps_write_checkpoint`'s answer (the sync sequence's next value, a JSON
+/// string of digits): that value, to poke the user's hub with, and the route's body.
+pub fn write_checkpoint_answer(answer: &serde_json::Value) -> Result<(u64, String), ApiError> {
+    let x = answer.as_str().and_then(super::parse_op_id).ok_or_else(|| {
+        ApiError::bad_gateway("upstream_bad_response", "the write checkpoint answer is not a position")
+    })?;
+    Ok((x, write_checkpoint_body(x)?))
+}
+
 /// The last line of an `edgesync_ps_page` answer:
 /// `{"_es":{"next":{"<tbl>":"<op id>"},"more":["<tbl>"],"needs":"<op id>"|null}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -423,6 +432,14 @@ mod tests {
         let body: Value = serde_json::from_str(&write_checkpoint_body(7).unwrap()).unwrap();
         assert_eq!(body, json!({"data": {"write_checkpoint": (7u64 << 24).to_string()}}));
         assert_eq!(write_checkpoint_body(1 << 39).unwrap_err().status, 502);
+        let (x, body) = write_checkpoint_answer(&json!("7")).unwrap();
+        assert_eq!(
+            (x, serde_json::from_str::<Value>(&body).unwrap()),
+            (7, json!({"data": {"write_checkpoint": (7u64 << 24).to_string()}}))
+        );
+        for bad in [json!(7), json!(""), json!("-1"), json!("7x"), json!(null), json!((1u64 << 39).to_string())] {
+            assert_eq!(write_checkpoint_answer(&bad).unwrap_err().status, 502, "{bad}");
+        }
     }
 
     #[test]
