@@ -15,20 +15,14 @@
 
 use edgesync_edge::{self as edge, edgesync_shared as shared};
 use serde_json::json;
-use shared::auth::Principal;
 use shared::config::{Config, ConfigError};
 use shared::data_api::Caller;
-use shared::embed::{
-    authorize_webhook_secret, parse_webhook, EmbeddingsConfig, SearchRequest, WebhookAction, SEARCH_RPC,
-};
-use shared::embed_jobs::{embed_texts, Drain, DrainReport, DrainSettings, Route, Sleep};
+use shared::embed::{self, EmbeddingsConfig, SearchRequest, WebhookAction, SEARCH_RPC};
+use shared::embed_jobs::{embed_query, Drain, DrainReport, DrainSettings, Route, Sleep};
 use shared::ApiError;
 use worker::{
     console_error, console_log, event, Context, Env, Method, Request, Response, ScheduleContext, ScheduledEvent,
 };
-
-/// Largest webhook body accepted (the payload carries one row).
-const MAX_BODY: usize = 256 * 1024;
 
 #[derive(Clone)]
 struct Settings {
@@ -102,15 +96,8 @@ async fn handle(req: &mut Request, env: &Env, ctx: &Context) -> Result<Response,
         let report = settings.drain(None, settings.drain.cron_rounds).await?;
         return edge::json(200, &json!(report));
     }
-    let body = edge::json_body(req, MAX_BODY, |len| {
-        ApiError::new(
-            413,
-            "body_too_large",
-            format!("the body is {len} bytes; a webhook payload is at most {MAX_BODY}"),
-        )
-    })
-    .await?;
-    match parse_webhook(&body)? {
+    let body = edge::json_body(req, embed::MAX_WEBHOOK_BYTES, embed::too_large_webhook).await?;
+    match embed::parse_webhook(&body)? {
         WebhookAction::Ignore { reason } => edge::json(200, &json!({ "ignored": reason })),
         WebhookAction::Embed { entry_id } => {
             let settings = Settings::from_env(env)?;
@@ -129,16 +116,9 @@ async fn handle(req: &mut Request, env: &Env, ctx: &Context) -> Result<Response,
 /// The shared webhook secret (constant-time) or a service-role token; nothing else.
 async fn authorize(req: &Request, env: &Env) -> Result<(), ApiError> {
     if let Some(given) = req.headers().get("x-webhook-secret").ok().flatten() {
-        return authorize_webhook_secret(edge::setting(env, "EMBED_WEBHOOK_SECRET").as_deref(), Some(&given));
+        return embed::authorize_webhook_secret(edge::setting(env, "EMBED_WEBHOOK_SECRET").as_deref(), Some(&given));
     }
-    let verified = edge::authenticate(req, &*edge::config(env)?).await?;
-    match verified.principal {
-        Principal::ServiceRole => Ok(()),
-        Principal::User { .. } => Err(ApiError::forbidden(
-            "forbidden_role",
-            "embed_entry is called by the database (webhook secret) or with the service role, not by users",
-        )),
-    }
+    embed::require_service_role(&edge::authenticate(req, &*edge::config(env)?).await?.principal)
 }
 
 /// `POST /search`: the query is embedded here, the search runs as the user.
@@ -147,16 +127,11 @@ async fn search(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     let config = edge::config(env)?;
     let verified = edge::authenticate(req, &config).await?;
     edge::require_user(&verified)?;
-    let body = edge::json_body(req, 16 * 1024, |len| {
-        ApiError::new(413, "body_too_large", format!("the body is {len} bytes; a search is at most 16 KiB"))
-    })
-    .await?;
+    let body = edge::json_body(req, embed::MAX_SEARCH_BYTES, embed::too_large_search).await?;
     let search = SearchRequest::parse(&body)?;
     let embeddings = EmbeddingsConfig::from_lookup(|k| edge::setting(env, k))?;
-    let mut requests = 0;
-    let vectors = embed_texts(&embeddings, vec![search.query.clone()], SLEEP, &mut requests).await?;
-    let vector = vectors.first().ok_or_else(|| ApiError::bad_gateway("embeddings_bad_response", "no embedding"))?;
+    let vector = embed_query(&embeddings, &search.query, SLEEP).await?;
     let results =
-        edge::data_api(&config).rpc(Caller::User(&verified.token), SEARCH_RPC, &search.rpc_args(vector)).await?;
+        edge::data_api(&config).rpc(Caller::User(&verified.token), SEARCH_RPC, &search.rpc_args(&vector)).await?;
     edge::private_json(&json!({ "results": results }))
 }

@@ -12,11 +12,12 @@
 use edgesync_edge::{self as edge, edgesync_shared as shared};
 use serde_json::json;
 use shared::config::ConfigError;
-use shared::data_api::Caller;
+use shared::data_api::{Caller, DataApi};
 use shared::populate::mapping::Mapping;
 use shared::populate::neo4j::Neo4jConfig;
 use shared::populate::{
-    too_large_body, whose, CronBudget, Mode, Populate, PopulateConfig, PopulateRequest, Whose, DUE_RPC, MAX_BODY_BYTES,
+    due_args, due_users, too_large_body, whose, CronBudget, Mode, Populate, PopulateConfig, PopulateRequest, Whose,
+    DUE_RPC, MAX_BODY_BYTES,
 };
 use shared::ApiError;
 use worker::{
@@ -44,6 +45,16 @@ fn neo4j_settings(env: &Env) -> Result<(Neo4jConfig, Mapping), ApiError> {
     Ok((neo, Mapping::from_setting(edge::setting(env, "NEO4J_MAPPING"))?))
 }
 
+/// A run for `user_id` (`None`: the caller's own) on the Worker's clock and timer.
+fn runner<'a>(
+    api: &'a DataApi,
+    caller: Caller<'a>,
+    user_id: Option<&'a str>,
+    config: &'a PopulateConfig,
+) -> Populate<'a> {
+    Populate { api, caller, user_id, config, now_ms: &edge::now_ms, sleep: edge::SLEEP }
+}
+
 async fn handle(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     edge::require_path(req, "/populate")?;
     edge::require_method(req, &[Method::Post])?;
@@ -57,8 +68,7 @@ async fn handle(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     };
     let populate_config = settings(env)?;
     let api = edge::data_api(&config);
-    let populate =
-        Populate { api: &api, caller, user_id, config: &populate_config, now_ms: &edge::now_ms, sleep: edge::SLEEP };
+    let populate = runner(&api, caller, user_id, &populate_config);
     match &request {
         PopulateRequest::Neo4j { run, mode, max_pages, .. } => {
             let (neo, mapping) = neo4j_settings(env)?;
@@ -86,32 +96,15 @@ async fn cron(env: &Env) -> Result<serde_json::Value, ApiError> {
     let populate_config = settings(env)?;
     let (neo, mapping) = neo4j_settings(env)?;
     let api = edge::data_api(&config);
-    let due = api
-        .rpc(
-            Caller::ServiceRole(&service_key),
-            DUE_RPC,
-            &json!({ "p_source": "neo4j", "p_stale_after_secs": populate_config.stale_after_secs,
-                     "p_limit": populate_config.cron_users }),
-        )
-        .await?;
-    let users: Vec<String> = due
-        .as_array()
-        .map(|rows| rows.iter().filter_map(|r| r.get("user_id").and_then(|u| u.as_str()).map(str::to_owned)).collect())
-        .unwrap_or_default();
+    let due = api.rpc(Caller::ServiceRole(&service_key), DUE_RPC, &due_args(&populate_config)).await?;
+    let users = due_users(&due);
     let mut budget = CronBudget::new(populate_config.max_subrequests);
     let mut results = Vec::new();
     for user in &users {
         if !budget.room_for_a_user() {
             break;
         }
-        let populate = Populate {
-            api: &api,
-            caller: Caller::ServiceRole(&service_key),
-            user_id: Some(user),
-            config: &populate_config,
-            now_ms: &edge::now_ms,
-            sleep: edge::SLEEP,
-        };
+        let populate = runner(&api, Caller::ServiceRole(&service_key), Some(user), &populate_config);
         match populate.neo4j(&neo, &mapping, None, Mode::Auto, None, budget.left()).await {
             Ok(r) => {
                 budget.spend(&r.requests);
