@@ -247,6 +247,22 @@ fn one_writer_wakes_every_listening_device_of_its_user() {
     }
 }
 
+/// The PowerSync Worker pokes through its binding to the sync Worker's `LiveHub`
+/// namespace: one hub per user for both Workers, so a socket hears it.
+#[test]
+fn a_powersync_write_checkpoint_pokes_the_users_socket_held_by_the_sync_worker() {
+    let _guard = exclusive();
+    let info = stack();
+    let (_, token) = new_user(&info);
+    let mut socket = open_socket(&info, &token);
+    let a = call("GET", &format!("{}/write-checkpoint2.json", info.functions_url), Some(&token), None);
+    assert_eq!(a.status, 200, "{}", a.text);
+    let op_id: u64 = a.body["data"]["write_checkpoint"].as_str().unwrap().parse().unwrap();
+    // The protocol's op ids are positions shifted left by 24 bits; pokes carry positions.
+    let checkpoint = op_id >> 24;
+    assert_eq!(pokes_until(&mut socket, checkpoint).last(), Some(&checkpoint));
+}
+
 #[test]
 fn an_expired_token_closes_the_socket_with_4001() {
     let info = stack();

@@ -20,11 +20,12 @@ const OPENAPI_PATH: &str = "/openapi.json";
 /// Path → service binding name (see the top-level `wrangler.toml`).
 const ROUTES: &[(&str, &str)] = &[
     ("/health", "HEALTH"),
+    // PowerSync's protocol. Before `/sync`: the first prefix that matches wins.
+    ("/sync/stream", "POWERSYNC"),
+    ("/write-checkpoint2.json", "POWERSYNC"),
     ("/sync", "SYNC"),
-    // Live updates are the sync Worker's: its Durable Object holds the sockets.
+    // Live updates are the sync Worker's: it exports the Durable Object holding sockets.
     ("/live", "SYNC"),
-    // PowerSync's protocol (`/sync/stream` is under `/sync`): the sync Worker's too.
-    ("/write-checkpoint2.json", "SYNC"),
     ("/upload", "UPLOAD"),
     ("/populate", "POPULATE"),
     ("/embed_entry", "EMBED_ENTRY"),

@@ -38,7 +38,7 @@ enum Task {
     Setup,
     /// Build the Workers' .wasm bundles (all by default)
     Build {
-        /// Only these Workers (health, sync, upload, populate, embed_entry, gateway)
+        /// Only these Workers (health, sync, powersync, upload, populate, embed_entry, gateway)
         names: Vec<String>,
     },
     /// setup + build + the whole stack in the foreground; Ctrl-C stops it

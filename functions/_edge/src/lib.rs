@@ -38,6 +38,8 @@ use std::future::Future;
 use std::rc::Rc;
 use worker::{console_error, console_log, Date, Env, Headers, Method, Request, Response};
 
+pub mod hub;
+
 pub use edgesync_shared;
 pub use worker;
 
@@ -281,6 +283,14 @@ pub fn now_secs() -> u64 {
 /// Milliseconds since the epoch, for measuring latency.
 pub fn now_ms() -> u64 {
     Date::now().as_millis()
+}
+
+/// Wait until `at_ms` (the runtime's clock, as [`now_ms`]) if it is still ahead.
+pub async fn sleep_until(at_ms: u64) {
+    let ms = at_ms.saturating_sub(now_ms());
+    if ms > 0 {
+        worker::Delay::from(std::time::Duration::from_millis(ms)).await;
+    }
 }
 
 /// Verify the request's bearer token; every failure is a JSON 401/403/503.

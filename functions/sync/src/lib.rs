@@ -1,23 +1,21 @@
-//! `GET /sync`: delta pull of the signed-in user's rows (SPEC §5, §6a), and live
-//! updates: `GET /sync?wait=` (long-poll), `GET /live` (WebSocket of pokes) and
+//! `GET /sync`: delta pull of the signed-in user's rows, and live updates:
+//! `GET /sync?wait=` (long-poll), `GET /live` (WebSocket of pokes) and
 //! `POST /live/poke` (the database's notice of a commit).
 //!
 //! Thin: verify the token, parse the query (`shared::sync`), one RPC to
 //! `edgesync_pull` with the user's own token (RLS applies), shape the answer. The
-//! long-poll's decisions are `shared::live::LongPoll`'s; the per-user Durable Object
-//! (`LiveHub`, in `hub.rs`) only holds sockets and waiting pulls and passes pokes on.
+//! long-poll's decisions are `shared::live::LongPoll`'s. This Worker exports the
+//! per-user Durable Object `LiveHub` (`functions/_live_hub`), which only holds sockets
+//! and waiting pulls and passes pokes on.
 
-mod hub;
-mod powersync;
-
-use edgesync_edge::{self as edge, edgesync_shared as shared};
+use edgesync_edge::{self as edge, edgesync_shared as shared, hub};
 use shared::data_api::Caller;
 use shared::live::{self, LongPoll, Step};
 use shared::sync::{PullRequest, PULL_RPC};
 use shared::ApiError;
-use worker::{event, Context, Delay, Env, Method, Request, Response};
+use worker::{event, Context, Env, Method, Request, Response};
 
-pub use hub::LiveHub;
+pub use edgesync_live_hub::LiveHub;
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
@@ -33,8 +31,6 @@ async fn route(mut req: Request, env: &Env) -> Result<Response, ApiError> {
     match req.path().trim_end_matches('/') {
         "/live" => socket(&req, env).await,
         "/live/poke" => poke(&mut req, env).await,
-        "/sync/stream" => powersync::stream(&mut req, env).await,
-        "/write-checkpoint2.json" => powersync::write_checkpoint(&req, env).await,
         _ => pull(&req, env).await,
     }
 }
@@ -67,10 +63,7 @@ async fn pull(req: &Request, env: &Env) -> Result<Response, ApiError> {
                     };
                 }
                 Step::Pull { at_ms } => {
-                    let ms = at_ms.saturating_sub(edge::now_ms());
-                    if ms > 0 {
-                        Delay::from(std::time::Duration::from_millis(ms)).await;
-                    }
+                    edge::sleep_until(at_ms).await;
                     answer = api.rpc_raw(Caller::User(&verified.token), PULL_RPC, args.clone()).await?;
                     step = poll.on_page(live::summarize(&answer), edge::now_ms());
                 }
@@ -95,8 +88,7 @@ async fn socket(req: &Request, env: &Env) -> Result<Response, ApiError> {
     );
     let verified = edge::authenticate_header(authorization.as_deref(), &config).await?;
     let user = edge::require_user(&verified)?;
-    let expires = verified.claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(0);
-    hub::open_socket(env, user, expires, subprotocol).await
+    hub::open_socket(env, user, verified.expires(), subprotocol).await
 }
 
 /// `POST /live/poke`: from the database (pg_net, or the local relay), with the shared

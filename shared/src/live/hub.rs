@@ -1,4 +1,4 @@
-//! The decisions of a user's live hub (the sync Worker's `LiveHub` Durable Object),
+//! The decisions of a user's live hub (the `LiveHub` Durable Object the sync Worker exports),
 //! without its runtime: which waiting pulls a poke wakes, whether the sockets hear
 //! about it, whether it must be stored, and which sockets an alarm closes.
 //!

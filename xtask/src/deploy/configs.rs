@@ -85,6 +85,15 @@ pub fn generate(committed: &[Committed], env: &Env) -> Result<Vec<Generated>> {
                 }
             }
         }
+        // A Durable Object namespace of another Worker: that Worker of this environment.
+        for b in do_bindings_mut(&mut table) {
+            let Some(script) = b.get("script_name").and_then(|v| v.as_str()).map(str::to_owned) else { continue };
+            let target = names.get(&script).context(format!(
+                "{}: the Durable Object binding to {script:?} names no Worker of this repository",
+                c.path.display()
+            ))?;
+            b.insert("script_name".into(), target.clone().into());
+        }
         // One public URL, the gateway's; the functions are reached through its service
         // bindings (and their Cron Triggers), not on workers.dev of their own.
         table.insert("workers_dev".into(), (c.worker == "gateway").into());
@@ -150,6 +159,14 @@ pub fn check_configs(committed: &[Committed], generated: &[Generated], env: &Env
         } else if !bound.is_empty() {
             problems.push(format!("{w}: binds {bound:?}"));
         }
+        // A Durable Object of another Worker: this environment's, deployed before this one.
+        let earlier: BTreeSet<&str> =
+            generated.iter().take_while(|x| &x.worker != w).map(|x| x.name.as_str()).collect();
+        for script in do_script_names(&g.table) {
+            if !earlier.contains(script.as_str()) {
+                problems.push(format!("{w}: binds the Durable Objects of {script:?}, not a Worker deployed before it"));
+            }
+        }
         let Some(reads) = reads(w) else {
             problems.push(format!("{w}: xtask/src/deploy/settings.rs does not list what it reads"));
             continue;
@@ -174,6 +191,19 @@ pub fn check_configs(committed: &[Committed], generated: &[Generated], env: &Env
         }
     }
     problems
+}
+
+/// The `[[durable_objects.bindings]]` of a config.
+fn do_bindings_mut(table: &mut toml::Table) -> impl Iterator<Item = &mut toml::Table> {
+    let bindings = table.get_mut("durable_objects").and_then(|d| d.get_mut("bindings"));
+    bindings.and_then(|b| b.as_array_mut()).into_iter().flatten().filter_map(|b| b.as_table_mut())
+}
+
+/// The Workers whose Durable Object namespaces a config binds (`script_name`).
+fn do_script_names(table: &toml::Table) -> Vec<String> {
+    let bindings = table.get("durable_objects").and_then(|d| d.get("bindings")).and_then(|b| b.as_array());
+    let script = |b: &toml::Value| b.get("script_name").and_then(|v| v.as_str()).map(str::to_owned);
+    bindings.into_iter().flatten().filter_map(script).collect()
 }
 
 /// One field (`binding` or `service`) of each entry of a config's `services` array.
@@ -261,10 +291,13 @@ mod tests {
         assert_eq!(order.last(), Some(&"gateway"), "the gateway is deployed last");
         let by = |w: &str| g.iter().find(|g| g.worker == w).unwrap();
         assert_eq!(by("sync").name, "edgesync-sync-staging");
+        // The PowerSync Worker binds this environment's LiveHub namespace, the sync Worker's.
+        assert_eq!(do_script_names(&by("powersync").table), ["edgesync-sync-staging"]);
+        assert!(do_script_names(&by("sync").table).is_empty(), "the sync Worker's own namespace");
         assert_eq!(by("embed_entry").name, "edgesync-embed-entry-staging");
         let gw = &by("gateway").table;
         let services = gw["services"].as_array().unwrap();
-        assert_eq!(services.len(), 5);
+        assert_eq!(services.len(), 6);
         for s in services {
             assert!(s["service"].as_str().unwrap().ends_with("-staging"), "{s}");
         }
@@ -303,6 +336,15 @@ mod tests {
         let i = idx(&g, "embed_entry");
         g[i].table.remove("triggers");
         assert!(problems(&g).contains("embed_entry: its Cron Trigger"), "{}", problems(&g));
+
+        // A staging Worker bound to production's Durable Objects, or to a later Worker's.
+        for (script, what) in [("edgesync-sync", "\"edgesync-sync\""), ("edgesync-upload-staging", "upload-staging")] {
+            let mut g = fresh();
+            let i = idx(&g, "powersync");
+            do_bindings_mut(&mut g[i].table).next().unwrap().insert("script_name".into(), script.into());
+            let p = problems(&g);
+            assert!(p.contains("powersync: binds the Durable Objects of") && p.contains(what), "{p}");
+        }
 
         // A staging gateway bound to a production Worker.
         let mut g = fresh();

@@ -103,8 +103,13 @@ pub fn reads(worker: &str) -> Option<Reads> {
         // Without the poke secret, /live/poke answers 503 and live updates fall back to
         // the long-poll's once-a-second pulls; /sync itself works.
         "sync" => Reads {
-            vars: cat(&[SUPABASE_VARS, CORS_VARS, &["PS_STREAM_MAX_SUBREQUESTS"]]),
+            vars: cat(&[SUPABASE_VARS, CORS_VARS]),
             secrets: cat(&[SUPABASE_SECRETS, &["LIVE_POKE_SECRET"]]),
+            required: vec!["SUPABASE_ANON_KEY"],
+        },
+        "powersync" => Reads {
+            vars: cat(&[SUPABASE_VARS, CORS_VARS, &["PS_STREAM_MAX_SUBREQUESTS"]]),
+            secrets: cat(&[SUPABASE_SECRETS]),
             required: vec!["SUPABASE_ANON_KEY"],
         },
         "populate" => Reads {

@@ -410,7 +410,7 @@ pub(super) fn memory(md: &mut String, r: &Results) {
         md,
         "## Worker memory\n\nResident memory (MiB) at the end of each workload (the largest over its rounds) \
          of the workerd process that runs the Workers, and of wrangler's proxy in front of it. edgesync's \
-         figure is the sum over its three runtimes: the gateway's (which holds all six Workers) and those \
+         figure is the sum over its three runtimes: the gateway's (which holds every Worker) and those \
          of `/sync` and `/upload` served alone; the TypeScript Worker's holds one. \
          The proxy in front of the TypeScript Worker grows with every `/sync` page it forwards and also \
          uses several times the Worker's own CPU (the *+ proxy* CPU figures); in earlier runs of this bench \

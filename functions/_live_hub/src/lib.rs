@@ -1,25 +1,29 @@
+//! # edgesync-live-hub
+//!
 //! `LiveHub`: one Durable Object per user (named by the user id), holding that user's
 //! WebSockets (Hibernation API: an idle hub is evicted while its sockets stay open)
-//! and the pulls waiting in `/sync?wait=`. It knows nothing but checkpoints: a poke
-//! is passed to every socket as `{"type":"poke","checkpoint":"<n>"}` and wakes every
-//! waiting pull whose page is older. What a user gets is decided by their next pull.
+//! and the pulls waiting in `/sync?wait=` and PowerSync's streams. It knows nothing
+//! but checkpoints: a poke is passed to every socket as
+//! `{"type":"poke","checkpoint":"<n>"}` and wakes every waiting pull whose page is
+//! older. What a user gets is decided by their next pull.
 //!
-//! Reached only from this Worker (a Durable Object has no URL of its own), at
-//! `https://hub/poke`, `/wait` and `/socket` (`shared::live::hub::HubCall`).
+//! Only I/O: its decisions are `shared::live::hub`'s. The sync Worker exports the
+//! class (its namespace is `edgesync-sync`'s); every Worker calls it through
+//! `edgesync_edge::hub`.
 
 use std::cell::RefCell;
 
-use edgesync_edge::edgesync_shared::live;
-use edgesync_edge::edgesync_shared::live::hub::{self, Hub, HubCall};
-use edgesync_edge::{self as edge, edgesync_shared::ApiError};
+use edgesync_edge as edge;
+use edgesync_edge::edgesync_shared::deadline;
+use edgesync_edge::edgesync_shared::live::{
+    self,
+    hub::{self, Hub, HubCall},
+};
 use futures_channel::oneshot;
 use worker::{
-    durable_object, worker_sys::WebSocketRequestResponsePair, Env, Headers, Method, Request, RequestInit, Response,
-    State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
+    durable_object, worker_sys::WebSocketRequestResponsePair, Env, Headers, Request, Response, State, WebSocket,
+    WebSocketIncomingMessage, WebSocketPair,
 };
-
-/// The binding of the `LiveHub` namespace (`wrangler.toml`).
-const BINDING: &str = "LIVE";
 
 /// The storage key of the newest checkpoint poked, so an evicted hub remembers it.
 const POKED: &str = "poked";
@@ -142,7 +146,7 @@ impl LiveHub {
         if let Some(poked) = self.hub.borrow_mut().wait(after, tx) {
             return Some(poked);
         }
-        let poked = edgesync_edge::edgesync_shared::deadline::within(Some(edge::deadline(ms)), rx).await;
+        let poked = deadline::within(Some(edge::deadline(ms)), rx).await;
         // At the deadline the sender is still listed: drop it.
         self.hub.borrow_mut().forget(oneshot::Sender::is_canceled);
         poked.and_then(Result::ok)
@@ -164,48 +168,4 @@ impl LiveHub {
         }
         Ok(response)
     }
-}
-
-fn stub(env: &Env, user: &str) -> Result<worker::Stub, ApiError> {
-    env.durable_object(BINDING).and_then(|ns| ns.get_by_name(user)).map_err(|e| unavailable(e.to_string()))
-}
-
-/// One call to `user`'s hub; its answer as it is (a 101 included).
-async fn call(env: &Env, user: &str, call: HubCall) -> Result<Response, ApiError> {
-    let stub = stub(env, user)?;
-    let headers = Headers::new();
-    let mut init = RequestInit::new();
-    match call {
-        HubCall::Poke { .. } => _ = init.with_method(Method::Post),
-        HubCall::Wait { .. } => {}
-        HubCall::Socket { .. } => _ = headers.set("upgrade", "websocket"),
-    }
-    init.with_headers(headers);
-    let req = Request::new_with_init(&call.url(), &init)
-        .map_err(|e| ApiError::internal("could not ask the live hub").with_log_detail(e.to_string()))?;
-    edge::upstream(stub.fetch_with_request(req)).await.map_err(|e| unavailable(e.to_string()))
-}
-
-fn unavailable(detail: String) -> ApiError {
-    ApiError::unavailable("live_unavailable", "live updates are not available right now").with_log_detail(detail)
-}
-
-/// Tell `user`'s hub about a change reaching `checkpoint`.
-pub async fn poke(env: &Env, user: &str, checkpoint: u64) -> Result<(), ApiError> {
-    match call(env, user, HubCall::Poke { checkpoint }).await?.status_code() {
-        200..=299 => Ok(()),
-        status => Err(unavailable(format!("the live hub answered the poke with {status}"))),
-    }
-}
-
-/// Wait up to `ms` for a poke newer than `after`: its checkpoint, or `None`.
-pub async fn wait(env: &Env, user: &str, after: u64, ms: u64) -> Result<Option<u64>, ApiError> {
-    let body =
-        call(env, user, HubCall::Wait { after, ms }).await?.bytes().await.map_err(|e| unavailable(e.to_string()))?;
-    hub::parse_wait_answer(&body).ok_or_else(|| unavailable("the live hub's wait answer is not valid".into()))
-}
-
-/// Open the caller's socket on their hub; the 101 answer is passed back as it is.
-pub async fn open_socket(env: &Env, user: &str, expires: u64, subprotocol: bool) -> Result<Response, ApiError> {
-    call(env, user, HubCall::Socket { expires, subprotocol }).await
 }
