@@ -35,11 +35,13 @@
 
 use crate::ApiError;
 
+pub mod drive;
 pub mod lines;
 pub mod op_id;
 pub mod request;
 pub mod stream;
 
+pub use drive::StreamIo;
 pub use lines::{
     checkpoint_complete_line, checkpoint_diff_line, checkpoint_line, diff, split_page, token_expires_in_line,
     write_checkpoint_answer, write_checkpoint_body, BucketChecksum, Checkpoint, CheckpointDiff, PageTrailer,

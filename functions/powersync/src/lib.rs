@@ -13,7 +13,7 @@ use std::rc::Rc;
 use edgesync_edge::{self as edge, edgesync_shared as shared, hub};
 use shared::auth::Verified;
 use shared::data_api::{Caller, DataApi};
-use shared::powersync::{self as ps, Action, Checkpoint, StreamLimits, StreamLoop, StreamingSyncRequest, Turn};
+use shared::powersync::{self as ps, Checkpoint, StreamIo, StreamLimits, StreamLoop, StreamingSyncRequest};
 use shared::ApiError;
 use worker::{event, Context, Env, Headers, Method, Request, Response, ResponseBuilder};
 
@@ -71,13 +71,10 @@ async fn stream(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     let limits = StreamLimits::from_settings(|k| edge::setting(env, k))?;
     let mut machine = StreamLoop::new(user.clone(), resume, verified.expires(), edge::now_ms(), limits);
     let session = Session { api, env: env.clone(), token: verified.token, user };
-    let mut turn = machine.start(edge::now_ms());
-    if let Action::FetchCheckpoint { floor, .. } = turn.action {
-        turn = machine.on_checkpoint(session.checkpoint(floor).await?, edge::now_ms());
-    }
+    let turn = machine.first_turn(&session).await?;
     let chunks = futures_util::stream::unfold(Some((machine, session, turn)), |state| async move {
         let (mut machine, session, turn) = state?;
-        let (bytes, next) = session.step(&mut machine, turn).await;
+        let (bytes, next) = machine.step(&session, turn).await;
         Some((Ok::<Vec<u8>, worker::Error>(bytes), next.map(|turn| (machine, session, turn))))
     });
     ResponseBuilder::new()
@@ -86,7 +83,7 @@ async fn stream(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
         .map_err(|e| ApiError::internal("could not start the stream").with_log_detail(e.to_string()))
 }
 
-/// What a stream's steps need besides its state machine.
+/// A stream's runtime: the caller's RPCs and the user's hub.
 struct Session {
     api: Rc<DataApi>,
     env: Env,
@@ -94,63 +91,33 @@ struct Session {
     user: String,
 }
 
-impl Session {
+impl StreamIo for Session {
+    fn now_ms(&self) -> u64 {
+        edge::now_ms()
+    }
+
+    async fn sleep_until(&self, at_ms: u64) {
+        edge::sleep_until(at_ms).await
+    }
+
     async fn checkpoint(&self, floor: u64) -> Result<Checkpoint, ApiError> {
         let args = ps::checkpoint_args(floor).to_string();
         Checkpoint::parse(&self.api.rpc_raw(Caller::User(&self.token), ps::CHECKPOINT_RPC, args).await?)
     }
 
-    /// The page's lines (to send as they are) and its trailer.
     async fn page(&self, h: u64, after: &BTreeMap<String, u64>) -> Result<(Vec<u8>, ps::PageTrailer), ApiError> {
         ps::page_answer(&self.api.rpc_raw(Caller::User(&self.token), ps::PAGE_RPC, ps::page_args(h, after)).await?)
     }
 
-    /// Write `turn`'s bytes and do its action: the bytes to send now, and the next turn
-    /// (`None` once the stream has ended). Empty turns are run through, so every chunk
-    /// sent holds at least one line.
-    async fn step(&self, machine: &mut StreamLoop, mut turn: Turn) -> (Vec<u8>, Option<Turn>) {
-        let mut out = std::mem::take(&mut turn.send);
-        loop {
-            turn = match turn.action {
-                Action::End => {
-                    worker::console_log!("{}", machine.stats().end_log(edge::now_ms()));
-                    return (out, None);
-                }
-                Action::FetchCheckpoint { floor, at_ms } => {
-                    edge::sleep_until(at_ms).await;
-                    match self.checkpoint(floor).await {
-                        Ok(cp) => machine.on_checkpoint(cp, edge::now_ms()),
-                        Err(e) => failed(machine, "checkpoint", &e),
-                    }
-                }
-                Action::FetchPage { h, ref after } => match self.page(h, after).await {
-                    Ok((lines, trailer)) => {
-                        out.extend_from_slice(&lines);
-                        machine.on_page(trailer, &lines, edge::now_ms())
-                    }
-                    Err(e) => failed(machine, "page", &e),
-                },
-                Action::Wait { after_w, until_ms } => {
-                    let ms = until_ms.saturating_sub(edge::now_ms());
-                    match hub::wait(&self.env, &self.user, after_w, ms).await {
-                        Ok(poked) => machine.on_wait(poked, edge::now_ms()),
-                        Err(e) => {
-                            worker::console_warn!("powersync: the Durable Object could not be asked: {e}");
-                            machine.on_wait_failed(edge::now_ms())
-                        }
-                    }
-                }
-            };
-            out.append(&mut turn.send);
-            if !out.is_empty() {
-                return (out, Some(turn));
-            }
+    async fn wait(&self, after_w: u64, ms: u64) -> Result<Option<u64>, ApiError> {
+        hub::wait(&self.env, &self.user, after_w, ms).await
+    }
+
+    fn log(&self, line: &str, warning: bool) {
+        if warning {
+            worker::console_warn!("{line}");
+        } else {
+            worker::console_log!("{line}");
         }
     }
-}
-
-fn failed(machine: &mut StreamLoop, what: &str, e: &ApiError) -> Turn {
-    let detail = e.log_detail.as_deref().unwrap_or(&e.message);
-    worker::console_warn!("powersync: the stream's {what} failed: {} {detail}", e.code);
-    machine.on_fetch_failed(edge::now_ms())
 }
