@@ -129,6 +129,35 @@ impl DrainSettings {
     }
 }
 
+/// What the `embed_entry` Worker's drains read from its settings, in the order they
+/// are checked: the service-role key (the job RPCs are the service role's), the
+/// embeddings API, the drain's bounds.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub service_key: String,
+    pub embeddings: EmbeddingsConfig,
+    pub drain: DrainSettings,
+}
+
+impl JobSettings {
+    pub fn from_lookup(
+        config: &crate::config::Config,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<JobSettings, crate::config::ConfigError> {
+        Ok(JobSettings {
+            service_key: config.require_service_role_key()?.to_owned(),
+            embeddings: EmbeddingsConfig::from_lookup(&get)?,
+            drain: DrainSettings::from_lookup(&get)?,
+        })
+    }
+
+    /// A drain on `api` with these settings and the runtime's timer.
+    pub fn drain<'a>(&'a self, api: &'a DataApi, sleep: Sleep<'a>) -> Drain<'a> {
+        let (service_key, embeddings) = (self.service_key.as_str(), &self.embeddings);
+        Drain { api, service_key, embeddings, max_attempts: self.drain.max_attempts, sleep }
+    }
+}
+
 /// What a request to the `embed_entry` Worker asks for, by its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -556,6 +585,32 @@ mod tests {
             let e = DrainSettings::from_lookup(move |k: &str| (k == "EMBED_CRON_ROUNDS").then(|| bad.to_string()));
             assert_eq!(e.unwrap_err().setting, "EMBED_CRON_ROUNDS", "{bad}");
         }
+    }
+
+    #[test]
+    fn job_settings_need_the_service_role_key_first() {
+        let get = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let without = crate::config::Config::from_lookup(get(&[("SUPABASE_URL", "https://a.b")])).unwrap();
+        let e = JobSettings::from_lookup(&without, get(&[("EMBED_CRON_ROUNDS", "0")])).unwrap_err();
+        assert_eq!(e.setting, "SUPABASE_SERVICE_ROLE_KEY", "checked before the rest");
+        let config = crate::config::Config::from_lookup(get(&[
+            ("SUPABASE_URL", "https://a.b"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "service"),
+        ]))
+        .unwrap();
+        let e = JobSettings::from_lookup(&config, get(&[("EMBED_CRON_ROUNDS", "0")])).unwrap_err();
+        assert_eq!(e.setting, "OPENAI_API_KEY", "then the embeddings API");
+        let e = JobSettings::from_lookup(&config, get(&[("OPENAI_API_KEY", "sk"), ("EMBED_CRON_ROUNDS", "0")]));
+        assert_eq!(e.unwrap_err().setting, "EMBED_CRON_ROUNDS");
+        let s =
+            JobSettings::from_lookup(&config, get(&[("OPENAI_API_KEY", "sk"), ("EMBED_MAX_ATTEMPTS", "7")])).unwrap();
+        assert_eq!((s.service_key.as_str(), s.drain.max_attempts), ("service", 7));
+        let api = DataApi::new(config.postgrest_url.clone(), None);
+        let no_wait = |_: u64| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> { Box::pin(async {}) };
+        let drain = s.drain(&api, &no_wait);
+        assert_eq!((drain.service_key, drain.max_attempts), ("service", 7));
     }
 
     #[test]

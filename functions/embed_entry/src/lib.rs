@@ -18,44 +18,23 @@ use serde_json::json;
 use shared::config::{Config, ConfigError};
 use shared::data_api::Caller;
 use shared::embed::{self, EmbeddingsConfig, SearchRequest, WebhookAction, SEARCH_RPC};
-use shared::embed_jobs::{embed_query, Drain, DrainReport, DrainSettings, Route, Sleep};
+use shared::embed_jobs::{embed_query, DrainReport, JobSettings, Route, Sleep};
 use shared::ApiError;
 use worker::{
     console_error, console_log, event, Context, Env, Method, Request, Response, ScheduleContext, ScheduledEvent,
 };
 
-#[derive(Clone)]
-struct Settings {
-    config: std::rc::Rc<Config>,
-    embeddings: EmbeddingsConfig,
-    service_key: String,
-    drain: DrainSettings,
+/// The Worker's settings for its drains, checked before a drain starts.
+fn settings(env: &Env) -> Result<(std::rc::Rc<Config>, JobSettings), ConfigError> {
+    let config = edge::config(env)?;
+    let settings = JobSettings::from_lookup(&config, |k| edge::setting(env, k))?;
+    Ok((config, settings))
 }
 
-impl Settings {
-    fn from_env(env: &Env) -> Result<Settings, ConfigError> {
-        let config = edge::config(env)?;
-        let service_key = config.require_service_role_key()?.to_owned();
-        Ok(Settings {
-            embeddings: EmbeddingsConfig::from_lookup(|k| edge::setting(env, k))?,
-            drain: DrainSettings::from_lookup(|k| edge::setting(env, k))?,
-            service_key,
-            config,
-        })
-    }
-
-    async fn drain(&self, entry: Option<&str>, rounds: u32) -> Result<DrainReport, ApiError> {
-        let api = edge::data_api(&self.config);
-        Drain {
-            api: &api,
-            service_key: &self.service_key,
-            embeddings: &self.embeddings,
-            max_attempts: self.drain.max_attempts,
-            sleep: SLEEP,
-        }
-        .run(entry, rounds)
-        .await
-    }
+/// Drain due jobs: `entry`'s alone in one batch (a nudge), or up to the Cron's batches.
+async fn drain(config: &Config, settings: &JobSettings, entry: Option<&str>) -> Result<DrainReport, ApiError> {
+    let rounds = if entry.is_some() { 1 } else { settings.drain.cron_rounds };
+    settings.drain(&edge::data_api(config), SLEEP).run(entry, rounds).await
 }
 
 /// The Worker's timer, for waits the embeddings API asks for and for deadlines.
@@ -73,8 +52,8 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> worker::Result<Respo
 
 #[event(scheduled)]
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
-    match Settings::from_env(&env) {
-        Ok(s) => match s.drain(None, s.drain.cron_rounds).await {
+    match settings(&env) {
+        Ok((config, s)) => match drain(&config, &s, None).await {
             Ok(r) => console_log!("embed_entry cron: {}", json!(r)),
             Err(e) => console_error!("embed_entry cron failed: {} {}", e.code, e.message),
         },
@@ -92,18 +71,18 @@ async fn handle(req: &mut Request, env: &Env, ctx: &Context) -> Result<Response,
     // Who is calling, before any other setting is looked at.
     authorize(req, env).await?;
     if route == Route::Drain {
-        let settings = Settings::from_env(env)?;
-        let report = settings.drain(None, settings.drain.cron_rounds).await?;
+        let (config, settings) = settings(env)?;
+        let report = drain(&config, &settings, None).await?;
         return edge::json(200, &json!(report));
     }
     let body = edge::json_body(req, embed::MAX_WEBHOOK_BYTES, embed::too_large_webhook).await?;
     match embed::parse_webhook(&body)? {
         WebhookAction::Ignore { reason } => edge::json(200, &json!({ "ignored": reason })),
         WebhookAction::Embed { entry_id } => {
-            let settings = Settings::from_env(env)?;
+            let (config, settings) = settings(env)?;
             let id = entry_id.clone();
             ctx.wait_until(async move {
-                match settings.drain(Some(&id), 1).await {
+                match drain(&config, &settings, Some(&id)).await {
                     Ok(r) => console_log!("embed_entry {id}: {}", json!(r)),
                     Err(e) => console_error!("embed_entry {id} failed: {} {}", e.code, e.message),
                 }
