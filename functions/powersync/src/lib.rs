@@ -35,7 +35,8 @@ async fn route(req: &mut Request, env: &Env) -> Result<Response, ApiError> {
     }
 }
 
-/// The caller (`Authorization: Token <jwt>`, or `Bearer`), verified, and their user id.
+/// The caller (`Authorization: Token <jwt>`, or `Bearer`) verified, their user id, and
+/// the PostgREST client to call as them.
 async fn verify(req: &Request, env: &Env) -> Result<(Verified, String, Rc<DataApi>), ApiError> {
     let config = edge::config(env)?;
     let header = req.headers().get("authorization").ok().flatten();
