@@ -44,7 +44,7 @@ pub mod stream;
 pub use drive::StreamIo;
 pub use lines::{
     checkpoint_complete_line, checkpoint_diff_line, checkpoint_line, diff, split_page, token_expires_in_line,
-    write_checkpoint_answer, write_checkpoint_body, BucketChecksum, Checkpoint, CheckpointDiff, PageTrailer,
+    write_checkpoint_answer, BucketChecksum, Checkpoint, CheckpointDiff, PageTrailer,
 };
 pub use op_id::{
     block_of, floor_from_after, last_op_id, op_id, parse_op_id, write_checkpoint, MAX_OP_ID, MAX_SEQ, POSITION_LIMIT,

@@ -258,7 +258,7 @@ pub fn token_expires_in_line(secs: i64) -> String {
 /// The body of `/write-checkpoint2.json` for the sync sequence's next value `x`:
 /// `{"data":{"write_checkpoint":"<x << 24>"}}`. A position out of the op-id range is
 /// an upstream error.
-pub fn write_checkpoint_body(x: u64) -> Result<String, ApiError> {
+fn write_checkpoint_body(x: u64) -> Result<String, ApiError> {
     #[derive(Serialize)]
     struct Body {
         data: Data,
