@@ -183,13 +183,14 @@ pub(crate) fn http_url(setting: &'static str, value: &str) -> Result<String, Con
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
     const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
 
-    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    /// Settings as a Worker's `Env` would give them (test fixture).
+    pub(crate) fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }

@@ -569,9 +569,7 @@ mod tests {
 
     #[test]
     fn drain_settings_are_bounded_and_blank_is_unset() {
-        let get = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-        };
+        let get = crate::config::tests::lookup;
         let defaults = DrainSettings { max_attempts: DEFAULT_MAX_ATTEMPTS, cron_rounds: DEFAULT_CRON_ROUNDS };
         assert_eq!(DrainSettings::from_lookup(get(&[])).unwrap(), defaults);
         assert_eq!(
@@ -589,9 +587,7 @@ mod tests {
 
     #[test]
     fn job_settings_need_the_service_role_key_first() {
-        let get = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-        };
+        let get = crate::config::tests::lookup;
         let without = crate::config::Config::from_lookup(get(&[("SUPABASE_URL", "https://a.b")])).unwrap();
         let e = JobSettings::from_lookup(&without, get(&[("EMBED_CRON_ROUNDS", "0")])).unwrap_err();
         assert_eq!(e.setting, "SUPABASE_SERVICE_ROLE_KEY", "checked before the rest");

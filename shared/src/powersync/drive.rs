@@ -89,15 +89,10 @@ impl StreamLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::powersync::lines::BucketChecksum;
-    use crate::powersync::op_id::{last_op_id, op_id};
-    use crate::powersync::request::Resume;
-    use crate::powersync::stream::StreamLimits;
+    use crate::powersync::stream::tests::{b, cp, h, op, stream, T};
     use serde_json::{json, Value};
     use std::cell::{Cell, RefCell};
     use std::collections::VecDeque;
-
-    const T: u64 = 1_000_000;
 
     /// A runtime that answers from a script and keeps what it was asked and logged.
     #[derive(Default)]
@@ -139,19 +134,13 @@ mod tests {
     }
 
     /// A stream resuming `entries` at the end of position 100, token valid for an hour.
-    fn stream() -> StreamLoop {
-        let resume = Resume { after: [("entries".to_owned(), h(100))].into(), floor: 100, ignored: 0 };
-        StreamLoop::new("u", resume, T / 1000 + 3600, T, StreamLimits::default())
-    }
-
-    fn h(w: u64) -> u64 {
-        last_op_id(w).unwrap()
+    fn resuming_entries() -> StreamLoop {
+        stream(&[("entries", h(100))], 100)
     }
 
     /// Position 105 with three ops of `entries`, the last in block 103.
     fn checkpoint_105() -> Checkpoint {
-        let entries = BucketChecksum { table: "entries".into(), checksum: 7, count: 3, last: op_id(103, 2).unwrap() };
-        Checkpoint::new(105, vec![entries]).unwrap()
+        cp(105, vec![b("entries", 7, 3, op(103, 2))])
     }
 
     fn lines(bytes: &[u8]) -> Vec<Value> {
@@ -168,7 +157,7 @@ mod tests {
     async fn a_failed_first_checkpoint_is_the_answers_error_before_any_byte() {
         let io = script();
         io.checkpoints.borrow_mut().push_back(Err(upstream_down()));
-        let e = stream().first_turn(&io).await.unwrap_err();
+        let e = resuming_entries().first_turn(&io).await.unwrap_err();
         assert_eq!((e.status, e.code), (502, "upstream_unavailable"));
         assert!(io.logged.borrow().is_empty(), "the answer reports it");
     }
@@ -178,11 +167,10 @@ mod tests {
         let io = script();
         io.checkpoints.borrow_mut().extend([Ok(checkpoint_105()), Err(upstream_down())]);
         let page = b"{\"data\":{\"bucket\":\"entries:u\"}}\n".to_vec();
-        let trailer =
-            PageTrailer { next: [("entries".to_owned(), op_id(103, 2).unwrap())].into(), ..Default::default() };
+        let trailer = PageTrailer { next: [("entries".to_owned(), op(103, 2))].into(), ..Default::default() };
         io.pages.borrow_mut().push_back(Ok((page.clone(), trailer)));
         io.waits.borrow_mut().push_back(Err(ApiError::internal("no hub")));
-        let mut s = stream();
+        let mut s = resuming_entries();
 
         let first = s.first_turn(&io).await.unwrap();
         assert_eq!(lines(&first.send)[0]["checkpoint"]["last_op_id"], h(105).to_string());
@@ -217,7 +205,7 @@ mod tests {
         io.checkpoints.borrow_mut().push_back(Ok(Checkpoint::new(100, vec![]).unwrap()));
         // A poke the stream already covers sends nothing; the timeout after it, a keepalive.
         io.waits.borrow_mut().extend([Ok(Some(50)), Ok(None)]);
-        let mut s = stream();
+        let mut s = resuming_entries();
         let first = s.first_turn(&io).await.unwrap();
         let (_, next) = s.step(&io, first).await;
         let (sent, next) = s.step(&io, next.unwrap()).await;

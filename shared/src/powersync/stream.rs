@@ -532,7 +532,7 @@ impl StreamLoop {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -562,24 +562,24 @@ mod tests {
     use crate::powersync::op_id::{last_op_id, op_id};
     use serde_json::{json, Value};
 
-    const U: &str = "6f1c0000-0000-4000-8000-000000000001";
+    pub(in crate::powersync) const U: &str = "6f1c0000-0000-4000-8000-000000000001";
     /// The stream starts at T; the token has an hour left.
-    const T: u64 = 1_000_000;
+    pub(in crate::powersync) const T: u64 = 1_000_000;
     const EXP: u64 = T / 1000 + 3600;
 
-    fn b(table: &str, checksum: u32, count: u64, last: u64) -> BucketChecksum {
+    pub(in crate::powersync) fn b(table: &str, checksum: u32, count: u64, last: u64) -> BucketChecksum {
         BucketChecksum { table: table.into(), checksum, count, last }
     }
 
-    fn cp(w: u64, buckets: Vec<BucketChecksum>) -> Checkpoint {
+    pub(in crate::powersync) fn cp(w: u64, buckets: Vec<BucketChecksum>) -> Checkpoint {
         Checkpoint::new(w, buckets).unwrap()
     }
 
-    fn h(w: u64) -> u64 {
+    pub(in crate::powersync) fn h(w: u64) -> u64 {
         last_op_id(w).unwrap()
     }
 
-    fn op(block: u64, seq: u64) -> u64 {
+    pub(in crate::powersync) fn op(block: u64, seq: u64) -> u64 {
         op_id(block, seq).unwrap()
     }
 
@@ -587,7 +587,7 @@ mod tests {
         Resume { after: after.iter().map(|(t, a)| (t.to_string(), *a)).collect(), floor, ignored: 0 }
     }
 
-    fn stream(after: &[(&str, u64)], floor: u64) -> StreamLoop {
+    pub(in crate::powersync) fn stream(after: &[(&str, u64)], floor: u64) -> StreamLoop {
         StreamLoop::new(U, resume(after, floor), EXP, T, StreamLimits::default())
     }
 
