@@ -49,6 +49,12 @@ pub struct Config {
 /// Default of `UPSTREAM_TIMEOUT_MS`.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 10_000;
 
+/// A setting as written, trimmed; blank is unset. Every settings parser reads through
+/// this, so none of them disagrees about what an empty setting means.
+pub fn non_blank(get: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
 /// A whole-number setting within `min..=max`, `default` when unset or blank.
 pub fn whole_number(
     get: impl Fn(&str) -> Option<String>,
@@ -57,7 +63,7 @@ pub fn whole_number(
     min: u64,
     max: u64,
 ) -> Result<u64, ConfigError> {
-    match get(setting).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
+    match non_blank(&get, setting) {
         None => Ok(default),
         Some(v) => v
             .parse::<u64>()
@@ -73,7 +79,7 @@ pub fn timeout_ms(
     setting: &'static str,
     default: u64,
 ) -> Result<u64, ConfigError> {
-    match get(setting).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
+    match non_blank(&get, setting) {
         None => Ok(default),
         Some(v) => v.parse::<u64>().ok().filter(|ms| (100..=120_000).contains(ms)).ok_or(ConfigError {
             setting,
@@ -89,7 +95,7 @@ impl Config {
     /// - `SUPABASE_JWT_SECRET` (HS256) and/or `SUPABASE_JWKS_URL` (ES256/RS256): at least one.
     /// - `SUPABASE_JWT_ISSUER`, `JWT_LEEWAY_SECS`, `SUPABASE_ANON_KEY`, `SUPABASE_SERVICE_ROLE_KEY`: optional.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let get = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| non_blank(&get, name);
 
         let supabase_url = match get("SUPABASE_URL") {
             Some(u) => Some(http_url("SUPABASE_URL", &u)?),
@@ -154,7 +160,7 @@ impl Config {
 /// Only the settings `/health` needs: it must report on PostgREST even when the auth
 /// settings are broken, so it does not require them.
 pub fn postgrest_url_from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
-    let get = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let get = |name: &str| non_blank(&get, name);
     match (get("POSTGREST_URL"), get("SUPABASE_URL")) {
         (Some(u), _) => http_url("POSTGREST_URL", &u),
         (None, Some(base)) => Ok(format!("{}/rest/v1", http_url("SUPABASE_URL", &base)?)),
@@ -193,6 +199,13 @@ pub(crate) mod tests {
     pub(crate) fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn a_setting_is_read_trimmed_and_blank_is_unset() {
+        let get = lookup(&[("A", "  x \n"), ("B", " \t"), ("C", "")]);
+        assert_eq!(non_blank(&get, "A").as_deref(), Some("x"));
+        assert_eq!((non_blank(&get, "B"), non_blank(&get, "C"), non_blank(&get, "D")), (None, None, None));
     }
 
     #[test]

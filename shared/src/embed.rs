@@ -105,7 +105,7 @@ impl EmbeddingsConfig {
     /// `EMBEDDINGS_BASE_URL`, `EMBEDDINGS_MODEL`, `EMBEDDINGS_DIMENSIONS`, `OPENAI_API_KEY`.
     /// Talking to OpenAI itself needs a key; a local OpenAI-compatible server may not.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<EmbeddingsConfig, ConfigError> {
-        let get = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| crate::config::non_blank(&get, name);
         let base_url = get("EMBEDDINGS_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.into());
         if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
             return Err(ConfigError { setting: "EMBEDDINGS_BASE_URL", problem: "must be an http(s) URL".into() });

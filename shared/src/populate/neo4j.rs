@@ -52,7 +52,7 @@ impl Neo4jConfig {
     /// `neo4j`), and `NEO4J_USER` + `NEO4J_PASSWORD` (basic) or `NEO4J_TOKEN` (bearer).
     /// `None` when `NEO4J_URL` is not set: the source is not configured.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<Neo4jConfig>, ConfigError> {
-        let get = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| crate::config::non_blank(&get, name);
         let Some(url) = get("NEO4J_URL") else { return Ok(None) };
         let url = http_url("NEO4J_URL", &url)?;
         let database = get("NEO4J_DATABASE").unwrap_or_else(|| "neo4j".into());
